@@ -147,18 +147,24 @@ class QualityMetricsWidget(QWidget):
             overlay.text = f"Quality metrics: {err}"
             overlay.visible = True
             return
-        where = f"slice {idx}" if idx else "image"
-        text = f"{out.name} — {where}\n" + "\n".join(
+        where = ", ".join(f"{self._axis_name(inp, a)}={i}" for a, i in enumerate(idx)) or "2-D image"
+        text = f"{where}: {out.name} vs {inp.name}\n" + "\n".join(
             f"{LABELS[k]}: {v:.4f}" if k != "psnr" else f"{LABELS[k]}: {v:.2f}" for k, v in values.items()
         )
         overlay.text = text
         overlay.position = "top_left"
         overlay.font_size = 11
         overlay.visible = True
-        self.status.setText(text.replace("\n", "  ·  ", 1))
+        self.status.setText(text)
         self.current_values = values
         if self.results and idx:
             self.plot.mark(self._slice_position(idx))
+
+    @staticmethod
+    def _axis_name(layer: Image, axis: int) -> str:
+        label = str(layer.axis_labels[axis])
+        # napari's unnamed axes are '-3', '-2', ...: show the axis number instead
+        return f"axis {axis}" if label.lstrip("-").isdigit() else label
 
     # ------------------------------------------------------------------- maps
     def add_map(self, kind: str) -> None:

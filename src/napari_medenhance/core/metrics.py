@@ -195,8 +195,9 @@ def _delta_e_plane(
     # x * (1/range) is how img_as_float scales uint8, so uint8 matches rgb2lab(uint8) exactly.
     dr = _data_range(ref, img, data_range)
     lo = min(float(ref.min()), float(img.min()))
-    defaulted_float = data_range is None and ref.dtype.kind == "f" and dr != 1.0
-    offset = lo if (lo < 0.0 or defaulted_float) else 0.0
+    hi = max(float(ref.max()), float(img.max()))
+    minmax_range = data_range is None and ref.dtype.kind == "f" and not (lo >= 0 and hi <= 1)
+    offset = lo if (lo < 0.0 or minmax_range) else 0.0
     r = (ref.astype(np.float64) - offset) * (1.0 / dr)
     i = (img.astype(np.float64) - offset) * (1.0 / dr)
     if not rgb:
