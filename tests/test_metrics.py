@@ -273,3 +273,27 @@ def test_iter_stack_metrics_total_cancel_dask():
     # a single plane is one event with index ()
     (only,) = list(iter_stack_metrics(deg[0], out[0], level=2))
     assert only[:3] == ((), 1, 1)
+
+
+def test_iter_metric_maps_progress_cancel_and_equality():
+    from napari_medenhance.metrics import iter_metric_maps, lassim_map
+
+    base = im.cell()[:96, :128].astype(np.float64) / 255.0
+    stack = np.stack([base, base[::-1], base[:, ::-1]])
+    noisy = np.clip(stack + np.random.default_rng(3).normal(0, 0.05, stack.shape), 0, 1)
+    gen = iter_metric_maps(stack, noisy, kind="lassim", level=2)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            maps = stop.value
+            break
+    assert events == [(1, 3), (2, 3), (3, 3)]
+    np.testing.assert_array_equal(maps, lassim_map(stack, noisy, level=2))
+    assert maps.shape == (3, 24, 32)
+    calls = iter(range(10))
+    gen = iter_metric_maps(stack, noisy, kind="ssim", cancel=lambda: next(calls) >= 1)
+    assert list(gen) == [(1, 3)]  # stopped before plane 2, and returns no partial map
+    with pytest.raises(ValueError, match="kind"):
+        next(iter_metric_maps(stack, noisy, kind="psnr"))

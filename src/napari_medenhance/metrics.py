@@ -8,6 +8,7 @@ Qt- and napari-free; see :mod:`napari_medenhance.core.metrics` for the shared co
 
 from .core.metrics import (
     delta_e,
+    iter_metric_maps,
     iter_stack_metrics,
     lassim,
     lassim_map,
@@ -27,5 +28,6 @@ __all__ = [
     "lassim_map",
     "plane_metrics",
     "iter_stack_metrics",
+    "iter_metric_maps",
     "max_lassim_level",
 ]

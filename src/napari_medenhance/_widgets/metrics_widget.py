@@ -25,8 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medenhance.core.metric_maps import iter_metric_maps
-from napari_medenhance.metrics import iter_stack_metrics, plane_metrics
+from napari_medenhance.metrics import iter_metric_maps, iter_stack_metrics, plane_metrics
 
 from ._layers import current_plane_index, plane_axes, text_overlay, transform_kwargs
 from ._plot import SlicePlot

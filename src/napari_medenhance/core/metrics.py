@@ -22,7 +22,7 @@ Conventions shared by every public function here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,7 @@ __all__ = [
     "lassim",
     "ssim_map",
     "lassim_map",
+    "iter_metric_maps",
     "max_lassim_level",
     "plane_metrics",
     "iter_stack_metrics",
@@ -274,6 +275,30 @@ def _per_plane(
     return values if per_plane else float(values.mean())
 
 
+def _iter_maps(
+    kernel: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    a: Any,
+    b: Any,
+    names: tuple[str, str],
+    rgb: bool | None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray | None]:
+    """Yield ``(done, total)`` per plane; return the stacked maps, or None if cancelled."""
+    a, b, rgb = _check_pair(a, b, names, rgb)
+    lead = _lead_shape(tuple(a.shape), rgb)
+    total = int(np.prod(lead, dtype=np.int64))
+    out: np.ndarray | None = None
+    for done, idx in enumerate(np.ndindex(*lead), start=1):
+        if cancel is not None and cancel():
+            return None  # no half-made map
+        m = kernel(_plane(a, idx, rgb, names[0]), _plane(b, idx, rgb, names[1]))
+        if out is None:
+            out = np.empty(lead + m.shape, dtype=np.float64)
+        out[idx] = m
+        yield done, total
+    return out
+
+
 def _maps(
     kernel: Callable[[np.ndarray, np.ndarray], np.ndarray],
     a: Any,
@@ -281,16 +306,24 @@ def _maps(
     names: tuple[str, str],
     rgb: bool | None,
 ) -> np.ndarray:
-    a, b, rgb = _check_pair(a, b, names, rgb)
-    lead = _lead_shape(tuple(a.shape), rgb)
-    out: np.ndarray | None = None
-    for idx in np.ndindex(*lead):
-        m = kernel(_plane(a, idx, rgb, names[0]), _plane(b, idx, rgb, names[1]))
-        if out is None:
-            out = np.empty(lead + m.shape, dtype=np.float64)
-        out[idx] = m
-    assert out is not None
-    return out
+    gen = _iter_maps(kernel, a, b, names, rgb)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _ssim_map_kernel(dr: float | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    def kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        s = _ssim_plane(x, y, x.ndim == 3, dr, full=True)[1]
+        return s.mean(axis=-1) if x.ndim == 3 else s
+
+    return kernel
+
+
+def _lassim_map_kernel(level: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    return lambda x, y: _lassim_plane(x, y, level, x.ndim == 3, full=True)[1]
 
 
 # --------------------------------------------------------------------------- public API
@@ -394,13 +427,7 @@ def ssim_map(
     """Per-pixel SSIM map, float64, shape ``(..., Y, X)`` (colour: mean over channels, so the
     channel axis is dropped). The scalar :func:`ssim` is the mean of this map without its
     3-pixel border (scikit-image crops ``(win_size - 1) // 2``)."""
-    dr = _check_data_range(data_range)
-
-    def kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        s = _ssim_plane(x, y, x.ndim == 3, dr, full=True)[1]
-        return s.mean(axis=-1) if x.ndim == 3 else s
-
-    return _maps(kernel, image0, image1, ("image0", "image1"), rgb)
+    return _maps(_ssim_map_kernel(_check_data_range(data_range)), image0, image1, ("image0", "image1"), rgb)
 
 
 def lassim_map(
@@ -409,11 +436,31 @@ def lassim_map(
     """Per-pixel SSIM map of the level-``l`` Laplacian bands (see :func:`lassim`), float64,
     shape ``(..., h_l, w_l)`` with ``(h_l, w_l)`` the band shape (1/2**l of the plane,
     rounded up). Scale it by ``2**l`` to overlay it on the image."""
-    level = _check_level(level)
-    return _maps(
-        lambda x, y: _lassim_plane(x, y, level, x.ndim == 3, full=True)[1],
-        image, enhanced, ("image", "enhanced"), rgb,
-    )
+    return _maps(_lassim_map_kernel(_check_level(level)), image, enhanced, ("image", "enhanced"), rgb)
+
+
+def iter_metric_maps(
+    image: Any,
+    enhanced: Any,
+    *,
+    kind: str = "ssim",
+    level: int = 3,
+    rgb: bool | None = None,
+    data_range: float | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[tuple[int, int], None, np.ndarray | None]:
+    """:func:`ssim_map` (``kind="ssim"``) or :func:`lassim_map` (``kind="lassim"``) of a whole
+    stack, one plane at a time: yields ``(done, total)`` after each plane and returns the maps
+    (same shapes as those functions), or ``None`` when ``cancel()`` turned true first.
+    A LaSSIM map pixel ``i`` is centred on input pixel ``2**level * i`` (pyramid levels keep the
+    even rows and columns), so scaling Y/X by ``2**level`` overlays it exactly."""
+    if kind == "ssim":
+        kernel = _ssim_map_kernel(_check_data_range(data_range))
+    elif kind == "lassim":
+        kernel = _lassim_map_kernel(_check_level(level))
+    else:
+        raise ValueError(f"kind must be 'ssim' or 'lassim', not {kind!r}.")
+    return (yield from _iter_maps(kernel, image, enhanced, ("image", "enhanced"), rgb, cancel))
 
 
 def _plane_dict(

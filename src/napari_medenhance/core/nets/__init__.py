@@ -1,0 +1,32 @@
+"""Registry of restoration network architectures (PyTorch).
+
+Each architecture is one module in this package and one entry in
+:data:`ARCHITECTURES`, mapping a short name to a constructor that takes keyword
+configuration and returns an ``nn.Module``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .dran import DRAN
+
+__all__ = ["ARCHITECTURES", "build"]
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "dran": DRAN,
+}
+
+
+def build(arch: str, **config: Any) -> nn.Module:
+    """Build architecture ``arch`` (case-insensitive) with keyword ``config``.
+
+    Raises ``KeyError`` naming the known architectures when ``arch`` is unknown.
+    """
+    key = arch.lower()
+    if key not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise KeyError(f"unknown architecture {arch!r}; known: {known}")
+    return ARCHITECTURES[key](**config)
