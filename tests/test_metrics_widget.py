@@ -28,29 +28,46 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
 
 
-def test_overlay_shows_current_slice_and_follows_dims(viewer_widget, nuclei, nuclei_smoothed):
+def _overlay_settles(qtbot, viewer, contains: str) -> str:
+    qtbot.waitUntil(lambda: contains in text_overlay(viewer).text, timeout=10_000)
+    return text_overlay(viewer).text
+
+
+def test_overlay_shows_current_slice_and_follows_dims(viewer_widget, qtbot, nuclei, nuclei_smoothed):
     viewer, widget, _, _ = viewer_widget
     viewer.dims.set_current_step(0, 5)
-    text5 = text_overlay(viewer).text
+    text5 = _overlay_settles(qtbot, viewer, "axis 0=5:")
     assert text_overlay(viewer).visible
     expect5 = plane_metrics(nuclei[5], nuclei_smoothed[5], level=3)
     assert f"{expect5['lassim']:.4f}" in text5 and f"{expect5['ssim']:.4f}" in text5
     assert text5.startswith("axis 0=5: nuclei [smoothed] vs nuclei")
     viewer.dims.set_current_step(0, 17)
-    text17 = text_overlay(viewer).text
+    text17 = _overlay_settles(qtbot, viewer, "axis 0=17:")
     assert f"{lassim(nuclei[17], nuclei_smoothed[17], level=3):.4f}" in text17
     assert text17 != text5
     widget.level.value = 2
-    assert f"{lassim(nuclei[17], nuclei_smoothed[17], level=2):.4f}" in text_overlay(viewer).text
+    _overlay_settles(qtbot, viewer, f"{lassim(nuclei[17], nuclei_smoothed[17], level=2):.4f}")
 
 
-def test_reference_adds_psnr_ssim_and_delta_e(viewer_widget, nuclei):
+def test_fast_slider_moves_end_on_the_last_slice(viewer_widget, qtbot, nuclei, nuclei_smoothed):
+    viewer, widget, _, _ = viewer_widget
+    for z in range(0, 24, 2):
+        viewer.dims.set_current_step(0, z)
+    viewer.dims.set_current_step(0, 9)
+    _overlay_settles(qtbot, viewer, "axis 0=9:")
+    qtbot.wait(300)  # let any stale workers finish: they must not overwrite the newest slice
+    assert text_overlay(viewer).text.startswith("axis 0=9:")
+    assert widget.current_values["ssim"] == pytest.approx(ssim(nuclei[9], nuclei_smoothed[9]), abs=1e-12)
+
+
+def test_reference_adds_psnr_ssim_and_delta_e(viewer_widget, qtbot, nuclei):
     viewer, widget, _, _ = viewer_widget
     ref = viewer.add_image(nuclei, name="reference", scale=SCALE, translate=TRANSLATE)
     widget.reference.value = ref
     viewer.dims.set_current_step(0, 3)
-    for label in ("PSNR vs ref", "SSIM vs ref", "ΔE2000 vs ref"):
-        assert label in text_overlay(viewer).text
+    text = _overlay_settles(qtbot, viewer, "ΔE2000 vs ref")
+    for label in ("PSNR vs ref", "SSIM vs ref"):
+        assert label in text
     assert set(widget.current_values) == {"lassim", "ssim", "psnr", "ssim_ref", "delta_e"}
 
 
@@ -119,7 +136,7 @@ def test_only_image_layers_are_offered_and_mismatch_is_explained(viewer_widget):
     assert not text_overlay(viewer).visible
 
 
-def test_rgb_pair_gives_delta_e(make_napari_viewer):
+def test_rgb_pair_gives_delta_e(make_napari_viewer, qtbot):
     from skimage.filters import gaussian
 
     from napari_medenhance.sample_data import load
@@ -131,5 +148,6 @@ def test_rgb_pair_gives_delta_e(make_napari_viewer):
     b = viewer.add_image(blurred, name="ihc blurred")
     _, widget = viewer.window.add_plugin_dock_widget("napari-medenhance", "Quality metrics")
     widget.input.value, widget.output.value, widget.reference.value = b, b, a
+    qtbot.waitUntil(lambda: "delta_e" in widget.current_values, timeout=10_000)
     assert widget.current_values["lassim"] == pytest.approx(1.0)
     assert widget.current_values["delta_e"] > 0.5

@@ -64,6 +64,7 @@ def run(screenshot: str | Path | None = None, *, show: bool = True) -> Path | No
     source.visible = False
     viewer.layers[-1].opacity = 0.45
     widget.update_current()
+    _wait_for(app, lambda: bool(widget.current_values))
     if screenshot is None:
         napari.run()
         return None

@@ -50,6 +50,8 @@ class QualityMetricsWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.results: list[dict[str, Any]] = []  # one row per slice after "Compute all slices"
+        self.current_values: dict[str, float] = {}  # metrics of the slice on screen
+        self._generation = 0  # bumps on every slider move / setting change
         self._worker = None
 
         self.input = ComboBox(label="input", choices=self._image_layers, tooltip="Image before restoration")
@@ -126,7 +128,13 @@ class QualityMetricsWidget(QWidget):
 
     # ----------------------------------------------------------- current slice
     def update_current(self, _event: Any = None) -> None:
-        """Recompute the metrics of the slice the viewer is on and show them on the canvas."""
+        """Recompute the metrics of the slice the viewer is on and show them on the canvas.
+
+        The plane is read and scored in a thread worker, so large planes or lazy (dask) data
+        never freeze the viewer; when the slider moves on, results of older slices are dropped.
+        """
+        self._generation += 1
+        generation = self._generation
         overlay = text_overlay(self.viewer)
         try:
             inp, out, ref = self._pair()
@@ -135,25 +143,37 @@ class QualityMetricsWidget(QWidget):
             overlay.visible = False
             return
         idx = current_plane_index(self.viewer, inp)
-        try:
-            values = plane_metrics(
-                np.asarray(inp.data[idx]), np.asarray(out.data[idx]),
-                None if ref is None else np.asarray(ref.data[idx]),
-                level=self.level.value, rgb=inp.rgb,
-            )
-        except ValueError as err:
-            self.status.setText(str(err))
-            overlay.text = f"Quality metrics: {err}"
-            overlay.visible = True
-            return
         where = ", ".join(f"{self._axis_name(inp, a)}={i}" for a, i in enumerate(idx)) or "2-D image"
-        text = f"{where}: {out.name} vs {inp.name}\n" + "\n".join(
-            f"{LABELS[k]}: {v:.4f}" if k != "psnr" else f"{LABELS[k]}: {v:.2f}" for k, v in values.items()
-        )
-        overlay.text = text
+        header = f"{where}: {out.name} vs {inp.name}"
+        level, rgb = self.level.value, inp.rgb
+
+        def score() -> dict[str, float]:
+            return plane_metrics(
+                np.asarray(inp.data[idx]), np.asarray(out.data[idx]),
+                None if ref is None else np.asarray(ref.data[idx]), level=level, rgb=rgb,
+            )
+
+        worker = create_worker(score)
+        worker.returned.connect(lambda values: self._show_current(generation, header, idx, values))
+        worker.errored.connect(lambda err: self._show_current(generation, header, idx, err))
+        worker.start()
+
+    def _show_current(self, generation: int, header: str, idx: tuple[int, ...], values: Any) -> None:
+        if generation != self._generation:
+            return  # the user has moved on; a newer computation is under way
+        overlay = text_overlay(self.viewer)
         overlay.position = "top_left"
         overlay.font_size = 11
         overlay.visible = True
+        if isinstance(values, Exception):
+            self.current_values = {}
+            overlay.text = f"Quality metrics: {values}"
+            self.status.setText(str(values))
+            return
+        text = header + "\n" + "\n".join(
+            f"{LABELS[k]}: {v:.4f}" if k != "psnr" else f"{LABELS[k]}: {v:.2f}" for k, v in values.items()
+        )
+        overlay.text = text
         self.status.setText(text)
         self.current_values = values
         if self.results and idx:

@@ -1,0 +1,556 @@
+"""One inference engine for every model: n-D slicing, tiling with overlap blending, intensity
+mapping in and out, dtype round trip, device and precision, progress and cancel.
+
+The engine is a generator (:func:`iter_apply`) that yields a :class:`Progress` after every tile,
+so a napari ``thread_worker`` can render progress and ``quit()`` it between tiles; :func:`apply`
+drives it for the CLI, tests and scripts.
+
+Conventions
+-----------
+* **Arrays.** numpy or dask, shape ``(..., Y, X)`` (grayscale) or ``(..., Y, X, C)`` with C = 3
+  (RGB) or 4 (RGBA: alpha is passed through untouched, nearest-neighbour enlarged when
+  ``scale > 1``). Leading axes (Z, T, C...) are independent 2-D planes, read one at a time with
+  ``np.asarray(image[index])`` so a dask stack is never computed whole.
+* **Intensities.** Floats whose values all lie in [0, 1] go to the network as they are.
+  Anything else is mapped linearly to [0, 1] with ``lo, hi`` = min and max of the *whole* array
+  (one rule for every plane of a stack) or ``data_range=(lo, hi)``; the output is mapped back,
+  clipped to ``[lo, hi]``, rounded for integer dtypes and cast to the input dtype.
+* **Networks.** ``net`` maps a float tensor ``(B, net_channels, h, w)`` in [0, 1] to
+  ``(B, C_out, h * scale, w * scale)``. With ``net_channels=3`` grayscale planes are replicated
+  to three channels and the outputs averaged back; with ``net_channels=1`` the colour channels of
+  an RGB plane go through as a batch of three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "AUTO_TILE",
+    "AUTO_WHOLE_PLANE_PIXELS",
+    "Cancelled",
+    "Progress",
+    "apply",
+    "iter_apply",
+    "resolve_device",
+]
+
+#: Planes up to this many pixels go through the network whole when ``tile=None``.
+AUTO_WHOLE_PLANE_PIXELS = 1024 * 1024
+#: Tile edge (pixels) used when ``tile=None`` and the plane is larger than the above.
+AUTO_TILE = 512
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One unit of work finished: ``done`` of ``total`` tiles (counted over all planes).
+
+    ``stage`` names where the engine is, e.g. ``"plane 3/24"``.
+    """
+
+    done: int
+    total: int
+    stage: str
+
+
+class Cancelled(Exception):
+    """The caller's ``cancel()`` returned True; no partial result is returned."""
+
+
+# --------------------------------------------------------------------------------------------
+# device
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for ``device``.
+
+    ``"auto"`` picks CUDA, then Apple MPS, then CPU. Explicit names (``"cpu"``, ``"cuda"``,
+    ``"cuda:1"``, ``"mps"``) or a ``torch.device`` are checked for availability.
+
+    Raises:
+        ValueError: the name is unknown, or the device is not available on this machine.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        name = str(device).strip().lower()
+        if name == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            if _mps_available():
+                return torch.device("mps")
+            return torch.device("cpu")
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(
+                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+            ) from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {device!r} requested but CUDA is not available to this torch "
+                f"({torch.__version__}); use device='cpu' or 'auto'"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                f"device(s) exist (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+            )
+        return dev
+    if dev.type == "mps":
+        if not _mps_available():
+            raise ValueError(
+                f"device {device!r} requested but Apple MPS is not available; "
+                "use device='cpu' or 'auto'"
+            )
+        return dev
+    raise ValueError(
+        f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# input checks and intensity mapping
+
+
+def _as_array(image: Any) -> tuple[Any, bool]:
+    """(array, is_dask). Numpy and dask arrays are kept as they are (no copy, no compute)."""
+    if isinstance(image, np.ndarray):
+        return image, False
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - dask is a dependency
+        da = None
+    if da is not None and isinstance(image, da.Array):
+        return image, True
+    return np.asarray(image), False
+
+
+def _resolve_rgb(shape: tuple[int, ...], rgb: bool | None) -> tuple[bool, bool]:
+    """(is_rgb, has_alpha) following napari's guess when ``rgb is None``."""
+    guess = len(shape) >= 3 and shape[-1] in (3, 4)
+    if rgb is None:
+        rgb = guess
+    if not rgb:
+        return False, False
+    if len(shape) < 3 or shape[-1] not in (3, 4):
+        raise ValueError(
+            f"rgb=True needs an array shaped (..., Y, X, 3) or (..., Y, X, 4); got {shape}"
+        )
+    return True, shape[-1] == 4
+
+
+def _check_dtype(dtype: np.dtype) -> None:
+    if dtype.kind == "b":
+        raise ValueError(
+            "boolean images cannot be enhanced; convert them first, e.g. image.astype(np.uint8)"
+        )
+    if dtype.kind not in "uif":
+        raise ValueError(
+            f"unsupported dtype {dtype}: expected an integer or real floating-point image"
+        )
+
+
+def _intensity_range(
+    arr: Any, has_alpha: bool, data_range: Sequence[float] | None, is_dask: bool
+) -> tuple[float, float]:
+    """(lo, hi) of the mapping to [0, 1]; refuses NaN / inf.
+
+    Statistics cover the whole array so every plane of a stack is mapped the same way; for
+    dask they are computed in one pass over the data.
+    """
+    is_float = arr.dtype.kind == "f"
+    color = arr[..., :3] if has_alpha else arr
+    need_stats = data_range is None
+    if is_dask:
+        import dask
+        import dask.array as da
+
+        todo: list[Any] = []
+        if is_float:
+            todo += [da.isnan(arr).sum(), da.isinf(arr).sum()]
+        if need_stats:
+            todo += [color.min(), color.max()]
+        got = list(dask.compute(*todo)) if todo else []
+    else:
+        got = []
+        if is_float:
+            got += [np.count_nonzero(np.isnan(arr)), np.count_nonzero(np.isinf(arr))]
+        if need_stats:
+            got += [color.min(), color.max()]
+    if is_float:
+        n_nan, n_inf = int(got.pop(0)), int(got.pop(0))
+        if n_nan or n_inf:
+            raise ValueError(
+                f"image contains {n_nan} NaN and {n_inf} infinite value(s) out of "
+                f"{int(np.prod(arr.shape))}; replace them first, e.g. with np.nan_to_num"
+            )
+    if not need_stats:
+        if len(data_range) != 2:
+            raise ValueError(f"data_range must be (lo, hi); got {data_range!r}")
+        lo, hi = float(data_range[0]), float(data_range[1])
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"data_range must be finite with hi > lo; got {data_range!r}")
+        return lo, hi
+    lo, hi = float(got[0]), float(got[1])
+    if is_float and lo >= 0.0 and hi <= 1.0:
+        return 0.0, 1.0  # already in the networks' range: use as is
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# tiling
+
+
+def _tile_starts(size: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Start offsets along one axis and the tile length there (the last tile ends flush)."""
+    if size <= tile:
+        return [0], size
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return starts, tile
+
+
+def _window_1d(start: int, length: int, size: int, overlap: int, scale: int) -> np.ndarray:
+    """Blending weights for one tile along one axis, at output resolution.
+
+    Edges that face another tile fall to zero over their outermost ``overlap // 4`` pixels,
+    because the network's output there depends on the padding it saw at the cut rather than on
+    the real neighbours; a raised-cosine ramp over the rest of the overlap then cross-fades into
+    the neighbouring tile (the two ramps sum to one, so a consistent network shows no seam).
+    Edges on the image border keep weight one, so every pixel has positive total weight.
+    """
+    n = length * scale
+    w = np.ones(n, dtype=np.float64)
+    if overlap <= 0:
+        return w
+    margin = (overlap // 4) * scale
+    ramp_len = (overlap - 2 * (overlap // 4)) * scale
+    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_len) + 0.5) / ramp_len)
+    if start > 0:
+        w[:margin] = 0.0
+        w[margin : margin + ramp_len] = np.minimum(w[margin : margin + ramp_len], ramp)
+    if start + length < size:
+        w[n - margin :] = 0.0
+        seg = slice(n - margin - ramp_len, n - margin)
+        w[seg] = np.minimum(w[seg], ramp[::-1])
+    return w
+
+
+def _plan(
+    height: int, width: int, tile: int | None, overlap: int
+) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(y0, x0, th, tw)`` covering one ``height x width`` plane."""
+    if tile is None:
+        tile = max(height, width) if height * width <= AUTO_WHOLE_PLANE_PIXELS else AUTO_TILE
+    ys, th = _tile_starts(height, tile, overlap)
+    xs, tw = _tile_starts(width, tile, overlap)
+    return [(y0, x0, th, tw) for y0 in ys for x0 in xs]
+
+
+# --------------------------------------------------------------------------------------------
+# network call
+
+
+def _autocast(dev: torch.device, half: bool) -> contextlib.AbstractContextManager:
+    if not half:
+        return contextlib.nullcontext()
+    if not torch.amp.is_autocast_available(dev.type):
+        raise ValueError(f"half=True: fp16 autocast is not available on {dev}; use half=False")
+    return torch.autocast(device_type=dev.type, dtype=torch.float16)
+
+
+def _forward(
+    net: torch.nn.Module,
+    xb: torch.Tensor,
+    dev: torch.device,
+    half: bool,
+    tile_hw: tuple[int, int],
+) -> torch.Tensor:
+    """``net(xb)`` without autograd; the result as float32 on the CPU.
+
+    Inference and autocast modes are entered per call (never across a ``yield``), so the
+    caller's thread is never left in inference mode while the generator is suspended.
+    """
+    try:
+        with torch.inference_mode(), _autocast(dev, half):
+            y = net(xb)
+            if not isinstance(y, torch.Tensor):
+                raise TypeError(
+                    f"the network returned {type(y).__name__}; the engine needs one tensor "
+                    "(B, C, H, W)"
+                )
+            return y.float().cpu()
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            h, w = tile_hw
+            raise RuntimeError(
+                f"out of memory on {dev} while processing a {h}x{w} tile; pass a smaller "
+                f"tile (e.g. tile={max(64, min(h, w) // 2)}) or device='cpu'"
+            ) from e
+        raise
+
+
+def _net_dtype(net: torch.nn.Module) -> torch.dtype:
+    p = next(iter(net.parameters()), None)
+    return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# engine
+
+
+def iter_apply(
+    image: Any,
+    net: torch.nn.Module,
+    *,
+    scale: int = 1,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    overlap: int = 32,
+    half: bool | None = None,
+    data_range: Sequence[float] | None = None,
+    net_channels: int = 3,
+    pad_multiple: int = 1,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """Run ``net`` over every 2-D plane of ``image``, tile by tile; a generator.
+
+    Args:
+        image: numpy or dask array ``(..., Y, X)`` or ``(..., Y, X, 3|4)``; never modified.
+        net: module mapping ``(B, net_channels, h, w)`` in [0, 1] to
+            ``(B, C_out, h * scale, w * scale)``. It is moved to ``device`` and put in eval
+            mode while it runs; the training flags of its modules are restored afterwards.
+        scale: integer upscaling factor of the network (1 for enhancement / denoising).
+        rgb: colour image with channels last; None guesses as napari does (last axis 3 or 4
+            and ``ndim >= 3``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` or a ``torch.device``.
+        tile: tile edge in input pixels; None processes planes of up to 1024² pixels whole and
+            larger ones in 512-pixel tiles.
+        overlap: overlap between neighbouring tiles in input pixels (should exceed the
+            network's receptive-field radius; the outer quarter of it is discarded).
+        half: fp16 autocast; None uses it on CUDA only.
+        data_range: ``(lo, hi)`` in the image's units mapped to [0, 1]; None uses the array's
+            min and max (or [0, 1] for floats already inside it).
+        net_channels: input channels of the network, 3 or 1.
+        pad_multiple: tiles are reflect-padded (bottom / right) to a multiple of this before
+            the network sees them and cropped back after.
+        cancel: called before every tile; returning True raises :class:`Cancelled`.
+
+    Yields:
+        :class:`Progress` after each tile; ``total`` counts tiles over all planes.
+
+    Returns:
+        (via ``StopIteration.value``) a numpy array of the input dtype, shaped like the input
+        with Y and X multiplied by ``scale``.
+
+    Raises:
+        ValueError: NaN / inf values, bool or non-real dtype, empty array, planes under 2x2,
+            bad arguments, unknown or unavailable device.
+        Cancelled: ``cancel()`` returned True.
+        RuntimeError: out of device memory (with advice to use a smaller ``tile``).
+    """
+    arr, is_dask = _as_array(image)
+    dtype = np.dtype(arr.dtype)
+    _check_dtype(dtype)
+    if arr.ndim < 2:
+        raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"the image is empty (shape {arr.shape})")
+    is_rgb, has_alpha = _resolve_rgb(tuple(arr.shape), rgb)
+    plane_nd = 3 if is_rgb else 2
+    lead = tuple(arr.shape[:-plane_nd])
+    height, width = (int(s) for s in arr.shape[-plane_nd:][:2])
+    if height < 2 or width < 2:
+        raise ValueError(
+            f"planes must be at least 2x2 pixels; got {height}x{width} (shape {arr.shape}"
+            f"{', rgb' if is_rgb else ''})"
+        )
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer; got {scale!r}")
+    scale = int(scale)
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0; got {overlap}")
+    if tile is not None:
+        if tile < 2:
+            raise ValueError(f"tile must be >= 2 pixels; got {tile}")
+        if tile <= overlap and (height > tile or width > tile):
+            raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
+    if pad_multiple < 1:
+        raise ValueError(f"pad_multiple must be >= 1; got {pad_multiple}")
+    if net_channels not in (1, 3):
+        raise ValueError(f"net_channels must be 1 or 3; got {net_channels}")
+    dev = resolve_device(device)
+    use_half = dev.type == "cuda" if half is None else bool(half)
+
+    lo, hi = _intensity_range(arr, has_alpha, data_range, is_dask)
+    # A constant image has hi == lo: any span maps it to 0 and the clip maps it back exactly.
+    span = hi - lo if hi > lo else 1.0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        clip_lo, clip_hi = max(lo, float(info.min)), min(hi, float(info.max))
+    else:
+        clip_lo, clip_hi = lo, hi
+
+    tiles = _plan(height, width, tile, overlap)
+    n_planes = int(np.prod(lead)) if lead else 1
+    total = n_planes * len(tiles)
+    n_color = 3 if is_rgb else 1
+    out_h, out_w = height * scale, width * scale
+
+    windows = [
+        np.outer(
+            _window_1d(y0, th, height, overlap, scale), _window_1d(x0, tw, width, overlap, scale)
+        )
+        for (y0, x0, th, tw) in tiles
+    ]
+    # float64 keeps the blended identity exact at scale 1; at scale > 1 the output planes are
+    # scale² larger and float32 halves their memory at no visible cost.
+    acc_dtype = np.float64 if scale == 1 else np.float32
+    wsum = np.zeros((out_h, out_w), dtype=acc_dtype)
+    for (y0, x0, th, tw), win in zip(tiles, windows):
+        wsum[y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += win
+
+    out = np.empty(lead + ((out_h, out_w, arr.shape[-1]) if is_rgb else (out_h, out_w)), dtype)
+    modes = [(m, m.training) for m in net.modules()]
+    net.to(dev)
+    net.eval()
+    in_dtype = _net_dtype(net)
+    try:
+        done = 0
+        for p, index in enumerate(np.ndindex(*lead)):
+            stage = f"plane {p + 1}/{n_planes}"
+            # One plane at a time: for dask this computes only that plane's chunks.
+            plane = np.asarray(arr[index])
+            color = plane[..., :3] if has_alpha else plane
+            color64 = color.astype(np.float64)
+            if is_rgb:
+                color64 = np.moveaxis(color64, -1, 0)  # (3, Y, X)
+            else:
+                color64 = color64[None]  # (1, Y, X)
+            x32 = ((color64 - lo) / span).astype(np.float32)
+            acc = np.zeros((n_color, out_h, out_w), dtype=acc_dtype)
+            for (y0, x0, th, tw), win in zip(tiles, windows):
+                if cancel is not None and cancel():
+                    raise Cancelled(f"cancelled after {done} of {total} tiles")
+                y = _run_tile(
+                    net, x32, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels, dev,
+                    use_half, in_dtype,
+                )
+                acc[:, y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += y * win
+                done += 1
+                yield Progress(done, total, stage)
+            res = acc / wsum
+            if scale == 1:
+                # Add the network's change to the original values instead of mapping its output
+                # back: identical up to the float32 rounding of the input, which this restores,
+                # so an identity network returns every dtype (float64 too) bit for bit.
+                res = color64 + (res - x32) * span
+            else:
+                res = res * span + lo
+            np.clip(res, clip_lo, clip_hi, out=res)
+            if dtype.kind in "iu":
+                np.rint(res, out=res)
+            res = res.astype(dtype)
+            if is_rgb:
+                res = np.moveaxis(res, 0, -1)
+                if has_alpha:
+                    alpha = plane[..., 3]
+                    if scale > 1:
+                        alpha = np.repeat(np.repeat(alpha, scale, axis=0), scale, axis=1)
+                    res = np.concatenate([res, alpha[..., None].astype(dtype)], axis=-1)
+            else:
+                res = res[0]
+            out[index] = res
+        return out
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _run_tile(
+    net: torch.nn.Module,
+    x32: np.ndarray,
+    y0: int,
+    x0: int,
+    th: int,
+    tw: int,
+    scale: int,
+    pad_multiple: int,
+    is_rgb: bool,
+    net_channels: int,
+    dev: torch.device,
+    half: bool,
+    in_dtype: torch.dtype,
+) -> np.ndarray:
+    """Network output for one tile, ``(n_color, th * scale, tw * scale)``, float, in [0, 1]."""
+    t = x32[:, y0 : y0 + th, x0 : x0 + tw]
+    ph, pw = (-th) % pad_multiple, (-tw) % pad_multiple
+    if ph or pw:
+        t = np.pad(t, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    xt = torch.from_numpy(np.ascontiguousarray(t))
+    if net_channels == 3:
+        xb = (xt if is_rgb else xt.expand(3, -1, -1))[None]  # (1, 3, h, w)
+    else:
+        xb = xt[:, None]  # (n_color, 1, h, w): RGB channels as a batch
+    xb = xb.to(device=dev, dtype=in_dtype)
+    y = _forward(net, xb, dev, half, (th + ph, tw + pw))
+    exp_hw = ((th + ph) * scale, (tw + pw) * scale)
+    if y.ndim != 4 or y.shape[0] != xb.shape[0] or tuple(y.shape[-2:]) != exp_hw:
+        raise ValueError(
+            f"the network turned a {tuple(xb.shape)} tile into {tuple(y.shape)}; expected "
+            f"({xb.shape[0]}, C, {exp_hw[0]}, {exp_hw[1]}) for scale={scale}"
+        )
+    if is_rgb and net_channels == 3:
+        if y.shape[1] != 3:
+            raise ValueError(f"an RGB image needs a 3-channel network output; got {y.shape[1]}")
+        y = y[0]
+    elif is_rgb:
+        if y.shape[1] != 1:
+            raise ValueError(f"net_channels=1 needs a 1-channel network output; got {y.shape[1]}")
+        y = y[:, 0]
+    else:
+        # Gray: average the replicated channels back, in float64 so that averaging three equal
+        # values returns that value exactly.
+        y = y[0].double().mean(dim=0, keepdim=True)
+    return y[:, : th * scale, : tw * scale].numpy()
+
+
+def apply(
+    image: Any,
+    net: torch.nn.Module,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    **kw: Any,
+) -> np.ndarray:
+    """Run :func:`iter_apply` to the end and return its result.
+
+    ``progress`` (optional) is called with every :class:`Progress`; the other keywords are
+    those of :func:`iter_apply`. Output: the input dtype, Y and X multiplied by ``scale``.
+    """
+    gen = iter_apply(image, net, **kw)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(event)
