@@ -53,7 +53,8 @@ class ChannelScale(nn.Module):
     """Multiplies channel c by (c + 1)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)[None, :, None, None]
+        factors = torch.arange(1, x.shape[1] + 1, dtype=x.dtype, device=x.device)
+        return x * factors[None, :, None, None]
 
 
 class Mul(nn.Module):
@@ -294,14 +295,16 @@ class CountingArray:
 
 
 def test_dask_is_read_plane_by_plane(nuclei):
+    nuclei = nuclei[:8]
     src = CountingArray(nuclei)
     lazy = da.from_array(src, chunks=(1, 128, 128), meta=np.empty((0, 0, 0), nuclei.dtype))
-    n_chunks = 24 * 2 * 2
+    n_chunks = 8 * 2 * 2
     net = random_net(3)
     gen = iter_apply(lazy, net, **CPU)
     next(gen)  # statistics pass (all chunks once) + the first plane
     assert len(src.reads) == n_chunks + 4
-    assert all(r[0] == slice(0, 1) for r in src.reads[n_chunks:])  # only plane 0 so far
+    # only plane 0 so far (dask may fuse the integer index into the read)
+    assert all(r[0] in (0, slice(0, 1)) for r in src.reads[n_chunks:]), src.reads[n_chunks:]
     for _ in gen:
         pass
     assert len(src.reads) == 2 * n_chunks  # one stats pass, then every plane once
@@ -405,7 +408,9 @@ def test_cancel_after_k_tiles(ct):
 
     events: list[Progress] = []
     with pytest.raises(Cancelled):
-        apply(ct, identity_net(), tile=128, overlap=32, cancel=cancel, progress=events.append, **CPU)
+        apply(
+            ct, identity_net(), tile=128, overlap=32, cancel=cancel, progress=events.append, **CPU
+        )
     assert len(events) == 5
 
 
@@ -460,7 +465,10 @@ def test_out_of_memory_advises_smaller_tile(ct):
     [
         (lambda ct: np.where(np.arange(ct.size).reshape(ct.shape) % 100000 == 7, np.nan, ct),
          r"3 NaN and 0 infinite"),
-        (lambda ct: np.where(ct == ct.max(), np.inf, ct.astype(np.float32)), r"0 NaN and \d+ infinite"),
+        (
+            lambda ct: np.where(ct == ct.max(), np.inf, ct.astype(np.float32)),
+            r"0 NaN and \d+ infinite",
+        ),
         (lambda ct: ct > 0, "boolean"),
         (lambda ct: ct[:0], "empty"),
         (lambda ct: ct[:1, :1], "at least 2x2"),

@@ -270,7 +270,8 @@ def _plan(
 def _autocast(dev: torch.device, half: bool) -> contextlib.AbstractContextManager:
     if not half:
         return contextlib.nullcontext()
-    if not torch.amp.is_autocast_available(dev.type):
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if available is not None and not available(dev.type):
         raise ValueError(f"half=True: fp16 autocast is not available on {dev}; use half=False")
     return torch.autocast(device_type=dev.type, dtype=torch.float16)
 
@@ -345,8 +346,10 @@ def iter_apply(
         device: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` or a ``torch.device``.
         tile: tile edge in input pixels; None processes planes of up to 1024² pixels whole and
             larger ones in 512-pixel tiles.
-        overlap: overlap between neighbouring tiles in input pixels (should exceed the
-            network's receptive-field radius; the outer quarter of it is discarded).
+        overlap: overlap between neighbouring tiles in input pixels. The outer quarter of
+            it is discarded and the rest cross-faded, so tiling reproduces the whole-plane
+            result exactly when the network's receptive-field radius is <= ``overlap // 4``
+            (and approximately, without seams, beyond).
         half: fp16 autocast; None uses it on CUDA only.
         data_range: ``(lo, hi)`` in the image's units mapped to [0, 1]; None uses the array's
             min and max (or [0, 1] for floats already inside it).
@@ -416,18 +419,18 @@ def iter_apply(
     n_color = 3 if is_rgb else 1
     out_h, out_w = height * scale, width * scale
 
-    windows = [
-        np.outer(
-            _window_1d(y0, th, height, overlap, scale), _window_1d(x0, tw, width, overlap, scale)
-        )
-        for (y0, x0, th, tw) in tiles
-    ]
+    # Windows are separable: keep the 1-D factors (tiny) and form each 2-D window per tile, so
+    # memory stays bounded by the tile and the plane, not by the number of tiles.
+    win_y = {y0: _window_1d(y0, th, height, overlap, scale) for (y0, _, th, _) in tiles}
+    win_x = {x0: _window_1d(x0, tw, width, overlap, scale) for (_, x0, _, tw) in tiles}
     # float64 keeps the blended identity exact at scale 1; at scale > 1 the output planes are
     # scale² larger and float32 halves their memory at no visible cost.
     acc_dtype = np.float64 if scale == 1 else np.float32
     wsum = np.zeros((out_h, out_w), dtype=acc_dtype)
-    for (y0, x0, th, tw), win in zip(tiles, windows):
-        wsum[y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += win
+    for y0, x0, th, tw in tiles:
+        wsum[y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += np.outer(
+            win_y[y0], win_x[x0]
+        )
 
     out = np.empty(lead + ((out_h, out_w, arr.shape[-1]) if is_rgb else (out_h, out_w)), dtype)
     modes = [(m, m.training) for m in net.modules()]
@@ -448,13 +451,14 @@ def iter_apply(
                 color64 = color64[None]  # (1, Y, X)
             x32 = ((color64 - lo) / span).astype(np.float32)
             acc = np.zeros((n_color, out_h, out_w), dtype=acc_dtype)
-            for (y0, x0, th, tw), win in zip(tiles, windows):
+            for y0, x0, th, tw in tiles:
                 if cancel is not None and cancel():
                     raise Cancelled(f"cancelled after {done} of {total} tiles")
                 y = _run_tile(
                     net, x32, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels, dev,
                     use_half, in_dtype,
                 )
+                win = np.outer(win_y[y0], win_x[x0])
                 acc[:, y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += y * win
                 done += 1
                 yield Progress(done, total, stage)

@@ -364,7 +364,7 @@ def load_into(
     own = net.state_dict()
     stored = header["tensors"]
     missing = [k for k in own if k not in stored]
-    unexpected = [k for k in stored if k not in own]
+    unexpected = sorted(k for k in stored if k not in own)
     mismatched = [
         f"{k}: file {tuple(stored[k]['shape'])} vs network {tuple(own[k].shape)}"
         for k in own
