@@ -1,0 +1,389 @@
+"""The one training loop: a generator of :class:`TrainEvent` for every task (via a recipe).
+
+The core yields, the GUI renders: ``train(...)`` yields after every step (so napari's
+``worker.quit()``, which acts only at a yield, stops it within one step), after each validation
+and after each checkpoint. The CLI drives the same generator with a terminal progress bar.
+
+Reproducibility and resuming
+----------------------------
+All randomness comes from one numpy ``Generator`` (the recipe's batches) and torch's global RNG,
+both seeded from ``seed`` and saved in every checkpoint together with the model, the Adam
+moments and the step, so that (run k steps, stop, resume to N) gives the same weights as an
+uninterrupted N-step run (bit for bit on CPU; on GPU up to cuDNN's nondeterminism). The learning
+rate is a closed-form function of the step (:class:`CosineSchedule`), so it needs no state
+beyond the step and its parameters, which the checkpoint records too.
+
+Checkpoints are written only between steps, atomically (temp file + rename): a crash, a cancel
+or a closed generator never leaves a half-written ``last.safetensors``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..engine import resolve_device
+from ..weights import WeightsError, load_into, read_header, save_weights
+from .checkpoint import check_identity, load_checkpoint, save_checkpoint
+from .recipes import Recipe, recipe_identity
+
+__all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST"]
+
+#: Adam betas of the DRAN paper (REFERENCE.md); shared by every recipe.
+BETAS = (0.9, 0.99)
+#: File names inside ``out_dir``.
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+#: Names the newest run started in a folder (see ``train``: closing an old generator).
+OWNER = ".train-owner"
+#: Weight of the newest value in the running (exponential) average of the step losses.
+_EMA = 0.05
+
+
+@dataclass
+class TrainEvent:
+    """One thing that happened during training.
+
+    Attributes:
+        kind: ``"step"`` (a step finished; ``losses`` are running averages, ``lr`` the rate the
+            step used), ``"validation"`` (``metrics``, ``preview``; ``path`` is the best file
+            when this validation made a new best, else None), ``"checkpoint"`` (``path`` =
+            ``last.safetensors`` just written), ``"done"`` (``path`` = best file) or
+            ``"cancelled"`` (``path`` = ``last.safetensors``, resumable).
+        step: steps completed (0 before the first); total: steps planned.
+        preview: the current model's output on one validation plane, float32 [0, 1],
+            ``Y×X`` or ``Y×X×3``.
+    """
+
+    kind: str
+    step: int
+    total: int
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None
+    path: Path | None = None
+    preview: np.ndarray | None = None
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or cancelled) run leaves behind.
+
+    ``steps``: steps completed; ``best_metric`` / ``best_step``: the best validation value of
+    ``metric`` and its step (None before any validation); ``last_path``: the resumable
+    checkpoint; ``best_path``: the best model as a weights file (None if none yet).
+    """
+
+    steps: int
+    total: int
+    cancelled: bool
+    metric: str
+    best_metric: float | None
+    best_step: int | None
+    last_path: Path | None
+    best_path: Path | None
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Cosine decay from ``base_lr`` at step 0 to ``base_lr * final_fraction`` at ``total``.
+
+    A pure function of the step, so that resuming restores the exact position from the step
+    count alone. ``final_fraction = 0.01`` rather than 0 keeps the last steps useful.
+    """
+
+    base_lr: float
+    total: int
+    final_fraction: float = 0.01
+
+    def lr(self, step: int) -> float:
+        """Learning rate of 0-based step ``step``."""
+        t = min(max(step, 0), self.total) / max(self.total, 1)
+        lo = self.base_lr * self.final_fraction
+        return lo + 0.5 * (self.base_lr - lo) * (1.0 + math.cos(math.pi * t))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "cosine",
+            "base_lr": self.base_lr,
+            "total": self.total,
+            "final_fraction": self.final_fraction,
+        }
+
+
+def _better(value: float, best: float | None, higher: bool) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value > best if higher else value < best
+
+
+def train(
+    recipe: Recipe,
+    *,
+    steps: int,
+    out_dir: str | os.PathLike,
+    batch: int = 16,
+    patch: int = 64,
+    lr: float = 1e-4,
+    device: str | torch.device = "auto",
+    val_every: int = 200,
+    ckpt_every: int = 200,
+    seed: int = 0,
+    resume: bool = True,
+    init_weights: str | os.PathLike | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train ``recipe``'s network, yielding :class:`TrainEvent` s; returns a :class:`TrainResult`.
+
+    Args:
+        recipe: the task (:class:`~napari_medenhance.core.training.recipes.Recipe`).
+        steps: total optimisation steps of the run (a resumed run counts from its checkpoint;
+            a larger value than the checkpoint's extends the run and re-stretches the cosine).
+        out_dir: folder for ``last.safetensors`` (resumable checkpoint) and
+            ``best.safetensors`` (best validated model, a weights file for the engine / zoo);
+            created if missing.
+        batch, patch: samples per step and patch edge in pixels (the recipe draws them).
+        lr: initial learning rate of Adam (betas :data:`BETAS`), cosine-decayed over ``steps``
+            to 1 % of it. When resuming, the checkpoint's base rate is used.
+        device: ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
+        val_every: validate every this many steps (<= 0: only at the end), plus once at step 0
+            of a fresh run (the baseline); the best value of ``recipe.primary_metric`` so far is
+            written to ``best.safetensors`` (step 0 counts: with ``init_weights`` the starting
+            model may be the best).
+        ckpt_every: write ``last.safetensors`` every this many steps (<= 0: only at the end);
+            it is also written at the end, on cancel and when the generator is closed.
+        seed: seeds numpy (batches) and torch (network initialisation, any torch randomness).
+            Note: this sets torch's *global* seed.
+        resume: continue from ``out_dir/last.safetensors`` when it exists (same step, learning
+            rate, Adam moments and RNG streams). A checkpoint that cannot be read, or that was
+            written for another recipe / network, raises ``CheckpointError``. With
+            ``resume=False`` an existing checkpoint is replaced at the first save.
+        init_weights: start a fresh run from this weights file (fine-tuning; strict load, must
+            fit the recipe's network); ignored when resuming from a checkpoint.
+        cancel: polled before every step; when it returns True the checkpoint is written, a
+            ``"cancelled"`` event is yielded and the generator returns.
+
+    Stopping: from a GUI prefer ``cancel``; it stops at the next step boundary with a
+    checkpoint and a ``"cancelled"`` event, synchronously. napari's ``worker.quit()`` instead
+    abandons the generator at a yield, and Python closes it (``GeneratorExit``) only when it is
+    garbage-collected, which may be much later. The close still writes ``last.safetensors`` (the
+    state at a yield is always consistent), unless another ``train()`` has started in the same
+    ``out_dir`` since: the folder's ``.train-owner`` file names the newest run, and an older
+    run never overwrites a newer run's checkpoint.
+
+    Raises:
+        ValueError: bad arguments or device.
+        CheckpointError: unusable checkpoint when resuming (never silently ignored).
+        WeightsError: ``init_weights`` does not fit the network.
+        FloatingPointError: a non-finite loss (the last checkpoint is left as it was).
+    """
+    for name, value in (("steps", steps), ("batch", batch), ("patch", patch)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    steps, batch, patch = int(steps), int(batch), int(patch)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / LAST, out / BEST
+    dev = resolve_device(device)
+    identity = recipe_identity(recipe)
+    higher = bool(recipe.higher_is_better)
+    metric = str(recipe.primary_metric)
+
+    ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
+    if ckpt is not None:
+        check_identity(ckpt, identity)
+    owner_path, token = out / OWNER, uuid.uuid4().hex
+    owner_path.write_text(token)
+
+    torch.manual_seed(seed)
+    net = recipe.build()
+    rng = np.random.default_rng(seed)
+    if ckpt is None:
+        if init_weights is not None:
+            load_into(net, init_weights, strict=True, expected_arch=recipe.arch)
+        step, best, best_step, ema = 0, None, None, {}
+        schedule = CosineSchedule(float(lr), steps)
+    else:
+        net.load_state_dict(ckpt.model, strict=True)
+        step = ckpt.step
+        best, best_step = ckpt.loop.get("best"), ckpt.loop.get("best_step")
+        ema = dict(ckpt.loop.get("ema", {}))
+        schedule = CosineSchedule(
+            float(ckpt.schedule["base_lr"]), steps, float(ckpt.schedule["final_fraction"])
+        )
+        best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step)
+    net.to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=schedule.lr(step), betas=BETAS)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt.optimizer)
+        rng.bit_generator.state = ckpt.numpy_rng
+        torch.set_rng_state(ckpt.torch_rng)
+        if ckpt.cuda_rng and dev.type == "cuda":
+            if len(ckpt.cuda_rng) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(ckpt.cuda_rng)
+    saved_step = step if ckpt is not None else None
+    net.train()
+
+    def save_last() -> Path:
+        nonlocal saved_step
+        save_checkpoint(
+            last_path,
+            net=net,
+            optimizer=opt,
+            step=step,
+            total=steps,
+            identity=identity,
+            schedule=schedule.state_dict(),
+            numpy_rng=rng.bit_generator.state,
+            loop={"best": best, "best_step": best_step, "metric": metric, "ema": ema,
+                  "seed": seed, "batch": batch, "patch": patch},
+        )
+        saved_step = step
+        return last_path
+
+    def validate() -> TrainEvent:
+        nonlocal best, best_step
+        net.eval()
+        try:
+            with torch.no_grad():
+                metrics, preview = recipe.validate(net, dev)
+        finally:
+            net.train()
+        metrics = {k: float(v) for k, v in metrics.items()}
+        value = metrics.get(metric, float("nan"))
+        new_best = None
+        if _better(value, best, higher):
+            best, best_step = value, step
+            meta: dict[str, Any] = {
+                "task": identity["task"],
+                "recipe": identity["recipe"],
+                "step": step,
+                "total": steps,
+                "metrics": metrics,
+                "primary_metric": metric,
+            }
+            describe = getattr(recipe, "describe", None)
+            if callable(describe):
+                meta["training"] = describe()
+            new_best = save_weights(
+                best_path, net, arch=identity["arch"], config=identity["config"], meta=meta
+            )
+        return TrainEvent("validation", step, steps, metrics=metrics, preview=preview,
+                          path=new_best)
+
+    def result(cancelled: bool) -> TrainResult:
+        return TrainResult(
+            steps=step, total=steps, cancelled=cancelled, metric=metric, best_metric=best,
+            best_step=best_step, last_path=last_path if last_path.exists() else None,
+            best_path=best_path if best_path.exists() else None,
+        )
+
+    # A checkpoint is only ever written here, between steps, where model, optimizer, RNGs and
+    # step agree; ``finished`` stops the GeneratorExit handler from saving twice.
+    finished = False
+    try:
+        if ckpt is None and val_every > 0:
+            yield validate()
+        while step < steps:
+            if cancel is not None and cancel():
+                if saved_step != step:
+                    save_last()
+                finished = True
+                yield TrainEvent("cancelled", step, steps, path=last_path)
+                return result(cancelled=True)
+            recipe.on_step(net, step, steps)
+            lr_now = schedule.lr(step)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+            inputs, targets = recipe.sample_batch(rng, batch, patch)
+            inputs = inputs.to(dev, non_blocking=True)
+            targets = targets.to(dev, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            loss, logs = recipe.loss(net, inputs, targets)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(
+                    f"non-finite training loss ({float(loss)}) at step {step + 1}; the last "
+                    f"checkpoint ({last_path}, step {saved_step}) was left as it was. Try a "
+                    "lower learning rate."
+                )
+            loss.backward()
+            opt.step()
+            step += 1
+            for k, v in logs.items():
+                ema[k] = float(v) if k not in ema else (1 - _EMA) * ema[k] + _EMA * float(v)
+            yield TrainEvent("step", step, steps, losses=dict(ema), lr=lr_now)
+            if (val_every > 0 and step % val_every == 0) or step == steps:
+                yield validate()
+            if (ckpt_every > 0 and step % ckpt_every == 0) or step == steps:
+                save_last()
+                yield TrainEvent("checkpoint", step, steps, path=last_path)
+        if saved_step != step:  # a resumed run that was already complete
+            save_last()
+        finished = True
+        yield TrainEvent("done", step, steps, path=best_path if best_path.exists() else None,
+                         metrics={metric: best} if best is not None else {})
+        return result(cancelled=False)
+    except GeneratorExit:
+        if not finished and saved_step != step and _still_owner(owner_path, token):
+            try:
+                save_last()
+            except Exception as e:  # noqa: BLE001 - closing must not fail; the old file is intact
+                warnings.warn(
+                    f"could not write {last_path} when training was stopped ({e}); the previous "
+                    f"checkpoint (step {saved_step}) is intact",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        raise
+
+
+def _still_owner(path: Path, token: str) -> bool:
+    """Whether this run is still the newest one started in its folder."""
+    try:
+        return path.read_text().strip() == token
+    except OSError:
+        return False
+
+
+def _best_on_disk(
+    path: Path,
+    identity: dict[str, Any],
+    metric: str,
+    higher: bool,
+    best: float | None,
+    best_step: int | None,
+) -> tuple[float | None, int | None]:
+    """Best-so-far from the checkpoint, or from ``best.safetensors`` when that is newer.
+
+    A validation can write a new best after the last checkpoint; when the run then stops
+    abruptly and resumes, that file must not be overwritten by a worse model.
+    """
+    if not path.exists():
+        return best, best_step
+    try:
+        header = read_header(path, expected_arch=identity["arch"])
+    except WeightsError:
+        return best, best_step
+    meta = header["meta"]
+    value = (meta.get("metrics") or {}).get(metric)
+    if (
+        meta.get("task") == identity["task"]
+        and header["config"] == identity["config"]
+        and isinstance(value, (int, float))
+        and _better(float(value), best, higher)
+    ):
+        return float(value), meta.get("step")
+    return best, best_step

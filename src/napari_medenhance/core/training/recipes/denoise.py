@@ -1,0 +1,275 @@
+"""Blind Gaussian denoising with DRAN (seed 003; REFERENCE.md, "DRAN").
+
+Training pairs
+--------------
+clean = a patch of a real plane in [0, 1] (see :class:`~..patches.PatchSampler`);
+noise = N(0, σ²) with σ ~ U(0, ``sigma_max``)/255 drawn per sample (blind: one network for all
+levels, as in the paper); input = clean + noise; loss = L1(net(input), noise): the network
+predicts the residual noise and the clean estimate is ``input − net(input)`` (paper eq. 12).
+
+* **The input is not clipped to [0, 1].** The residual target must be exactly
+  ``input − clean``; clipping would make the noise signal-dependent and one-sided wherever the
+  clean image is near 0 or 1 (the dark background of fluorescence and CT, which is a large part
+  of this data), teaching the network to brighten dark areas. At inference the engine maps data
+  to [0, 1] by the noisy image's own min and max, so the noise in what the network sees is not
+  clipped there either.
+* **Gray planes get the same noise in all three channels.** The engine runs a grayscale image by
+  replicating it to three channels, so a noisy gray image arrives with identical noise in each;
+  training with independent per-channel noise there would let the network average the channels
+  and then fail at inference. RGB planes get independent noise per channel.
+
+Validation
+----------
+A fixed set: the central ≤ ``val_crop``² window of every validation plane, with noise drawn
+once from ``val_seed`` at σ ∈ ``val_sigmas`` (15, 25, 50 by default, in /255 units). Reported:
+PSNR and SSIM (data range 1, output clipped to [0, 1] as the engine delivers it, gray outputs
+averaged back to one channel) per σ, averaged first over the planes of each modality and then
+over modalities (so ten small MR slices do not outweigh one CT slice), their mean over σ
+(``psnr``, ``ssim``: ``psnr`` picks the best checkpoint) and the L1 noise loss (``loss``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...metrics import psnr as _psnr
+from ...metrics import ssim as _ssim
+from ...nets import build as _build
+from ...nets.dran import DRAN, set_temperature, temperature_schedule
+from ..patches import PatchSampler, Plane, Pool, center_crop
+
+__all__ = ["DenoiseRecipe"]
+
+
+def _dran_defaults() -> dict[str, Any]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(DRAN.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+class DenoiseRecipe:
+    """DRAN blind Gaussian denoising on a :class:`Pool` of real planes.
+
+    Args:
+        pool: training planes (patches are drawn from them) and validation planes (fixed
+            centre crops); never the same image in both.
+        config: DRAN constructor arguments overriding the paper's defaults (e.g.
+            ``{"features": 16, "blocks": 1}`` for a tiny test network). The full
+            configuration, defaults included, is what checkpoints and weights record.
+        sigma_max: training noise σ is drawn from U(0, sigma_max) in /255 units (paper: 50).
+        val_sigmas: validation noise levels in /255 units.
+        val_crop: validation planes are centre-cropped to at most this many pixels per side.
+        val_seed: seed of the fixed validation noise.
+        min_std, max_empty, max_tries: empty-background rejection of the patch sampler
+            (:class:`~..patches.PatchSampler`).
+        anneal_fraction: the attention temperature anneals 30 → 1 over this fraction of the
+            run's steps (10 % → 10,000 of the paper's 100k steps, DRAN's default), then stays 1.
+        preview_sigma: noise level of the preview image (the first validation plane).
+    """
+
+    task = "denoise"
+    arch = "dran"
+    primary_metric = "psnr"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        config: Mapping[str, Any] | None = None,
+        sigma_max: float = 50.0,
+        val_sigmas: Sequence[float] = (15.0, 25.0, 50.0),
+        val_crop: int = 256,
+        val_seed: int = 2020,
+        min_std: float = 0.005,
+        max_empty: float = 0.75,
+        max_tries: int = 20,
+        anneal_fraction: float = 0.1,
+        preview_sigma: float = 25.0,
+    ) -> None:
+        if not pool.train:
+            raise ValueError("the pool has no training planes")
+        if not pool.val:
+            raise ValueError("the pool has no validation planes")
+        defaults = _dran_defaults()
+        unknown = sorted(set(config or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown DRAN config keys {unknown}; known: {sorted(defaults)}")
+        self.config: dict[str, Any] = {**defaults, **dict(config or {})}
+        self.pool = pool
+        self.sigma_max = float(sigma_max)
+        self.val_sigmas = tuple(float(s) for s in val_sigmas)
+        self.val_crop = int(val_crop)
+        self.val_seed = int(val_seed)
+        self.min_std = float(min_std)
+        self.max_empty = float(max_empty)
+        self.max_tries = int(max_tries)
+        self.anneal_fraction = float(anneal_fraction)
+        self._preview_index = int(np.argmin([abs(s - preview_sigma) for s in self.val_sigmas]))
+        self._samplers: dict[int, PatchSampler] = {}
+        self._val = self._prepare_validation()
+
+    # ------------------------------------------------------------------ training
+    def build(self) -> torch.nn.Module:
+        """A freshly initialised DRAN with :attr:`config`."""
+        return _build(self.arch, **self.config)
+
+    def anneal_steps(self, total: int) -> int:
+        """Steps over which the attention temperature anneals 30 → 1 in a ``total``-step run."""
+        return max(1, math.ceil(self.anneal_fraction * total))
+
+    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
+        """Set every dynamic conv's temperature for 0-based ``step`` (linear 30 → 1, then 1)."""
+        set_temperature(net, temperature_schedule(step, anneal_steps=self.anneal_steps(total)))
+
+    def sampler(self, patch: int) -> PatchSampler:
+        """The (cached) patch sampler over the training planes for ``patch``-pixel patches."""
+        if patch not in self._samplers:
+            self._samplers[patch] = PatchSampler(
+                self.pool.train,
+                patch,
+                min_std=self.min_std,
+                max_empty=self.max_empty,
+                max_tries=self.max_tries,
+            )
+        return self._samplers[patch]
+
+    def sample_batch(
+        self, rng: np.random.Generator, batch: int, patch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(noisy, clean)``: float32 ``batch×3×patch×patch``; noisy = clean + N(0, σ²),
+        σ ~ U(0, sigma_max)/255 per sample, not clipped (module docstring)."""
+        clean, gray = self.sampler(patch).sample(rng, batch)
+        sigma = rng.uniform(0.0, self.sigma_max, size=batch).astype(np.float32) / 255.0
+        noise = rng.standard_normal(clean.shape, dtype=np.float32)
+        noise[gray, 1:] = noise[gray, :1]
+        noise *= sigma[:, None, None, None]
+        return torch.from_numpy(clean + noise), torch.from_numpy(clean)
+
+    def loss(
+        self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 between the predicted and the true noise ``inputs - targets`` (paper eq. 12)."""
+        l1 = (net(inputs) - (inputs - targets)).abs().mean()
+        return l1, {"l1": float(l1.detach())}
+
+    # ---------------------------------------------------------------- validation
+    def _prepare_validation(self) -> list[dict[str, Any]]:
+        rng = np.random.default_rng(self.val_seed)
+        items = []
+        for plane in self.pool.val:
+            clean = np.ascontiguousarray(center_crop(plane.data, self.val_crop))
+            chw = clean.transpose(2, 0, 1) if plane.rgb else np.broadcast_to(clean, (3, *clean.shape))
+            noisy = np.empty((len(self.val_sigmas), *chw.shape), dtype=np.float32)
+            for i, s in enumerate(self.val_sigmas):
+                n = rng.standard_normal(chw.shape if plane.rgb else chw.shape[1:], dtype=np.float32)
+                noisy[i] = chw + n * np.float32(s / 255.0)
+            inputs = [self._to_plane(noisy[i], plane.rgb) for i in range(len(self.val_sigmas))]
+            items.append(
+                {
+                    "plane": plane,
+                    "clean": clean,
+                    "clean3": np.ascontiguousarray(chw, dtype=np.float32),
+                    "noisy": noisy,
+                    "psnr_input": [_psnr(clean, x, data_range=1.0, rgb=plane.rgb) for x in inputs],
+                    "ssim_input": [_ssim(clean, x, data_range=1.0, rgb=plane.rgb) for x in inputs],
+                }
+            )
+        return items
+
+    @staticmethod
+    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
+        """3×Y×X -> Y×X×3 (RGB) or Y×X (gray: the channel mean, as the engine returns it)."""
+        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
+
+    def evaluate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Run the network on the fixed validation set.
+
+        Returns:
+            ``(rows, preview)``: one row per plane and σ with ``name, modality, sigma, psnr,
+            ssim, psnr_input, ssim_input, l1`` (dB, [-1, 1], [0, 1] units), and the preview
+            (float32 [0, 1], denoised first plane at ``preview_sigma``). The network is put in
+            eval mode for the call and restored afterwards.
+        """
+        device = torch.device(device)
+        was_training = net.training
+        net.eval()
+        rows: list[dict[str, Any]] = []
+        preview = None
+        try:
+            with torch.no_grad():
+                for k, item in enumerate(self._val):
+                    plane: Plane = item["plane"]
+                    x = torch.from_numpy(item["noisy"]).to(device)
+                    pred = net(x)
+                    clean3 = torch.from_numpy(item["clean3"]).to(device)
+                    l1 = (pred - (x - clean3)).abs().mean(dim=(1, 2, 3)).cpu().numpy()
+                    out = (x - pred).clamp_(0.0, 1.0).cpu().numpy()
+                    for i, s in enumerate(self.val_sigmas):
+                        img = self._to_plane(out[i], plane.rgb)
+                        rows.append(
+                            {
+                                "name": plane.name,
+                                "modality": plane.modality,
+                                "sigma": s,
+                                "psnr": float(_psnr(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
+                                "ssim": float(_ssim(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
+                                "psnr_input": float(item["psnr_input"][i]),
+                                "ssim_input": float(item["ssim_input"][i]),
+                                "l1": float(l1[i]),
+                            }
+                        )
+                        if k == 0 and i == self._preview_index:
+                            preview = img.astype(np.float32)
+        finally:
+            net.train(was_training)
+        assert preview is not None
+        return rows, preview
+
+    @staticmethod
+    def summarize(rows: Sequence[Mapping[str, Any]], key: str, sigma: float | None = None) -> float:
+        """Mean of ``key`` over modalities of the per-modality means (rows at ``sigma``, or all)."""
+        by_mod: dict[str, list[float]] = {}
+        for r in rows:
+            if sigma is None or r["sigma"] == sigma:
+                by_mod.setdefault(r["modality"], []).append(float(r[key]))
+        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+
+    def validate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """``({"psnr", "ssim", "loss", "psnr_s15", "ssim_s15", ...}, preview)`` (module docstring)."""
+        rows, preview = self.evaluate(net, device)
+        metrics: dict[str, float] = {}
+        for s in self.val_sigmas:
+            tag = f"s{s:g}"
+            metrics[f"psnr_{tag}"] = self.summarize(rows, "psnr", s)
+            metrics[f"ssim_{tag}"] = self.summarize(rows, "ssim", s)
+        metrics["psnr"] = float(np.mean([metrics[f"psnr_s{s:g}"] for s in self.val_sigmas]))
+        metrics["ssim"] = float(np.mean([metrics[f"ssim_s{s:g}"] for s in self.val_sigmas]))
+        metrics["loss"] = float(np.mean([r["l1"] for r in rows]))
+        return metrics, preview
+
+    def describe(self) -> dict[str, Any]:
+        """What the recipe trains on and how, for the best weights file's header and the card."""
+        return {
+            "noise": f"additive Gaussian, sigma ~ U(0, {self.sigma_max:g})/255 per sample, "
+            "input not clipped; gray planes: same noise in the 3 replicated channels",
+            "loss": "L1(predicted noise, true noise)",
+            "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
+            "val_planes": [f"{p.modality}:{p.name}" for p in self.pool.val],
+            "val_sigmas": list(self.val_sigmas),
+            "val_crop": self.val_crop,
+            "val_seed": self.val_seed,
+            "anneal_fraction": self.anneal_fraction,
+        }

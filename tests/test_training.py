@@ -1,0 +1,314 @@
+"""The training engine: loop, checkpoints (safetensors, resumable), patches, denoise recipe.
+
+Tiny CPU runs on real planes from the shipped sample data (a small DRAN: 16 features, one DRAB
+of one layer; 32-pixel patches; batch 4).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import safetensors
+import torch
+
+from napari_medenhance.core.nets.dran import DRAN
+from napari_medenhance.core.training import (
+    CheckpointError,
+    CosineSchedule,
+    DenoiseRecipe,
+    PatchSampler,
+    Plane,
+    Pool,
+    load_checkpoint,
+    train,
+)
+from napari_medenhance.core.training import checkpoint as ckpt_mod
+from napari_medenhance.core.weights import WeightsError, load_into, read_header, save_weights
+from napari_medenhance.sample_data import load
+
+TINY = {"features": 16, "blocks": 1, "layers_per_block": 1}
+RUN = {"batch": 4, "patch": 32, "lr": 3e-3, "device": "cpu"}
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    """Robust percentile normalisation to [0, 1], as training/pool.py does for 16-bit data."""
+    a = a.astype(np.float32)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def ct() -> np.ndarray:
+    return _norm(load("ct_slice"))
+
+
+@pytest.fixture(scope="module")
+def pool(ct) -> Pool:
+    """Real CT, fluorescence and IHC colour planes; validation = disjoint regions / planes."""
+    nuc = _norm(load("nuclei_stack"))
+    ihc = load("ihc_rgb").astype(np.float32) / 255
+    return Pool(
+        train=[
+            Plane("ct[:, :384]", "CT", ct[:, :384]),
+            Plane("nuclei[z=10]", "fluorescence", nuc[10]),
+            Plane("ihc[:256]", "colour", ihc[:256]),
+        ],
+        val=[
+            Plane("ct[:, 384:]", "CT", ct[:, 384:]),
+            Plane("nuclei[z=20]", "fluorescence", nuc[20]),
+            Plane("ihc[256:]", "colour", ihc[256:]),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def recipe(pool) -> DenoiseRecipe:
+    return DenoiseRecipe(pool, config=TINY, val_crop=64)
+
+
+def _run(gen, stop_after: int | None = None):
+    """Drive a train() generator: (events, TrainResult or None if closed after ``stop_after``
+    step events)."""
+    events = []
+    n = 0
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return events, stop.value
+        events.append(ev)
+        if ev.kind == "step":
+            n += 1
+            if stop_after is not None and n == stop_after:
+                gen.close()
+                return events, None
+
+
+def _tensors(path) -> dict[str, torch.Tensor]:
+    with safetensors.safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+# ---------------------------------------------------------------------------------- learning
+
+
+def test_tiny_run_improves_validation(recipe, tmp_path):
+    events, res = _run(train(recipe, steps=40, out_dir=tmp_path, val_every=40, ckpt_every=0, **RUN))
+    val = [e for e in events if e.kind == "validation"]
+    assert [e.step for e in val] == [0, 40]
+    first, last = val[0].metrics, val[-1].metrics
+    assert last["psnr"] > first["psnr"] + 1.0, (first, last)
+    assert last["loss"] < first["loss"]
+    for s in ("15", "25", "50"):
+        assert f"psnr_s{s}" in last and f"ssim_s{s}" in last
+    # preview: the denoised first validation plane (gray CT crop), float32 in [0, 1]
+    assert val[-1].preview.shape == (64, 64) and val[-1].preview.dtype == np.float32
+    assert 0 <= val[-1].preview.min() and val[-1].preview.max() <= 1
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.step for e in steps] == list(range(1, 41))
+    assert steps[0].lr == pytest.approx(3e-3) and steps[-1].lr < steps[0].lr  # cosine decay
+    assert "l1" in steps[-1].losses
+    assert events[-1].kind == "done" and res.steps == 40 and not res.cancelled
+    assert res.best_metric == pytest.approx(last["psnr"]) and res.best_step == 40
+
+
+# ------------------------------------------------------------------------- resume / cancel
+
+
+def test_cancel_then_resume_equals_uninterrupted_run(recipe, tmp_path):
+    n, k = 12, 5
+    full, _ = _run(train(recipe, steps=n, out_dir=tmp_path / "a", val_every=4, ckpt_every=0, **RUN))
+
+    done: list[int] = []
+    gen = train(recipe, steps=n, out_dir=tmp_path / "b", val_every=4, ckpt_every=0,
+                cancel=lambda: len(done) >= k, **RUN)
+    events = []
+    for ev in gen:
+        events.append(ev)
+        if ev.kind == "step":
+            done.append(ev.step)
+    assert events[-1].kind == "cancelled" and events[-1].step == k and done[-1] == k
+    assert load_checkpoint(tmp_path / "b" / "last.safetensors").step == k
+
+    resumed, res = _run(train(recipe, steps=n, out_dir=tmp_path / "b", val_every=4, ckpt_every=0, **RUN))
+    steps = [e for e in resumed if e.kind == "step"]
+    assert steps[0].step == k + 1 and steps[-1].step == n and res.steps == n
+    full_lr = {e.step: e.lr for e in full if e.kind == "step"}
+    assert steps[0].lr == full_lr[k + 1]
+    # Bit-exact on CPU: model, BatchNorm statistics, Adam moments and step counts, RNG streams.
+    a = _tensors(tmp_path / "a" / "last.safetensors")
+    b = _tensors(tmp_path / "b" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert load_checkpoint(tmp_path / "b" / "last.safetensors").numpy_rng == load_checkpoint(
+        tmp_path / "a" / "last.safetensors"
+    ).numpy_rng
+
+
+def test_closing_the_generator_leaves_a_resumable_checkpoint(recipe, tmp_path):
+    # napari's worker.quit() closes the generator at a yield (GeneratorExit there).
+    events, res = _run(
+        train(recipe, steps=10, out_dir=tmp_path, val_every=0, ckpt_every=4, **RUN), stop_after=6
+    )
+    assert res is None and events[-1].kind == "step" and events[-1].step == 6
+    ck = load_checkpoint(tmp_path / "last.safetensors")
+    assert ck.step == 6 and ck.identity["task"] == "denoise"
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    resumed, res = _run(train(recipe, steps=10, out_dir=tmp_path, val_every=0, ckpt_every=4, **RUN))
+    assert [e.step for e in resumed if e.kind == "step"] == [7, 8, 9, 10]
+
+
+def test_closing_an_abandoned_run_never_overwrites_a_newer_one(recipe, tmp_path):
+    # quit() abandons the generator; Python closes it only when it is garbage-collected, which
+    # can be after the user started training again in the same folder.
+    old = train(recipe, steps=10, out_dir=tmp_path, val_every=0, ckpt_every=0, **RUN)
+    for _ in range(3):
+        next(old)
+    _, res = _run(train(recipe, steps=5, out_dir=tmp_path, val_every=0, ckpt_every=0, **RUN))
+    assert res.steps == 5
+    newer = (tmp_path / "last.safetensors").read_bytes()
+    old.close()
+    assert (tmp_path / "last.safetensors").read_bytes() == newer
+
+
+def test_failed_write_keeps_the_previous_checkpoint(recipe, tmp_path, monkeypatch):
+    _run(train(recipe, steps=3, out_dir=tmp_path, val_every=0, ckpt_every=3, **RUN))
+    before = (tmp_path / "last.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        _run(train(recipe, steps=6, out_dir=tmp_path, val_every=0, ckpt_every=3, **RUN))
+    monkeypatch.undo()
+    assert (tmp_path / "last.safetensors").read_bytes() == before
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 3
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_truncated_checkpoint_is_refused_not_restarted(recipe, tmp_path):
+    _run(train(recipe, steps=2, out_dir=tmp_path, val_every=0, ckpt_every=2, **RUN))
+    path = tmp_path / "last.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot resume.*truncated.*resume=False"):
+        next(train(recipe, steps=4, out_dir=tmp_path, **RUN))
+    assert path.read_bytes() == data[: len(data) // 2]  # left for the user to inspect
+    # resume=False starts afresh and replaces it
+    _, res = _run(train(recipe, steps=2, out_dir=tmp_path, val_every=0, resume=False, **RUN))
+    assert load_checkpoint(path).step == 2 and res.steps == 2
+
+
+def test_checkpoint_of_another_network_is_refused(recipe, pool, tmp_path):
+    _run(train(recipe, steps=1, out_dir=tmp_path, val_every=0, **RUN))
+    other = DenoiseRecipe(pool, config={**TINY, "features": 8}, val_crop=64)
+    with pytest.raises(CheckpointError, match="config"):
+        next(train(other, steps=2, out_dir=tmp_path, **RUN))
+    # a plain weights file is not a checkpoint either
+    (tmp_path / "w").mkdir()
+    save_weights(tmp_path / "w" / "last.safetensors", recipe.build(), arch="dran",
+                 config=recipe.config)
+    with pytest.raises(CheckpointError, match="not a training checkpoint.*init_weights"):
+        next(train(recipe, steps=2, out_dir=tmp_path / "w", **RUN))
+
+
+# -------------------------------------------------------------------------- weights files
+
+
+def test_best_weights_load_into_a_fresh_network(recipe, tmp_path):
+    _, res = _run(train(recipe, steps=6, out_dir=tmp_path, val_every=3, ckpt_every=0, **RUN))
+    header = read_header(res.best_path, expected_arch="dran")
+    meta = header["meta"]
+    assert meta["task"] == "denoise" and meta["step"] == res.best_step
+    assert meta["metrics"]["psnr"] == pytest.approx(res.best_metric)
+    assert {"psnr_s25", "ssim", "loss"} <= set(meta["metrics"])
+    net = DRAN(**header["config"])
+    load_into(net, res.best_path, expected_arch="dran")  # strict
+    net.eval()
+    metrics, _ = recipe.validate(net, torch.device("cpu"))
+    assert metrics["psnr"] == pytest.approx(res.best_metric, abs=1e-6)
+
+
+def test_fine_tune_starts_from_init_weights(recipe, tmp_path):
+    _, res = _run(train(recipe, steps=20, out_dir=tmp_path / "a", val_every=20, **RUN))
+    events, _ = _run(train(recipe, steps=1, out_dir=tmp_path / "b", val_every=1,
+                           init_weights=res.best_path, **RUN))
+    baseline = next(e for e in events if e.kind == "validation")
+    assert baseline.step == 0 and baseline.metrics["psnr"] == pytest.approx(res.best_metric, abs=1e-6)
+    # weights for another configuration do not fit: strict load refuses them
+    save_weights(tmp_path / "small.safetensors", DRAN(features=8, blocks=1, layers_per_block=1),
+                 arch="dran", config={"features": 8})
+    with pytest.raises(WeightsError, match="do not fit"):
+        next(train(recipe, steps=1, out_dir=tmp_path / "c", init_weights=tmp_path / "small.safetensors", **RUN))
+
+
+def test_checkpoints_are_safetensors_without_pickle(recipe, tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle-based loading must never be used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    _run(train(recipe, steps=2, out_dir=tmp_path, val_every=2, ckpt_every=1, **RUN))
+    _run(train(recipe, steps=4, out_dir=tmp_path, val_every=2, ckpt_every=1, **RUN))  # resumes
+    for name in ("last.safetensors", "best.safetensors"):
+        raw = (tmp_path / name).read_bytes()
+        assert raw[:2] != b"PK" and raw[0] != 0x80  # neither a torch.save ZIP nor a pickle
+        t = _tensors(tmp_path / name)
+        assert all(isinstance(v, torch.Tensor) for v in t.values())
+    t = _tensors(tmp_path / "last.safetensors")
+    assert t["rng/torch"].dtype == torch.uint8
+    assert any(k.startswith("optim/") and k.endswith("/exp_avg_sq") for k in t)
+    assert load_checkpoint(tmp_path / "last.safetensors").step == 4
+
+
+# ------------------------------------------------------------------ patches and schedule
+
+
+def test_patch_sampler_avoids_ct_padding(ct):
+    # The CT slice is -3024 HU outside the reconstruction circle: 0 after normalisation.
+    assert (ct == 0).mean() > 0.15
+    rng = np.random.default_rng(0)
+    plane = [Plane("ct", "CT", ct)]
+    patches, gray = PatchSampler(plane, 32).sample(rng, 400)
+    assert gray.all() and patches.shape == (400, 3, 32, 32)
+    assert (patches[:, 0] == patches[:, 1]).all() and (patches[:, 0] == patches[:, 2]).all()
+    std = patches[:, 0].std(axis=(1, 2))
+    padding = (patches[:, 0] == 0).mean(axis=(1, 2))
+    assert std.min() >= 0.005 and padding.max() <= 0.75
+    # without the rejection a good share of the patches would be pure padding
+    raw, _ = PatchSampler(plane, 32, min_std=0.0, max_empty=1.0).sample(np.random.default_rng(0), 400)
+    assert ((raw[:, 0] == 0).mean(axis=(1, 2)) == 1).mean() > 0.05
+
+
+def test_gray_noise_is_identical_across_channels_rgb_is_not(recipe):
+    x, y = recipe.sample_batch(np.random.default_rng(3), 32, 32)
+    noise = (x - y).numpy()
+    gray = (y[:, 0] == y[:, 1]).all(dim=(1, 2)).numpy() & (y[:, 0] == y[:, 2]).all(dim=(1, 2)).numpy()
+    assert gray.any() and (~gray).any()
+    assert np.allclose(noise[gray, 0], noise[gray, 1]) and np.allclose(noise[gray, 0], noise[gray, 2])
+    assert not np.allclose(noise[~gray, 0], noise[~gray, 1])
+    assert np.abs(noise).max() > 0  # not clipped to [0, 1]: inputs may leave the range
+    assert (x.numpy().min() < 0) or (x.numpy().max() > 1)
+
+
+def test_cosine_schedule():
+    s = CosineSchedule(1e-4, 100)
+    assert s.lr(0) == 1e-4 and s.lr(100) == pytest.approx(1e-6)
+    assert s.lr(50) == pytest.approx(0.5 * (1e-4 + 1e-6))
+    assert all(s.lr(i) >= s.lr(i + 1) for i in range(100))
+
+
+def test_patch_sampler_balances_modalities():
+    rng = np.random.default_rng(1)
+    big = Plane("big", "CR", 0.2 + 0.1 * rng.random((256, 256), dtype=np.float32))
+    small = Plane("small", "CT", 0.7 + 0.1 * rng.random((64, 64), dtype=np.float32))
+    for balance, expected in (("modality", 0.5), ("area", 64**2 / (256**2 + 64**2))):
+        p, _ = PatchSampler([big, small], 32, balance=balance).sample(np.random.default_rng(0), 2000)
+        share = (p[:, 0].mean(axis=(1, 2)) > 0.5).mean()
+        assert abs(share - expected) < 0.04, (balance, share)
