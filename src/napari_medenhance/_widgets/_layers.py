@@ -57,3 +57,42 @@ def text_overlay(viewer: napari.Viewer):
     if canvas is not None and hasattr(canvas, "overlays"):
         return canvas.overlays.text
     return viewer.text_overlay
+
+
+def plane_transform_kwargs(layer: napari.layers.Layer, index: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`transform_kwargs` for one plane of ``layer`` kept as an array with singleton
+    leading axes (shape ``(1, ..., 1, Y, X)``), so that it sits exactly on plane ``index``.
+
+    napari maps data to world as ``affine(translate + rotate·shear·scale·d)``; shifting the
+    data by ``index`` along the leading axes is therefore the same as adding
+    ``rotate·shear·scale·index`` to the translate, which stays exact with rotation and shear.
+    """
+    from napari.utils.transforms import CompositeAffine
+
+    kw = transform_kwargs(layer)
+    offset = np.zeros(layer.ndim)
+    offset[: len(index)] = index
+    linear = CompositeAffine(
+        scale=layer.scale, translate=np.zeros(layer.ndim), rotate=layer.rotate, shear=layer.shear
+    )
+    kw["translate"] = tuple(np.asarray(layer.translate, dtype=float) + linear(offset))
+    return kw
+
+
+class WorkerError(Exception):
+    """A ``RuntimeError`` from a worker's job, re-raised so that the worker reports it."""
+
+
+def surface_runtime_errors(job, *args: Any, **kwargs: Any):
+    """Run the generator function ``job(*args, **kwargs)`` as a generator, turning its
+    ``RuntimeError``\\ s into :class:`WorkerError`.
+
+    superqt's ``GeneratorWorker`` takes a ``RuntimeError`` from the generator for "the worker
+    object was deleted": it only warns and emits neither ``errored`` nor ``finished``, so a
+    widget would wait for ever. torch reports out-of-memory and most kernel failures as
+    ``RuntimeError``. Pass this to ``create_worker`` with the job as its first argument.
+    """
+    try:
+        return (yield from job(*args, **kwargs))
+    except RuntimeError as err:
+        raise WorkerError(str(err)) from err

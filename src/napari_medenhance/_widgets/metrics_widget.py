@@ -27,7 +27,13 @@ from qtpy.QtWidgets import (
 
 from napari_medenhance.metrics import iter_metric_maps, iter_stack_metrics, plane_metrics
 
-from ._layers import current_plane_index, plane_axes, text_overlay, transform_kwargs
+from ._layers import (
+    current_plane_index,
+    plane_axes,
+    surface_runtime_errors,
+    text_overlay,
+    transform_kwargs,
+)
 from ._plot import SlicePlot
 
 if TYPE_CHECKING:
@@ -206,7 +212,7 @@ class QualityMetricsWidget(QWidget):
 
         self._start(
             create_worker(
-                iter_metric_maps, inp.data, out.data, kind=kind, level=level, rgb=inp.rgb,
+                surface_runtime_errors, iter_metric_maps, inp.data, out.data, kind=kind, level=level, rgb=inp.rgb,
                 _progress={"total": total, "desc": f"{kind.upper()} map"},
             ),
             returned=add,
@@ -223,7 +229,7 @@ class QualityMetricsWidget(QWidget):
         total = int(np.prod(inp.data.shape[: plane_axes(inp)], dtype=int))
         self._set_results([])
         worker = create_worker(
-            iter_stack_metrics, inp.data, out.data, None if ref is None else ref.data,
+            surface_runtime_errors, iter_stack_metrics, inp.data, out.data, None if ref is None else ref.data,
             level=self.level.value, rgb=inp.rgb,
             _progress={"total": total, "desc": "Quality metrics"},
         )
