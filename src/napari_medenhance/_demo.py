@@ -54,7 +54,8 @@ def run(screenshot: str | Path | None = None, *, show: bool = True) -> Path | No
     source = viewer.add_image(data, **kwargs)
     restored = viewer.add_image(baseline_denoise(data), **{**kwargs, "name": "nuclei [NLM baseline]"})
     viewer.dims.set_current_step(0, data.shape[0] // 2)
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Quality metrics")
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Quality metrics", tabify=True)
     widget.input.value, widget.output.value = source, restored
     app = QApplication.instance()
     widget.compute_stack()
@@ -74,6 +75,10 @@ def run(screenshot: str | Path | None = None, *, show: bool = True) -> Path | No
         app.processEvents()
         time.sleep(0.05)
     viewer.screenshot(str(path), canvas_only=False)
+    from napari.qt.threading import WorkerBase
+
+    # Qt must not tear down a worker's signals while its thread still runs.
+    WorkerBase.await_workers(msecs=30_000)
     viewer.close()
     return path
 

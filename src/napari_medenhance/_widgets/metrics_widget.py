@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, Container, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -58,6 +59,11 @@ class QualityMetricsWidget(QWidget):
         self.results: list[dict[str, Any]] = []  # one row per slice after "Compute all slices"
         self.current_values: dict[str, float] = {}  # metrics of the slice on screen
         self._generation = 0  # bumps on every slider move / setting change
+        self._pending: tuple | None = None  # the current-slice job waiting for the debounce timer
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(40)
+        self._debounce.timeout.connect(self._start_current)
         self._worker = None
 
         self.input = ComboBox(label="input", choices=self._image_layers, tooltip="Image before restoration")
@@ -145,6 +151,7 @@ class QualityMetricsWidget(QWidget):
         try:
             inp, out, ref = self._pair()
         except ValueError as err:
+            self._pending = None
             self.status.setText(str(err))
             overlay.visible = False
             return
@@ -159,6 +166,15 @@ class QualityMetricsWidget(QWidget):
                 None if ref is None else np.asarray(ref.data[idx]), level=level, rgb=rgb,
             )
 
+        self._pending = (generation, header, idx, score)
+        # Debounced: a dragged slider starts one worker, and none starts while the viewer closes.
+        self._debounce.start()
+
+    def _start_current(self) -> None:
+        if self._pending is None:
+            return
+        generation, header, idx, score = self._pending
+        self._pending = None
         worker = create_worker(score)
         worker.returned.connect(lambda values: self._show_current(generation, header, idx, values))
         worker.errored.connect(lambda err: self._show_current(generation, header, idx, err))
