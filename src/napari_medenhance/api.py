@@ -14,6 +14,7 @@ import numpy as np
 
 from .core import engine, zoo
 from .core.engine import Cancelled, Progress
+from .core.jobs import drive
 from .core.zoo import ModelInfo
 
 if TYPE_CHECKING:
@@ -129,13 +130,7 @@ def denoise(
         Cancelled: ``cancel()`` returned True.
         RuntimeError: out of device memory (the message suggests a smaller ``tile``).
     """
-    gen = iter_denoise(
-        image, model, rgb=rgb, device=device, tile=tile, data_range=data_range, cancel=cancel
+    return drive(
+        iter_denoise(image, model, rgb=rgb, device=device, tile=tile, data_range=data_range, cancel=cancel),
+        progress,
     )
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .jobs import drive
+
 __all__ = [
     "AUTO_TILE",
     "AUTO_WHOLE_PLANE_PIXELS",
@@ -550,11 +552,4 @@ def apply(
     ``progress`` (optional) is called with every :class:`Progress`; the other keywords are
     those of :func:`iter_apply`. Output: the input dtype, Y and X multiplied by ``scale``.
     """
-    gen = iter_apply(image, net, **kw)
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event)
+    return drive(iter_apply(image, net, **kw), progress)

@@ -29,6 +29,7 @@ import numpy as np
 from skimage.color import deltaE_ciede2000, gray2rgb, rgb2gray, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from .jobs import drive
 from .pyramid import laplacian_band, pyramid_shape
 
 __all__ = [
@@ -306,12 +307,7 @@ def _maps(
     names: tuple[str, str],
     rgb: bool | None,
 ) -> np.ndarray:
-    gen = _iter_maps(kernel, a, b, names, rgb)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return drive(_iter_maps(kernel, a, b, names, rgb))
 
 
 def _ssim_map_kernel(dr: float | None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
