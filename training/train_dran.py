@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool import SPLIT, load_pool  # noqa: E402
 
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
+from napari_medenhance.core.jobs import drive  # noqa: E402
 from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe, train  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
@@ -109,29 +110,28 @@ def run_training(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.dev
     first = None
     t0 = time.perf_counter()
     result = None
+
+    def show(ev) -> None:
+        nonlocal bar, first, t0
+        if bar is None:
+            bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
+                       unit="step", dynamic_ncols=True)
+        if ev.kind == "step":
+            if first is None:
+                first, t0 = ev.step, time.perf_counter()
+            bar.update(1)
+            bar.set_postfix({**{k: f"{v:.4f}" for k, v in ev.losses.items()},
+                             "lr": f"{ev.lr:.2e}"}, refresh=False)
+        elif ev.kind == "validation":
+            m = ev.metrics
+            sig = " ".join(f"σ{k[6:]} {m[k]:.2f}" for k in m if k.startswith("psnr_s"))
+            tqdm.write(f"step {ev.step}: val PSNR {m['psnr']:.3f} dB ({sig}), SSIM "
+                       f"{m['ssim']:.4f}, L1 {m['loss']:.5f}" + ("  * best" if ev.path else ""))
+        elif ev.kind == "cancelled":
+            tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
+
     try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as s:
-                result = s.value
-                break
-            if bar is None:
-                bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
-                           unit="step", dynamic_ncols=True)
-            if ev.kind == "step":
-                if first is None:
-                    first, t0 = ev.step, time.perf_counter()
-                bar.update(1)
-                bar.set_postfix({**{k: f"{v:.4f}" for k, v in ev.losses.items()},
-                                 "lr": f"{ev.lr:.2e}"}, refresh=False)
-            elif ev.kind == "validation":
-                m = ev.metrics
-                sig = " ".join(f"σ{k[6:]} {m[k]:.2f}" for k in m if k.startswith("psnr_s"))
-                tqdm.write(f"step {ev.step}: val PSNR {m['psnr']:.3f} dB ({sig}), SSIM "
-                           f"{m['ssim']:.4f}, L1 {m['loss']:.5f}" + ("  * best" if ev.path else ""))
-            elif ev.kind == "cancelled":
-                tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
+        result = drive(gen, show)
     finally:
         if bar is not None:
             bar.close()

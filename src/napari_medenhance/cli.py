@@ -117,6 +117,7 @@ def _denoise(args: argparse.Namespace) -> int:
 
     from napari_medenhance.api import iter_denoise
     from napari_medenhance.core.engine import resolve_device
+    from napari_medenhance.core.jobs import drive
     from napari_medenhance.core.zoo import load_model
 
     def fail(msg: object) -> int:
@@ -138,18 +139,16 @@ def _denoise(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
         return fail(err)
     bar = None  # opened at the first tile, so input errors print one clean line
+
+    def show(event) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc="denoise", unit="tile", total=event.total)
+        bar.set_postfix_str(event.stage, refresh=False)
+        bar.update(event.done - bar.n)
+
     try:
-        gen = iter_denoise(data, args.model, rgb=rgb, device=device, tile=tile)
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            if bar is None:
-                bar = tqdm(desc="denoise", unit="tile", total=event.total)
-            bar.set_postfix_str(event.stage, refresh=False)
-            bar.update(event.done - bar.n)
+        result = drive(iter_denoise(data, args.model, rgb=rgb, device=device, tile=tile), show)
     except (ValueError, RuntimeError) as err:  # NaN input, device, out of memory
         if bar is not None:
             bar.close()  # before the message, so it stays on a line of its own
