@@ -58,6 +58,11 @@ def test_wheel_ships_manifest_and_sample_data(tmp_path):
         assert "napari_medenhance:napari.yaml" in zf.read(entry).decode()
     for f in ("ct_slice.tif", "mr_slice.tif", "nuclei_stack.tif", "ihc_rgb.tif", "samples.json", "NOTICE.md"):
         assert f"napari_medenhance/sample_data/{f}" in names
+    # shipped weights and their cards live in the top-level models/ (symlinked into the package)
+    shipped = [f.name for f in (ROOT / "models").iterdir() if f.is_file()]
+    assert "README.md" in shipped
+    for f in shipped:
+        assert f"napari_medenhance/models/{f}" in names, f
     # installed from the wheel (not the editable tree), npe2 reads the manifest from the package
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
