@@ -19,7 +19,14 @@ raises :class:`~napari_medenhance.core.weights.WeightsError` saying why.
 
 Header metadata convention (``save_weights(..., meta=...)``): ``task`` (``"denoise"``,
 ``"enhance"`` or ``"sr"``), ``name``, ``scale`` (default 1), optional ``channels`` and
-``pad_multiple``; every other key goes into :attr:`ModelInfo.card`.
+``pad_multiple``; every other key goes into :attr:`ModelInfo.card`. A file whose header says
+``"kind": "feature-extractor"`` (the VGG16 weights of the perceptual losses, which ship in the
+same folder) is not a model: listings skip it silently and asking for it says what it is.
+
+What a network's class may declare (read here, so the engine stays model-agnostic):
+``value_range = (-1.0, 1.0)`` when it reads and writes [-1, 1] instead of the engine's [0, 1]
+(:func:`inference_module` maps), and ``pad_multiple`` when its input sides must be multiples of
+it (:func:`engine_kwargs` passes the larger of that and the header's value).
 """
 
 from __future__ import annotations
@@ -67,7 +74,9 @@ SUFFIX = ".safetensors"
 # The name each task's public function uses by default; named in "not bundled yet" messages.
 DEFAULT_MODEL = {"denoise": "dran", "enhance": "dpe", "sr": "msgan-x4"}
 # Headers written before the 'task' key existed still say what they are through their arch.
-_ARCH_TASK = {"dran": "denoise"}
+_ARCH_TASK = {"dran": "denoise", "dpe": "enhance"}
+# Header 'kind's of files that share the models folder but are not restoration models.
+_NOT_MODELS = {"feature-extractor": "a frozen feature network used by the training losses"}
 # Keys the registry consumes; the rest of the header metadata is the model card.
 _CONSUMED = ("task", "name", "scale", "channels")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -170,9 +179,19 @@ def _read_card(weights: Path) -> dict[str, Any]:
     return card
 
 
+class _NotAModel(WeightsError):
+    """A valid weights file that is not a restoration model (e.g. the VGG16 loss features)."""
+
+
 def _info(path: Path, source: str) -> ModelInfo:
     """ModelInfo of one weights file; raises WeightsError when it is not a usable model."""
     header = read_header(path)
+    kind = header["meta"].get("kind")
+    if kind in _NOT_MODELS:
+        raise _NotAModel(
+            f"{path}: not a restoration model but {_NOT_MODELS[kind]} (kind {kind!r}); pick a "
+            "denoise, enhance or sr model (`medenhance models` lists them)"
+        )
     arch = str(header["arch"]).lower()
     if arch not in ARCHITECTURES:
         raise WeightsError(
@@ -239,6 +258,8 @@ def _scan(folder: Path, source: str) -> list[ModelInfo]:
             continue  # cards, temporary files of an interrupted save, anything else
         try:
             found.append(_info(path, source))
+        except _NotAModel:
+            continue  # ships beside the models on purpose; nothing to report
         except (WeightsError, OSError) as e:
             _warn_once(path, f"skipping model file: {e}")
     return found
@@ -405,6 +426,17 @@ def load_model(
     return net, info
 
 
+class _SignedRange(torch.nn.Module):
+    """Adapter: a network working in [-1, 1] (e.g. DPE) run on the engine's [0, 1] values."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.net(x * 2.0 - 1.0) + 1.0) * 0.5
+
+
 class _DenoiseOutput(torch.nn.Module):
     """Adapter: the clean estimate of a residual-noise network (``net.denoise(x)``)."""
 
@@ -421,19 +453,30 @@ def inference_module(net: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
 
     The one place that knows a network's output convention, so the engine stays
     model-agnostic: a denoiser with a ``denoise`` method (DRAN predicts the noise from
-    ``forward``) is wrapped to return ``net.denoise(x)``; every other net is used as it is.
+    ``forward``) is wrapped to return ``net.denoise(x)``; a net whose ``value_range`` is
+    (-1, 1) (DPE) gets ``2x - 1`` in and ``(y + 1) / 2`` out; every other net is used as it is.
     """
     if info.task == "denoise" and callable(getattr(net, "denoise", None)):
         return _DenoiseOutput(net)
+    if tuple(getattr(net, "value_range", (0.0, 1.0))) == (-1.0, 1.0):
+        return _SignedRange(net)
     return net
 
 
 def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
-    """Keywords of :func:`~napari_medenhance.core.engine.iter_apply` that a model fixes."""
+    """Keywords of :func:`~napari_medenhance.core.engine.iter_apply` that a model fixes.
+
+    ``pad_multiple``: the larger of the header's ``pad_multiple`` and the architecture class's
+    own (DPE: 16, one factor 2 per stride-2 level).
+    """
     try:
         pad = max(1, int(info.card.get("pad_multiple", 1)))
     except (TypeError, ValueError):
         pad = 1
+    try:
+        pad = max(pad, int(getattr(ARCHITECTURES.get(info.arch), "pad_multiple", 1)))
+    except (TypeError, ValueError):
+        pass
     return {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
 
 

@@ -11,12 +11,17 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .discriminators import SwishDiscriminator
+from .dpe import DPE
 from .dran import DRAN
 
 __all__ = ["ARCHITECTURES", "build"]
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "dran": DRAN,
+    "dpe": DPE,
+    # Trained next to a generator, never shipped as a model on its own.
+    "dpe_discriminator": SwishDiscriminator,
 }
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .loop import BEST, LAST, CosineSchedule, TrainEvent, TrainResult, train
+from .losses import PerceptualObjective
 from .patches import PatchSampler, Plane, Pool, center_crop
-from .recipes import DenoiseRecipe, Recipe, recipe_identity
+from .recipes import DenoiseRecipe, EnhanceRecipe, Recipe, recipe_identity
 
 __all__ = [
     "BEST",
@@ -20,7 +21,9 @@ __all__ = [
     "CheckpointError",
     "CosineSchedule",
     "DenoiseRecipe",
+    "EnhanceRecipe",
     "PatchSampler",
+    "PerceptualObjective",
     "Plane",
     "Pool",
     "Recipe",

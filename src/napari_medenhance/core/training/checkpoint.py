@@ -12,12 +12,19 @@ tensor                            what
                                   (Adam: ``step``, ``exp_avg``, ``exp_avg_sq``)
 ``rng/torch``                     ``torch.get_rng_state()`` (uint8)
 ``rng/cuda/<i>``                  ``torch.cuda.get_rng_state_all()`` when CUDA was in use
+``extra/<m>/model/<name>``        state of a recipe's extra module ``m`` (e.g. the
+                                  discriminator of a GAN recipe), only when it has one
+``extra/<m>/optim/<i>/<key>``     that module's optimizer state, as ``optim/`` above
 ================================  ==========================================================
 
 and the metadata (JSON) ``task``, ``recipe``, ``step``, ``total``, ``optimizer``
 (``param_groups`` plus any non-tensor per-parameter state), ``schedule``, ``numpy_rng`` (the
 numpy ``bit_generator.state``, whose 128-bit integers JSON keeps exactly) and ``loop`` (best
-metric so far, running losses...). ``arch`` and ``config`` are the weights header's own.
+metric so far, running losses...). ``arch`` and ``config`` are the weights header's own. A
+recipe with extra modules adds ``extras`` (per module: its optimizer's ``param_groups`` and
+non-tensor state); a recipe with an ``objective`` (its loss switches) adds ``objective``.
+Checkpoints without these keys, such as every one written before they existed, have no extra
+modules and no objective: they load exactly as before.
 
 Python floats go through JSON as their shortest exact repr, so learning rates, betas and so on
 come back bit for bit, and together with the tensors and RNG states a resumed run continues
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +87,9 @@ class Checkpoint:
     torch_rng: torch.Tensor
     cuda_rng: list[torch.Tensor] = field(default_factory=list)
     loop: dict[str, Any] = field(default_factory=dict)
+    #: ``{name: {"model": state dict, "optimizer": optimizer state dict}}`` of the recipe's
+    #: extra modules (empty for single-network recipes).
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _split_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -130,6 +140,7 @@ def save_checkpoint(
     schedule: Mapping[str, Any],
     numpy_rng: Mapping[str, Any],
     loop: Mapping[str, Any] | None = None,
+    extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> Path:
     """Write a resumable checkpoint atomically (temp file + rename, see ``save_weights``).
 
@@ -141,6 +152,9 @@ def save_checkpoint(
         identity: ``{"recipe", "task", "arch", "config"}`` (see :func:`check_identity`).
         schedule, numpy_rng, loop: JSON-serialisable state of the LR schedule, the numpy bit
             generator and the loop.
+        extras: ``{name: (module, optimizer)}``, a recipe's further trained modules (e.g. a
+            discriminator); names must not contain '/'. Identity keys beyond the four above
+            (``objective``) are stored too.
 
     Returns:
         The path written.
@@ -150,6 +164,14 @@ def save_checkpoint(
     }
     opt_tensors, opt_info = _split_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
+    extra_info: dict[str, Any] = {}
+    for name, (module, opt) in (extras or {}).items():
+        if not name or "/" in name:
+            raise ValueError(f"extra module name {name!r} must be non-empty and contain no '/'")
+        tensors.update({f"extra/{name}/model/{k}": v for k, v in module.state_dict().items()})
+        t, info = _split_optimizer(opt.state_dict())
+        tensors.update({f"extra/{name}/{k}": v for k, v in t.items()})
+        extra_info[name] = info
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -166,6 +188,11 @@ def save_checkpoint(
         "numpy_rng": dict(numpy_rng),
         "loop": dict(loop or {}),
     }
+    # Written only when present, so single-network checkpoints keep their exact old layout.
+    if extra_info:
+        meta["extras"] = extra_info
+    if identity.get("objective") is not None:
+        meta["objective"] = identity["objective"]
     return save_weights(
         path, tensors, arch=identity["arch"], config=identity["config"], meta=meta
     )
@@ -206,16 +233,30 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         cuda = sorted(
             (int(k.rsplit("/", 1)[1]), v) for k, v in tensors.items() if k.startswith("rng/cuda/")
         )
+        extras: dict[str, dict[str, Any]] = {}
+        for name, info in dict(meta.get("extras") or {}).items():
+            prefix = f"extra/{name}/"
+            extras[name] = {
+                "model": {k[len(prefix + "model/"):]: v for k, v in tensors.items()
+                          if k.startswith(prefix + "model/")},
+                "optimizer": _join_optimizer(
+                    {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix + "optim/")},
+                    info,
+                ),
+            }
+        identity = {
+            "recipe": meta["recipe"],
+            "task": meta["task"],
+            "arch": header["arch"],
+            "config": header["config"],
+        }
+        if "objective" in meta:
+            identity["objective"] = meta["objective"]
         return Checkpoint(
             path=path,
             step=int(meta["step"]),
             total=int(meta["total"]),
-            identity={
-                "recipe": meta["recipe"],
-                "task": meta["task"],
-                "arch": header["arch"],
-                "config": header["config"],
-            },
+            identity=identity,
             model=model,
             optimizer=_join_optimizer(optim_t, meta["optimizer"]),
             schedule=dict(meta["schedule"]),
@@ -223,6 +264,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             torch_rng=tensors["rng/torch"],
             cuda_rng=[v for _, v in cuda],
             loop=dict(meta.get("loop", {})),
+            extras=extras,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise _refuse(path, f"incomplete checkpoint metadata ({type(e).__name__}: {e})") from e
@@ -232,17 +274,22 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def check_identity(ckpt: Checkpoint, identity: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint made by another recipe, task, architecture or network config.
+def check_identity(
+    ckpt: Checkpoint, identity: Mapping[str, Any], extras: Sequence[str] = ()
+) -> None:
+    """Refuse a checkpoint made by another recipe, task, architecture, network config, loss
+    objective (recipes that declare one) or set of extra modules (``extras``: their names).
 
     Raises:
         CheckpointError: naming what differs, both values, and what to do.
     """
     diffs = [
         f"{key}: checkpoint {ckpt.identity.get(key)!r} vs this run {identity.get(key)!r}"
-        for key in ("recipe", "task", "arch", "config")
+        for key in ("recipe", "task", "arch", "config", "objective")
         if _canon(ckpt.identity.get(key)) != _canon(identity.get(key))
     ]
+    if sorted(ckpt.extras) != sorted(extras):
+        diffs.append(f"extra modules: checkpoint {sorted(ckpt.extras)} vs this run {sorted(extras)}")
     if diffs:
         raise _refuse(
             ckpt.path,

@@ -15,6 +15,16 @@ beyond the step and its parameters, which the checkpoint records too.
 
 Checkpoints are written only between steps, atomically (temp file + rename): a crash, a cancel
 or a closed generator never leaves a half-written ``last.safetensors``.
+
+More than one network
+---------------------
+A recipe may train extra modules next to its network (a GAN's discriminator: ``build_extras``
+and ``losses``, see :mod:`.recipes`). Each gets an Adam with the network's betas and learning
+rate schedule, and is checkpointed and restored with it. A step computes every loss first, then
+back-propagates each into its own module's parameters only (``backward(inputs=...)``), then
+updates all modules: a simultaneous update, so each loss sees the other modules as they were at
+the start of the step. ``best.safetensors`` holds the network alone. Recipes without extras
+take the single-network path unchanged.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import torch
 
 from ..engine import resolve_device
 from ..weights import WeightsError, load_into, read_header, save_weights
-from .checkpoint import check_identity, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_identity, load_checkpoint, save_checkpoint
 from .recipes import Recipe, recipe_identity
 
 __all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST"]
@@ -166,11 +176,13 @@ def train(
         seed: seeds numpy (batches) and torch (network initialisation, any torch randomness).
             Note: this sets torch's *global* seed.
         resume: continue from ``out_dir/last.safetensors`` when it exists (same step, learning
-            rate, Adam moments and RNG streams). A checkpoint that cannot be read, or that was
-            written for another recipe / network, raises ``CheckpointError``. With
+            rate, Adam moments and RNG streams, and the recipe's extra modules with their own
+            optimizers). A checkpoint that cannot be read, or that was written for another
+            recipe / network / objective / set of extra modules, raises ``CheckpointError``. With
             ``resume=False`` an existing checkpoint is replaced at the first save.
         init_weights: start a fresh run from this weights file (fine-tuning; strict load, must
-            fit the recipe's network); ignored when resuming from a checkpoint.
+            fit the recipe's network; extra modules start fresh); ignored when resuming from a
+            checkpoint.
         cancel: polled before every step; when it returns True the checkpoint is written, a
             ``"cancelled"`` event is yielded and the generator returns.
 
@@ -203,13 +215,14 @@ def train(
     metric = str(recipe.primary_metric)
 
     ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
-    if ckpt is not None:
-        check_identity(ckpt, identity)
-    owner_path, token = out / OWNER, uuid.uuid4().hex
-    owner_path.write_text(token)
-
     torch.manual_seed(seed)
     net = recipe.build()
+    build_extras = getattr(recipe, "build_extras", None)
+    extras: dict[str, torch.nn.Module] = dict(build_extras()) if callable(build_extras) else {}
+    if ckpt is not None:
+        check_identity(ckpt, identity, extras=list(extras))
+    owner_path, token = out / OWNER, uuid.uuid4().hex
+    owner_path.write_text(token)
     rng = np.random.default_rng(seed)
     if ckpt is None:
         if init_weights is not None:
@@ -227,6 +240,21 @@ def train(
         best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step)
     net.to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=schedule.lr(step), betas=BETAS)
+    extra_opts: dict[str, torch.optim.Optimizer] = {}
+    for name, module in extras.items():
+        if ckpt is not None:
+            try:
+                module.load_state_dict(ckpt.extras[name]["model"], strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(
+                    f"{last_path}: cannot resume training from this checkpoint: its {name!r} "
+                    f"module does not fit this run's ({e}); use another output folder"
+                ) from e
+        module.to(dev).train()
+        extra_opts[name] = torch.optim.Adam(module.parameters(), lr=schedule.lr(step), betas=BETAS)
+        if ckpt is not None:
+            extra_opts[name].load_state_dict(ckpt.extras[name]["optimizer"])
+    all_opts = [opt, *extra_opts.values()]
     if ckpt is not None:
         opt.load_state_dict(ckpt.optimizer)
         rng.bit_generator.state = ckpt.numpy_rng
@@ -250,6 +278,7 @@ def train(
             numpy_rng=rng.bit_generator.state,
             loop={"best": best, "best_step": best_step, "metric": metric, "ema": ema,
                   "seed": seed, "batch": batch, "patch": patch},
+            extras={name: (extras[name], extra_opts[name]) for name in extras},
         )
         saved_step = step
         return last_path
@@ -306,21 +335,42 @@ def train(
                 return result(cancelled=True)
             recipe.on_step(net, step, steps)
             lr_now = schedule.lr(step)
-            for group in opt.param_groups:
-                group["lr"] = lr_now
+            for o in all_opts:
+                for group in o.param_groups:
+                    group["lr"] = lr_now
             inputs, targets = recipe.sample_batch(rng, batch, patch)
             inputs = inputs.to(dev, non_blocking=True)
             targets = targets.to(dev, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            loss, logs = recipe.loss(net, inputs, targets)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"non-finite training loss ({float(loss)}) at step {step + 1}; the last "
-                    f"checkpoint ({last_path}, step {saved_step}) was left as it was. Try a "
-                    "lower learning rate."
-                )
-            loss.backward()
-            opt.step()
+            if not extras:
+                opt.zero_grad(set_to_none=True)
+                loss, logs = recipe.loss(net, inputs, targets)
+                _check_finite({"loss": loss}, step, last_path, saved_step)
+                loss.backward()
+                opt.step()
+            else:
+                for o in all_opts:
+                    o.zero_grad(set_to_none=True)
+                losses, logs = recipe.losses(net, extras, inputs, targets)
+                unknown = sorted(set(losses) - {"net", *extras})
+                if "net" not in losses or unknown:
+                    raise ValueError(
+                        f"{type(recipe).__name__}.losses must return a 'net' loss and losses "
+                        f"named after its extra modules {sorted(extras)}; got {sorted(losses)}"
+                    )
+                _check_finite(losses, step, last_path, saved_step)
+                # Each loss into its own module only: the generator's adversarial term must
+                # not train the discriminator, and vice versa. The graph is kept until the
+                # last backward, in case the losses share parts of it.
+                for i, (name, value) in enumerate(losses.items()):
+                    module = net if name == "net" else extras[name]
+                    value.backward(
+                        inputs=[p for p in module.parameters() if p.requires_grad],
+                        retain_graph=i < len(losses) - 1,
+                    )
+                opt.step()
+                for name, o in extra_opts.items():
+                    if name in losses:
+                        o.step()
             step += 1
             for k, v in logs.items():
                 ema[k] = float(v) if k not in ema else (1 - _EMA) * ema[k] + _EMA * float(v)
@@ -348,6 +398,19 @@ def train(
                     stacklevel=2,
                 )
         raise
+
+
+def _check_finite(
+    losses: dict[str, torch.Tensor], step: int, last_path: Path, saved_step: int | None
+) -> None:
+    for name, value in losses.items():
+        if not torch.isfinite(value.detach()):
+            what = "training loss" if name in ("loss", "net") else f"{name!r} loss"
+            raise FloatingPointError(
+                f"non-finite {what} ({float(value)}) at step {step + 1}; the last "
+                f"checkpoint ({last_path}, step {saved_step}) was left as it was. Try a "
+                "lower learning rate."
+            )
 
 
 def _still_owner(path: Path, token: str) -> bool:

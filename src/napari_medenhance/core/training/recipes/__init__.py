@@ -3,6 +3,17 @@
 The loop (:func:`napari_medenhance.core.training.train`) never changes when a task is added; a
 new task is a new recipe module here. A recipe says which network to build, how to draw a batch
 of (input, target) pairs, the loss, how to validate, and what to do before each step.
+
+Optional members, for recipes that train more than the network (a GAN's discriminator):
+
+* ``build_extras() -> {name: nn.Module}``: further modules, built after the network from the
+  same seeded torch RNG; each gets its own Adam (betas and learning-rate schedule as the
+  network's) and is saved in, and restored from, every checkpoint. An empty mapping means none.
+* ``losses(net, extras, inputs, targets) -> ({"net": loss, name: loss, ...}, logs)``: called
+  instead of ``loss`` when there are extras. Each loss updates only its own module's
+  parameters (``"net"``: the network); all of a step's losses are computed before any update.
+* ``objective``: a JSON-serialisable description of the loss switches; a checkpoint written
+  with one objective is refused by a run with another (it joins :func:`recipe_identity`).
 """
 
 from __future__ import annotations
@@ -15,8 +26,9 @@ import numpy as np
 import torch
 
 from .denoise import DenoiseRecipe
+from .enhance import EnhanceRecipe
 
-__all__ = ["DenoiseRecipe", "Recipe", "recipe_identity"]
+__all__ = ["DenoiseRecipe", "EnhanceRecipe", "Recipe", "recipe_identity"]
 
 
 @runtime_checkable
@@ -71,14 +83,19 @@ class Recipe(Protocol):
 
 
 def recipe_identity(recipe: Recipe) -> dict[str, Any]:
-    """``{"recipe": class name, "task", "arch", "config"}``, the key a checkpoint must match.
+    """``{"recipe": class name, "task", "arch", "config"}``, the key a checkpoint must match,
+    plus ``"objective"`` for recipes that declare one.
 
-    ``config`` goes through JSON so that tuples and lists compare equal to what a checkpoint
-    stores.
+    ``config`` (and ``objective``) go through JSON so that tuples and lists compare equal to
+    what a checkpoint stores.
     """
-    return {
+    identity = {
         "recipe": type(recipe).__name__,
         "task": str(recipe.task),
         "arch": str(recipe.arch),
         "config": json.loads(json.dumps(dict(recipe.config), sort_keys=True)),
     }
+    objective = getattr(recipe, "objective", None)
+    if objective is not None:
+        identity["objective"] = json.loads(json.dumps(objective, sort_keys=True))
+    return identity

@@ -1,0 +1,482 @@
+"""Perceptual enhancement with DPE (seed 000; REFERENCE.md, "DPE").
+
+Training pairs
+--------------
+clean = a random patch of a real plane in [0, 1] (:class:`~..patches.PatchSampler`, modality
+balanced, empty background rejected, 8 flips / rotations); input = Algorithm 1 of the paper
+(:mod:`napari_medenhance.core.degrade`: Gaussian noise σ ~ U(0, 10)/255, then contrast and
+brightness factors ~ U(0.1, 0.8)). Both are mapped to DPE's [-1, 1].
+
+* **Luminance check per training image.** The paper resized whole images to 128×128 training
+  images and skipped those whose mean non-zero 8-bit Lab L is <= 100. Here a training image is
+  a patch, so the check applies to each patch: a dark patch is rejected and another one drawn
+  (from any plane), up to ``max_tries`` times; if all are dark the brightest is kept (and
+  degraded: a batch always fills). Dark modalities (fluorescence, much of MR) therefore enter
+  training only through their bright regions; :attr:`EnhanceRecipe.acceptance` estimates, per
+  modality, the share of patches that pass.
+* **Gray planes** are degraded as one channel (one noise field) and replicated to three, which
+  is what the inference engine feeds the network for a gray image.
+
+Objective (:mod:`..losses`)
+---------------------------
+``"full"``: L1 + regularized feature loss (VGG16 conv5_3 L1 × image-gradient L1) + 1e-4 ×
+conditional GAN (swish discriminator judging the image concatenated with the degraded input,
+noisy labels real ~ U(0.7, 1.2), fake ~ U(0, 0.3); the VGG features scaled by 1/127.5, see
+:mod:`..losses`); ``"l1"``: L1 alone (the ablation); the
+weights can also be set one by one. The discriminator is an extra module of the training loop
+(:meth:`EnhanceRecipe.build_extras`), trained by its own Adam at the generator's rate.
+
+Validation
+----------
+A fixed set: the central ≤ ``val_crop``² window of every validation plane that passes the
+luminance check (the others are listed in :meth:`EnhanceRecipe.describe` and left out),
+degraded once with Algorithm 1 from ``val_seed``. Reported against the clean crop: PSNR and SSIM
+(data range 1; output clipped to [0, 1] as the engine delivers it; gray outputs averaged back
+to one channel), CIEDE2000 ΔE on colour planes, LaSSIM (level 3, or the deepest that fits) of
+the output against the *degraded input* (structure kept, no reference needed), and the L1 error
+(``loss``, [0, 1] units). Values are averaged over the planes of a modality, then over
+modalities. Two classical baselines are computed once on the same inputs (:meth:`baselines`):
+CLAHE (``skimage.exposure.equalize_adapthist`` with its defaults) and a percentile contrast
+stretch (2 → 0, 98 → 1, clipped; one pair of percentiles over all channels of a colour plane, so
+hues are kept).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...degrade import (
+    BRIGHTNESS_THRESHOLD,
+    FACTOR_RANGE,
+    SIGMA_MAX,
+    apply_degradation,
+    draw_degradation,
+    mean_luminance,
+)
+from ...metrics import delta_e as _delta_e
+from ...metrics import lassim as _lassim
+from ...metrics import max_lassim_level
+from ...metrics import psnr as _psnr
+from ...metrics import ssim as _ssim
+from ...nets import build as _build
+from ...nets.discriminators import SwishDiscriminator
+from ...nets.dpe import DPE
+from ..losses import ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
+from ..patches import PatchSampler, Plane, Pool, center_crop
+
+__all__ = ["EnhanceRecipe", "LOSS_PRESETS", "clahe", "percentile_stretch"]
+
+#: Named objectives: (feature weight, adversarial weight).
+LOSS_PRESETS = {"full": (1.0, ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
+#: The LaSSIM level reported (the metric's default), lowered for crops too small for it.
+LASSIM_LEVEL = 3
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _json(value: Any) -> Any:
+    """JSON-normalised copy (tuples → lists), the form checkpoints and headers store."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def clahe(image: np.ndarray) -> np.ndarray:
+    """CLAHE baseline: ``skimage.exposure.equalize_adapthist`` with its defaults, float32 [0, 1].
+
+    Colour images: scikit-image equalises the V channel of HSV.
+    """
+    from skimage.exposure import equalize_adapthist
+
+    return np.asarray(equalize_adapthist(image), dtype=np.float32)
+
+
+def percentile_stretch(image: np.ndarray, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
+    """Contrast-stretch baseline: percentile ``lo`` → 0, ``hi`` → 1, clipped; float32.
+
+    One pair of percentiles over all channels of a colour image (a per-channel stretch would
+    shift hues). A flat image is returned unchanged.
+    """
+    p0, p1 = np.percentile(image, (lo, hi))
+    if not p1 > p0:
+        return np.asarray(image, dtype=np.float32)
+    return np.clip((image - p0) / (p1 - p0), 0.0, 1.0).astype(np.float32)
+
+
+class EnhanceRecipe:
+    """DPE perceptual enhancement on a :class:`Pool` of real planes (module docstring).
+
+    Args:
+        pool: training planes (patches are drawn from them) and validation planes (fixed
+            centre crops); never the same image in both.
+        config: DPE constructor arguments overriding the paper's (e.g. ``{"widths": [8, 12,
+            16, 20, 24]}`` for a tiny test network); checkpoints record the full config.
+        loss: ``"full"`` (the paper's objective) or ``"l1"`` (the ablation: L1 only).
+        feature_weight, adversarial_weight: override the preset's w_F and λ_G.
+        feature_scale: s_F of the feature term (``losses`` module docstring: 1/127.5).
+        features: the feature network of the regularized feature loss (default: the shipped
+            ``VGG16Features(("conv5_3",))``); only loaded when w_F > 0.
+        disc_config: :class:`SwishDiscriminator` arguments (e.g. smaller ``widths`` in tests);
+            ``in_channels`` follows ``conditional``.
+        conditional: the discriminator sees the image with the degraded input (paper's cGAN);
+            False judges the image alone, as the authors' code does.
+        brightness_threshold, sigma_max, factor_range: Algorithm 1's B_T (0–255 Lab L), σ_max
+            (/255) and contrast / brightness factor range.
+        max_tries: patches drawn per training image before the brightest dark one is kept.
+        val_crop: validation planes are centre-cropped to at most this many pixels per side.
+        val_seed: seed of the fixed validation degradation.
+        min_std, max_empty: empty-background rejection of the patch sampler.
+        acceptance_samples: patches per modality drawn (from a separate generator) to estimate
+            :attr:`acceptance`; 0 skips the estimate.
+    """
+
+    task = "enhance"
+    arch = "dpe"
+    primary_metric = "psnr"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        config: Mapping[str, Any] | None = None,
+        loss: str = "full",
+        feature_weight: float | None = None,
+        adversarial_weight: float | None = None,
+        feature_scale: float = FEATURE_SCALE,
+        features: torch.nn.Module | None = None,
+        disc_config: Mapping[str, Any] | None = None,
+        conditional: bool = True,
+        brightness_threshold: float = BRIGHTNESS_THRESHOLD,
+        sigma_max: float = SIGMA_MAX,
+        factor_range: tuple[float, float] = FACTOR_RANGE,
+        max_tries: int = 20,
+        val_crop: int = 256,
+        val_seed: int = 2022,
+        min_std: float = 0.005,
+        max_empty: float = 0.75,
+        acceptance_samples: int = 200,
+    ) -> None:
+        if not pool.train:
+            raise ValueError("the pool has no training planes")
+        if not pool.val:
+            raise ValueError("the pool has no validation planes")
+        if loss not in LOSS_PRESETS:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
+        defaults = _defaults(DPE)
+        unknown = sorted(set(config or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown DPE config keys {unknown}; known: {sorted(defaults)}")
+        self.config: dict[str, Any] = _json({**defaults, **dict(config or {})})
+        disc_defaults = _defaults(SwishDiscriminator)
+        unknown = sorted(set(disc_config or {}) - set(disc_defaults) - {"in_channels"})
+        if unknown:
+            raise ValueError(
+                f"unknown discriminator config keys {unknown}; known: {sorted(disc_defaults)}"
+            )
+        self.disc_config: dict[str, Any] = _json(
+            {**disc_defaults, **dict(disc_config or {}), "in_channels": 6 if conditional else 3}
+        )
+        self.loss_name = loss
+        preset_f, preset_a = LOSS_PRESETS[loss]
+        self.feature_weight = float(preset_f if feature_weight is None else feature_weight)
+        self.adversarial_weight = float(preset_a if adversarial_weight is None else adversarial_weight)
+        self.conditional = bool(conditional)
+        if self.feature_weight > 0 and features is None:
+            from ...nets.vgg import VGG16Features
+
+            features = VGG16Features(("conv5_3",))
+        self.objective_fn = PerceptualObjective(
+            features if self.feature_weight > 0 else None,
+            feature_weight=self.feature_weight,
+            feature_scale=feature_scale,
+            adversarial_weight=self.adversarial_weight,
+        )
+        self.pool = pool
+        self.brightness_threshold = float(brightness_threshold)
+        self.sigma_max = float(sigma_max)
+        self.factor_range = (float(factor_range[0]), float(factor_range[1]))
+        draw_degradation(np.random.default_rng(0), sigma_max=self.sigma_max,
+                         factor_range=self.factor_range)  # validates the parameters now
+        if max_tries < 1:
+            raise ValueError(f"max_tries must be >= 1, got {max_tries}")
+        self.max_tries = int(max_tries)
+        self.val_crop = int(val_crop)
+        self.val_seed = int(val_seed)
+        self.min_std = float(min_std)
+        self.max_empty = float(max_empty)
+        self._samplers: dict[int, PatchSampler] = {}
+        self._val, self.val_skipped = self._prepare_validation()
+        self._baselines: list[dict[str, Any]] | None = None
+        self.acceptance = self._estimate_acceptance(int(acceptance_samples))
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def objective(self) -> dict[str, Any]:
+        """The loss switches, part of the checkpoint identity (a run cannot change them)."""
+        return {
+            "l1": 1.0,
+            "feature_weight": self.feature_weight,
+            "feature_layer": "conv5_3" if self.feature_weight > 0 else None,
+            "feature_scale": self.objective_fn.feature_scale if self.feature_weight > 0 else None,
+            "adversarial_weight": self.adversarial_weight,
+            "conditional": self.conditional if self.adversarial_weight > 0 else None,
+            "real_labels": list(REAL_LABELS) if self.adversarial_weight > 0 else None,
+            "fake_labels": list(FAKE_LABELS) if self.adversarial_weight > 0 else None,
+        }
+
+    # ------------------------------------------------------------------ training
+    def build(self) -> torch.nn.Module:
+        """A freshly initialised DPE with :attr:`config`."""
+        return _build(self.arch, **self.config)
+
+    def build_extras(self) -> dict[str, torch.nn.Module]:
+        """``{"disc": SwishDiscriminator}`` when the objective has a GAN term, else ``{}``."""
+        if self.adversarial_weight <= 0:
+            return {}
+        return {"disc": _build("dpe_discriminator", **self.disc_config)}
+
+    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
+        """Nothing changes during a DPE run (constant objective; the loop owns the rate)."""
+
+    def sampler(self, patch: int) -> PatchSampler:
+        """The (cached) patch sampler over the training planes for ``patch``-pixel patches."""
+        if patch not in self._samplers:
+            self._samplers[patch] = PatchSampler(
+                self.pool.train, patch, min_std=self.min_std, max_empty=self.max_empty
+            )
+        return self._samplers[patch]
+
+    def _bright_patch(self, sampler: PatchSampler, rng: np.random.Generator) -> np.ndarray:
+        """One patch passing the luminance check (or the brightest of ``max_tries``)."""
+        best, best_lum = None, -1.0
+        for _ in range(self.max_tries):
+            cand = sampler.sample_one(rng)
+            lum = mean_luminance(cand)
+            if lum > self.brightness_threshold:
+                return cand
+            if lum > best_lum:
+                best, best_lum = cand, lum
+        assert best is not None
+        return best
+
+    def sample_batch(
+        self, rng: np.random.Generator, batch: int, patch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(degraded, clean)``: float32 ``batch×3×patch×patch`` in [-1, 1] (module docstring)."""
+        sampler = self.sampler(patch)
+        clean = np.empty((batch, 3, patch, patch), dtype=np.float32)
+        degraded = np.empty_like(clean)
+        for i in range(batch):
+            p = self._bright_patch(sampler, rng)
+            k = int(rng.integers(8))
+            p = np.rot90(p, k % 4, axes=(0, 1))
+            if k >= 4:
+                p = p[:, ::-1]
+            params = draw_degradation(rng, sigma_max=self.sigma_max, factor_range=self.factor_range)
+            d = apply_degradation(p, params, rng)
+            clean[i] = p[None] if p.ndim == 2 else p.transpose(2, 0, 1)
+            degraded[i] = d[None] if d.ndim == 2 else d.transpose(2, 0, 1)
+        return torch.from_numpy(degraded * 2.0 - 1.0), torch.from_numpy(clean * 2.0 - 1.0)
+
+    def _objective_on(self, device: torch.device) -> PerceptualObjective:
+        # The feature network is the recipe's, not the loop's: follow the batch's device.
+        if self.objective_fn.features is not None:
+            self.objective_fn.to(device)
+        return self.objective_fn
+
+    def loss(
+        self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator objective without a GAN term (``loss="l1"``, or λ_G = 0)."""
+        if self.adversarial_weight > 0:
+            raise ValueError(
+                "this objective has a GAN term: the training loop calls losses() with the "
+                "discriminator from build_extras()"
+            )
+        return self._objective_on(inputs.device).generator_loss(net(inputs), targets, inputs)
+
+    def losses(
+        self,
+        net: torch.nn.Module,
+        extras: Mapping[str, torch.nn.Module],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """``({"net": generator loss, "disc": discriminator loss}, logs)`` from one forward pass."""
+        objective = self._objective_on(inputs.device)
+        out = net(inputs)
+        disc = extras["disc"]
+        g, glogs = objective.generator_loss(out, targets, inputs, disc)
+        d, dlogs = objective.discriminator_loss(out, targets, inputs, disc)
+        return {"net": g, "disc": d}, {**glogs, **dlogs}
+
+    # ---------------------------------------------------------------- validation
+    def _estimate_acceptance(self, n: int) -> dict[str, float]:
+        """Share of candidate patches (per modality) that pass the luminance check."""
+        if n <= 0:
+            return {}
+        rng = np.random.default_rng(12345)  # separate from the training stream
+        out = {}
+        for mod in dict.fromkeys(p.modality for p in self.pool.train):
+            planes = [p for p in self.pool.train if p.modality == mod]
+            size = min(128, *(min(p.shape_yx) for p in planes))
+            s = PatchSampler(planes, size, min_std=self.min_std, max_empty=self.max_empty)
+            ok = sum(mean_luminance(s.sample_one(rng)) > self.brightness_threshold for _ in range(n))
+            out[mod] = ok / n
+        return out
+
+    def _prepare_validation(self) -> tuple[list[dict[str, Any]], list[str]]:
+        rng = np.random.default_rng(self.val_seed)
+        items, skipped = [], []
+        for plane in self.pool.val:
+            clean = np.ascontiguousarray(center_crop(plane.data, self.val_crop), dtype=np.float32)
+            lum = mean_luminance(clean)
+            if not lum > self.brightness_threshold:
+                skipped.append(f"{plane.modality}:{plane.name} (L {lum:.1f})")
+                continue
+            params = draw_degradation(rng, sigma_max=self.sigma_max, factor_range=self.factor_range)
+            degraded = apply_degradation(clean, params, rng)
+            chw = (degraded.transpose(2, 0, 1) if plane.rgb
+                   else np.broadcast_to(degraded, (3, *degraded.shape)))
+            items.append({
+                "plane": plane,
+                "clean": clean,
+                "degraded": degraded,
+                "input": np.ascontiguousarray(chw * 2.0 - 1.0, dtype=np.float32),
+                "params": params,
+                "level": min(LASSIM_LEVEL, max_lassim_level(clean.shape[:2])),
+            })
+        if not items:
+            raise ValueError(
+                "no validation plane is bright enough for Algorithm 1 (mean non-zero Lab L > "
+                f"{self.brightness_threshold:g}): {', '.join(skipped)}; add brighter validation "
+                "planes or lower brightness_threshold"
+            )
+        return items, skipped
+
+    @staticmethod
+    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
+        """3×Y×X -> Y×X×3 (RGB) or Y×X (gray: the channel mean, as the engine returns it)."""
+        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
+
+    @staticmethod
+    def _score(item: Mapping[str, Any], out: np.ndarray) -> dict[str, float]:
+        plane: Plane = item["plane"]
+        clean, rgb = item["clean"], plane.rgb
+        row = {
+            "psnr": float(_psnr(clean, out, data_range=1.0, rgb=rgb)),
+            "ssim": float(_ssim(clean, out, data_range=1.0, rgb=rgb)),
+            "lassim": float(_lassim(item["degraded"], out, level=item["level"], rgb=rgb))
+            if item["level"] >= 0 else float("nan"),
+            "l1": float(np.abs(out - clean).mean()),
+        }
+        if rgb:
+            row["delta_e"] = float(_delta_e(clean, out, data_range=1.0, rgb=True))
+        return row
+
+    def evaluate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Run the network on the fixed validation set.
+
+        Returns:
+            ``(rows, preview)``: one row per plane with ``name, modality, method ("dpe"),
+            psnr, ssim, lassim, l1`` (+ ``delta_e`` for colour planes), and the preview (float32
+            [0, 1], the output on the first validation plane). The network is put in eval mode
+            for the call and restored afterwards.
+        """
+        device = torch.device(device)
+        was_training = net.training
+        net.eval()
+        rows: list[dict[str, Any]] = []
+        preview = None
+        try:
+            with torch.no_grad():
+                for item in self._val:
+                    plane: Plane = item["plane"]
+                    x = torch.from_numpy(item["input"][None]).to(device)
+                    y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
+                    out = self._to_plane(y, plane.rgb).astype(np.float32)
+                    rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
+                                 **self._score(item, out)})
+                    if preview is None:
+                        preview = out
+        finally:
+            net.train(was_training)
+        assert preview is not None
+        return rows, preview
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """Rows as :meth:`evaluate`'s for ``method`` = ``"input"`` (the degraded image itself),
+        ``"clahe"`` and ``"stretch"``; computed once and cached."""
+        if self._baselines is None:
+            rows = []
+            for item in self._val:
+                plane: Plane = item["plane"]
+                for method, fn in (("input", lambda a: a), ("clahe", clahe),
+                                   ("stretch", percentile_stretch)):
+                    out = fn(item["degraded"])
+                    rows.append({"name": plane.name, "modality": plane.modality, "method": method,
+                                 **self._score(item, out)})
+            self._baselines = rows
+        return self._baselines
+
+    @staticmethod
+    def summarize(rows: Sequence[Mapping[str, Any]], key: str, method: str | None = None) -> float:
+        """Mean of ``key`` over modalities of the per-modality means (rows of ``method``, or
+        all); NaN when no row has ``key`` (e.g. ΔE without colour planes)."""
+        by_mod: dict[str, list[float]] = {}
+        for r in rows:
+            if (method is None or r.get("method") == method) and key in r:
+                by_mod.setdefault(r["modality"], []).append(float(r[key]))
+        if not by_mod:
+            return float("nan")
+        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+
+    def validate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """``({"psnr", "ssim", "lassim", "loss"[, "delta_e"]}, preview)`` (module docstring)."""
+        rows, preview = self.evaluate(net, device)
+        metrics = {
+            "psnr": self.summarize(rows, "psnr"),
+            "ssim": self.summarize(rows, "ssim"),
+            "lassim": self.summarize(rows, "lassim"),
+            "loss": self.summarize(rows, "l1"),
+        }
+        de = self.summarize(rows, "delta_e")
+        if np.isfinite(de):
+            metrics["delta_e"] = de
+        return metrics, preview
+
+    def describe(self) -> dict[str, Any]:
+        """What the recipe trains on and how, for the best weights file's header and the card."""
+        lo, hi = self.factor_range
+        return {
+            "degradation": (
+                f"Algorithm 1: patches with mean non-zero 8-bit Lab L <= "
+                f"{self.brightness_threshold:g} redrawn; Gaussian noise sigma ~ U(0, "
+                f"{self.sigma_max:g})/255 (clipped), then contrast and brightness factors ~ "
+                f"U({lo:g}, {hi:g}) (torchvision ColorJitter definitions)"
+            ),
+            "loss": self.loss_name,
+            "objective": self.objective,
+            "discriminator": self.disc_config if self.adversarial_weight > 0 else None,
+            "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
+            "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],
+            "val_skipped_too_dark": list(self.val_skipped),
+            "patch_acceptance": self.acceptance,
+            "val_crop": self.val_crop,
+            "val_seed": self.val_seed,
+        }
