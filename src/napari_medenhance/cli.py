@@ -2,6 +2,8 @@
 
     medenhance metrics INPUT.tif OUTPUT.tif [--reference REF.tif] [--level 3] [--csv out.csv]
     medenhance denoise IN.tif OUT.tif [--model dran|PATH] [--device auto] [--tile N] [--rgb auto]
+    medenhance denoise IN_DIR OUT_DIR [--pattern "*.tif,*.nii.gz"] [--scheduler local|ADDRESS]
+                       [--workers N] [--memory-limit 4GB] [--overwrite]
     medenhance models [--task denoise] [--add FILE.safetensors --name NAME [--overwrite]]
     medenhance demo [--screenshot out/demo.png]
 """
@@ -10,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -67,78 +67,60 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-# ImageJ hyperstack metadata worth carrying over: physical spacing, units, timing, display range.
-_IMAGEJ_KEYS = ("spacing", "unit", "finterval", "fps", "min", "max")
-
-
-def _read_tiff(path: Path):
-    """(pixels, imwrite keywords that restore the resolution / ImageJ spacing metadata)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        page = tif.pages.first
-        kw: dict = {}
-        tags = page.tags
-        if "XResolution" in tags and "YResolution" in tags:
-            # The raw rationals, so the pixel size is written back bit for bit.
-            kw["resolution"] = (tags["XResolution"].value, tags["YResolution"].value)
-            if "ResolutionUnit" in tags:
-                kw["resolutionunit"] = tags["ResolutionUnit"].value
-        if tif.is_imagej:
-            ij = tif.imagej_metadata or {}
-            kw["imagej"] = True
-            kw["metadata"] = {"axes": series.axes, **{k: ij[k] for k in _IMAGEJ_KEYS if k in ij}}
-        photometric = page.photometric
-    try:
-        data = tifffile.memmap(path)  # big stacks are read plane by plane, not all at once
-    except ValueError:  # compressed or non-contiguous data cannot be memory-mapped
-        data = tifffile.imread(path)
-    return data, kw, photometric
-
-
-def _write_tiff(path: Path, data, kw: dict, rgb: bool) -> None:
-    """Write ``data`` with ``kw`` to a temporary file beside ``path``, then rename it over."""
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, data, photometric="rgb" if rgb else "minisblack", **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _denoise(args: argparse.Namespace) -> int:
+    src = Path(args.input)
+    if src.is_dir() and src.suffix.lower() != ".zarr" and not _one_dicom_series(src, args):
+        return _denoise_folder(args)
+    return _denoise_file(args)
+
+
+def _one_dicom_series(folder: Path, args: argparse.Namespace) -> bool:
+    """A folder of DICOM files (and no other inputs) is one volume, not a batch."""
+    from napari_medenhance.core.batch import find_inputs
+    from napari_medenhance.core.io import is_dicom_folder
+
+    return not args.pattern and is_dicom_folder(folder) and not find_inputs(folder)
+
+
+def _fail(msg: object) -> int:
+    print(f"medenhance denoise: {msg}", file=sys.stderr)
+    return 2
+
+
+def _denoise_file(args: argparse.Namespace) -> int:
+    """One file, read and written block by block (a stack larger than memory works too)."""
     from tqdm import tqdm
 
-    from napari_medenhance.api import iter_denoise
+    from napari_medenhance.core import batch, lazy
     from napari_medenhance.core.engine import resolve_device
     from napari_medenhance.core.jobs import drive
-    from napari_medenhance.core.zoo import load_model
-
-    def fail(msg: object) -> int:
-        print(f"medenhance denoise: {msg}", file=sys.stderr)
-        return 2
 
     src, dst = Path(args.input), Path(args.output)
-    if not src.is_file():
-        return fail(f"no such file: {src}")
+    if not src.exists():
+        return _fail(f"no such file: {src}")
+    if args.scheduler or args.workers or args.pattern:
+        return _fail("--pattern, --scheduler and --workers apply when INPUT is a folder")
     rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
     tile = args.tile or None  # 0 = auto
     try:
         device = resolve_device(args.device)
-        load_model(args.model, device=device, task="denoise")  # fail fast, before reading pixels
-        if src.suffix.lower() in (".tif", ".tiff"):
-            data, kw, photometric = _read_tiff(src)
-        else:
-            data, kw, photometric = _read_other(src), {}, None
+        # Fail fast on the model, before reading pixels.
+        loaded = batch.load_task_model("denoise", args.model, device)
+        if _io_reads(src):
+            from napari_medenhance.core.io import read_volume
+
+            vol = read_volume(src, lazy=True)  # TIFF memory-mapped, others lazily
+            data = vol.data
+            job = batch.iter_process_file(vol, dst, task="denoise", model=args.model,
+                                          device=device, tile=tile, rgb=rgb)
+        else:  # PNG, JPEG...: small images, read whole
+            data = _read_other(src)
+            job = lazy.iter_process_volume(data, loaded.module, dst, rgb=rgb, device=device,
+                                           tile=tile, **loaded.engine_kwargs)
+        dst.parent.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
-        return fail(err)
-    bar = None  # opened at the first tile, so input errors print one clean line
+        return _fail(err)
+    bar = None  # opened at the first event, so input errors print one clean line
 
     def show(event) -> None:
         nonlocal bar
@@ -147,29 +129,83 @@ def _denoise(args: argparse.Namespace) -> int:
         bar.set_postfix_str(event.stage, refresh=False)
         bar.update(event.done - bar.n)
 
+    def close_bar() -> None:
+        if bar is not None:
+            bar.close()  # before any message, so it stays on a line of its own
+
     try:
-        result = drive(iter_denoise(data, args.model, rgb=rgb, device=device, tile=tile), show)
-    except (ValueError, RuntimeError) as err:  # NaN input, device, out of memory
-        if bar is not None:
-            bar.close()  # before the message, so it stays on a line of its own
-        return fail(err)
+        drive(job, show)
+    except (ValueError, RuntimeError, OSError) as err:  # NaN input, device, out of memory, disk
+        close_bar()
+        return _fail(err)
     except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
+        close_bar()
         print("medenhance denoise: cancelled; nothing written", file=sys.stderr)
         return 130
-    if bar is not None:
-        bar.close()
-    if photometric is not None:  # keep the input's own colour interpretation
-        is_rgb = int(photometric) == 2  # PHOTOMETRIC.RGB
-    else:
-        is_rgb = bool(rgb if rgb is not None else result.ndim >= 3 and result.shape[-1] in (3, 4))
-    try:
-        _write_tiff(dst, result, kw, is_rgb)
-    except (ValueError, OSError) as err:
-        return fail(f"could not write {dst}: {err}")
-    print(f"wrote {dst} ({result.dtype}, shape {result.shape})")
+    close_bar()
+    print(f"wrote {dst} ({data.dtype}, shape {tuple(data.shape)})")
     return 0
+
+
+def _io_reads(path: Path) -> bool:
+    """Whether core.io knows the file's format (NIfTI, DICOM, zarr...)."""
+    try:
+        from napari_medenhance.core.io import supported_suffixes
+    except ImportError:
+        return False
+    name = path.name.lower()
+    return path.is_dir() or any(name.endswith(s.lower()) for s in supported_suffixes())
+
+
+def _denoise_folder(args: argparse.Namespace) -> int:
+    """Every matching file of a folder; exit 1 when any file failed, 0 otherwise."""
+    from tqdm import tqdm
+
+    from napari_medenhance.core.batch import DEFAULT_PATTERNS, iter_batch
+    from napari_medenhance.core.engine import Cancelled
+    from napari_medenhance.core.jobs import drive
+
+    src, dst = Path(args.input), Path(args.output)
+    if dst.exists() and not dst.is_dir():
+        return _fail(f"INPUT is a folder, so OUTPUT must be a folder too; {dst} is a file")
+    if args.workers is not None and args.scheduler != "local":
+        return _fail("--workers applies to --scheduler local (a remote cluster has its own)")
+    rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
+    bar = None
+
+    def show(event) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc="denoise", unit="file", total=event.total)
+        bar.set_postfix_str(f"{event.input.name}: {event.status}", refresh=False)
+        if event.status == "failed":
+            bar.write(f"failed: {event.input}: {event.reason}", file=sys.stderr)
+        bar.update(1)
+
+    def close_bar() -> None:
+        if bar is not None:
+            bar.close()
+
+    job = iter_batch(
+        src, dst, task="denoise", model=args.model, pattern=args.pattern or DEFAULT_PATTERNS,
+        device=args.device, tile=args.tile or None, rgb=rgb, scheduler=args.scheduler,
+        n_workers=args.workers, memory_limit=args.memory_limit, overwrite=args.overwrite,
+    )
+    try:
+        summary = drive(job, show)
+    except ValueError as err:  # folder, model, device or scheduler problems: nothing was run
+        close_bar()
+        return _fail(err)
+    except (KeyboardInterrupt, Cancelled):
+        close_bar()
+        print("medenhance denoise: cancelled; finished files are kept, run again to resume",
+              file=sys.stderr)
+        return 130
+    close_bar()
+    print(summary.format())
+    if summary.total == 0:
+        print(f"no files in {src} match {args.pattern or ', '.join(DEFAULT_PATTERNS)}")
+    return 0 if summary.ok else 1
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -213,11 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--csv", help="write per-slice values to this CSV file")
     m.set_defaults(func=_metrics)
 
-    n = sub.add_parser("denoise", help="denoise every 2-D plane of a TIFF with a DRAN model",
-                       description="Writes OUT with the input's dtype, shape and TIFF resolution / "
-                                   "ImageJ spacing metadata. Exit status 2 on bad input or model.")
-    n.add_argument("input", help="noisy image (TIFF; PNG/JPEG also read)")
-    n.add_argument("output", help="TIFF file to write")
+    n = sub.add_parser(
+        "denoise", help="denoise every 2-D plane of an image, or of every image in a folder",
+        description="A file: writes OUTPUT with the input's dtype, shape and spacing (TIFF "
+                    "resolution / ImageJ metadata, NIfTI affine), block by block, so stacks "
+                    "larger than memory work. A folder: denoises every file matching --pattern "
+                    "into the OUTPUT folder (same names), skipping those already done, "
+                    "in-process or on a dask cluster (--scheduler). Exit status: 0 done, "
+                    "1 some files of a folder failed (listed at the end), 2 bad input or model, "
+                    "130 interrupted.")
+    n.add_argument("input", help="noisy image (TIFF, NIfTI, zarr, a DICOM series folder; PNG/JPEG "
+                                 "also read) or a folder of images")
+    n.add_argument("output", help="file to write (.tif, .zarr, .nii.gz...), or a folder for a folder")
     n.add_argument("--model", default="dran",
                    help="registered model name (see `medenhance models`) or a .safetensors path")
     n.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
@@ -225,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile edge in pixels; 0 = auto (whole planes up to 1024², else 512)")
     n.add_argument("--rgb", choices=["auto", "yes", "no"], default="auto",
                    help="treat a last axis of length 3/4 as colour (default auto)")
+    n.add_argument("--pattern", default=None,
+                   help="folder mode: comma-separated glob patterns of the inputs "
+                        "(default '*.tif,*.tiff,*.nii,*.nii.gz'; '**/*.tif' recurses)")
+    n.add_argument("--scheduler", default=None,
+                   help="folder mode: 'local' starts a dask LocalCluster, an address "
+                        "(tcp://host:8786) uses a running one; default: in this process")
+    n.add_argument("--workers", type=int, default=None,
+                   help="folder mode with --scheduler local: worker processes "
+                        "(default: CPU count, at most one per file)")
+    n.add_argument("--memory-limit", default="auto",
+                   help="folder mode with --scheduler local: memory per worker, e.g. 4GB "
+                        "(default auto = system memory / workers)")
+    n.add_argument("--overwrite", action="store_true",
+                   help="folder mode: redo files whose output exists (default: skip them)")
     n.set_defaults(func=_denoise)
 
     ls = sub.add_parser("models", help="list the installed models, or add your own",

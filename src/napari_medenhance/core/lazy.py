@@ -1,0 +1,625 @@
+"""Volumes larger than memory: the engine run block by block, each block written as it is done.
+
+:func:`iter_process_volume` reads a block of planes (a few planes of a memory-mapped TIFF, one
+chunk row of a dask or zarr array), runs it through :func:`~napari_medenhance.core.engine.iter_apply`
+(which tiles inside each plane with the overlap the network needs) and writes the result into
+the output store straight away, so peak memory follows the block size, not the volume:
+
+* **one intensity mapping for the whole volume.** Before any network call, one pass over the
+  blocks computes min / max (and counts NaN / inf) block by block; the engine's own rule then
+  turns them into ``(lo, hi)`` (floats in [0, 1] are kept as they are), and every block is run
+  with that ``data_range``. The result is therefore the same as the in-memory
+  :func:`~napari_medenhance.core.engine.apply` of the whole array.
+* **outputs.** ``.tif`` / ``.tiff``: a contiguous TIFF whose header (ImageJ spacing, resolution,
+  exact spacing and origin) is written by :func:`napari_medenhance.core.io.write_volume`, then
+  filled with plain file writes at the planes' offsets; ``.zarr``: a zarr array with one chunk
+  per plane, filled block by block. ``.nii`` / ``.nii.gz`` cannot be filled in place: the
+  blocks go to a temporary ``.npy`` beside the output, which ``write_volume`` then streams into
+  the NIfTI (keeping the input's header and affine).
+* **atomic.** Everything is written under a temporary name beside the output
+  (``.STEM.medenhance-partial.SUFFIX``) and renamed over ``NAME`` only when the last block is done;
+  on cancel or error the temporary file is removed, so the final path holds either a complete
+  result or whatever it held before.
+* **memory-mapped inputs.** Pages of a memory-mapped input that were read are handed back to
+  the kernel after each block (``madvise(MADV_DONTNEED)``; the data stay in the page cache), so
+  the process's resident set does not grow to the size of the file either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import shutil
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import engine
+from .engine import Cancelled, Progress
+from .jobs import drive
+
+if TYPE_CHECKING:
+    import torch
+
+    from .io import Volume
+
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "PARTIAL_SUFFIX",
+    "iter_process_volume",
+    "partial_path",
+    "volume_range",
+]
+
+#: Input bytes read per block when the input has no chunks of its own (numpy, memmap).
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+#: Suffix of the temporary file a result is written to before it is renamed into place.
+PARTIAL_SUFFIX = ".medenhance-partial"
+
+
+def partial_path(output: str | os.PathLike) -> Path:
+    """The temporary path a result for ``output`` is written to before the final rename.
+
+    ``DIR/.STEM.medenhance-partial.SUFFIX``: hidden, with the output's suffix (so the format
+    is known), and deterministic, so a file left by a killed run is overwritten by the next one
+    instead of piling up, and never mistaken for a result.
+    """
+    p = Path(output)
+    suffix = _full_suffix(p)
+    stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
+    return p.with_name(f".{stem}{PARTIAL_SUFFIX}{suffix}")
+
+
+# --------------------------------------------------------------------------------------------
+# layout and blocks
+
+
+@dataclass(frozen=True)
+class _Layout:
+    lead: tuple[int, ...]  # leading (plane) axes
+    height: int
+    width: int
+    is_rgb: bool
+    has_alpha: bool
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.lead)) if self.lead else 1
+
+
+def _layout(arr: Any, rgb: bool | None) -> _Layout:
+    shape = tuple(int(s) for s in arr.shape)
+    engine._check_dtype(np.dtype(arr.dtype))
+    if len(shape) < 2:
+        raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {shape}")
+    if 0 in shape:
+        raise ValueError(f"the image is empty (shape {shape})")
+    is_rgb, has_alpha = engine._resolve_rgb(shape, rgb)
+    nd = 3 if is_rgb else 2
+    return _Layout(shape[:-nd], shape[-nd], shape[-nd + 1], is_rgb, has_alpha)
+
+
+def _chunk_bounds(arr: Any, axis: int) -> list[int] | None:
+    """Chunk boundaries of a dask or zarr array along ``axis``, or None (no chunks)."""
+    chunks = getattr(arr, "chunks", None)
+    if chunks is None or axis >= len(chunks):
+        return None
+    c = chunks[axis]
+    size = int(arr.shape[axis])
+    if isinstance(c, tuple):  # dask: the sizes of every chunk
+        return list(np.cumsum((0, *c)))
+    c = int(c)  # zarr: one chunk size
+    return list(range(0, size, c)) + [size]
+
+
+def _blocks(arr: Any, lay: _Layout, block_bytes: int) -> list[tuple]:
+    """Keys ``outer + (slice(b0, b1),)`` covering the leading axes, in C order.
+
+    Chunked inputs are cut at their chunk boundaries (a chunk is read once per pass, never in
+    pieces), merging neighbouring chunks while they fit in ``block_bytes``; unchunked ones get
+    as many planes as fit in ``block_bytes`` (at least one).
+    """
+    if not lay.lead:
+        return [()]
+    axis = len(lay.lead) - 1
+    n = lay.lead[-1]
+    plane_bytes = max(1, int(np.prod(arr.shape[axis + 1 :])) * np.dtype(arr.dtype).itemsize)
+    per_block = max(1, int(block_bytes) // plane_bytes)
+    bounds = _chunk_bounds(arr, axis)
+    if bounds is None:
+        bounds = list(range(0, n, per_block)) + [n]
+    else:
+        merged = [bounds[0]]
+        for b in bounds[1:]:
+            if len(merged) > 1 and b - merged[-2] <= per_block:
+                merged[-1] = b  # the current block still fits: extend it
+            else:
+                merged.append(b)
+        bounds = merged
+    runs = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [outer + (s,) for outer in np.ndindex(*lay.lead[:-1]) for s in runs]
+
+
+def _block_planes(key: tuple) -> int:
+    return key[-1].stop - key[-1].start if key else 1
+
+
+def _flat_plane(key: tuple, lead: tuple[int, ...]) -> int:
+    """Index of the block's first plane among all planes (C order)."""
+    if not key:
+        return 0
+    return int(np.ravel_multi_index(key[:-1] + (key[-1].start,), lead))
+
+
+def _writable_mapping(arr: Any) -> mmap.mmap | None:
+    """The shared memory mapping behind a ``np.memmap`` (view), if it is safe to drop pages of.
+
+    Copy-on-write maps (mode ``"c"``) are left alone: dropping their pages would discard the
+    caller's in-memory changes.
+    """
+    obj = arr
+    while isinstance(obj, np.ndarray):
+        if isinstance(obj, np.memmap):
+            m = getattr(obj, "_mmap", None)
+            if isinstance(m, mmap.mmap) and getattr(obj, "mode", "c") in ("r", "r+", "w+"):
+                return m
+            if getattr(obj, "mode", None) == "c":
+                return None
+        obj = obj.base
+    return obj if isinstance(obj, mmap.mmap) else None
+
+
+def _release(mapping: mmap.mmap | None) -> None:
+    # The kernel keeps the pages in its page cache; the process just stops holding them, so a
+    # memory-mapped input does not inflate the resident set (and trip a dask worker's limit).
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    with contextlib.suppress(ValueError, OSError):
+        mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def _read(arr: Any, key: tuple, mapping: mmap.mmap | None) -> np.ndarray:
+    """One block as a numpy array; from a memory map, a copy, and the mapped pages let go."""
+    part = arr[key] if key else arr
+    if hasattr(part, "compute") and not isinstance(part, np.ndarray):
+        return np.asarray(part.compute())
+    if mapping is None:
+        return np.asarray(part)  # in memory already (numpy) or freshly read (zarr)
+    block = np.array(part, copy=True)
+    _release(mapping)
+    return block
+
+
+# --------------------------------------------------------------------------------------------
+# intensity range
+
+
+def _iter_range(
+    arr: Any,
+    lay: _Layout,
+    keys: list[tuple],
+    mapping: mmap.mmap | None,
+    total_tiles: int,
+    cancel: Callable[[], bool] | None,
+) -> Generator[Progress, None, tuple[float, float]]:
+    lo, hi = np.inf, -np.inf
+    is_float = np.dtype(arr.dtype).kind == "f"
+    for i, key in enumerate(keys):
+        if cancel is not None and cancel():
+            raise Cancelled(f"cancelled while scanning intensities (block {i + 1}/{len(keys)})")
+        block = _read(arr, key, mapping)
+        color = block[..., :3] if lay.has_alpha else block
+        if is_float:
+            n_nan, n_inf = int(np.count_nonzero(np.isnan(block))), int(np.count_nonzero(np.isinf(block)))
+            if n_nan or n_inf:
+                # Stop at the first bad block: scanning gigabytes more only to count is no help.
+                first = _flat_plane(key, lay.lead)
+                where = f"planes {first}-{first + _block_planes(key) - 1} of {lay.n_planes}" if key else "the image"
+                raise ValueError(
+                    f"image contains {n_nan} NaN and {n_inf} infinite value(s) in {where}; "
+                    "replace them first, e.g. with np.nan_to_num"
+                )
+        lo, hi = min(lo, float(color.min())), max(hi, float(color.max()))
+        del block, color
+        # done = 0 tiles: the scan is a stage of its own, and a point where workers can stop.
+        yield Progress(0, total_tiles, f"intensity range: block {i + 1}/{len(keys)}")
+    # The engine's own rule on the (min, max) pair, so [0, 1] floats are kept as they are.
+    return engine._intensity_range(np.array([lo, hi], dtype=arr.dtype), False, None, False)
+
+
+def volume_range(
+    image: Any,
+    *,
+    rgb: bool | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[float, float]:
+    """``(lo, hi)`` the engine maps to [0, 1] for ``image``, computed block by block.
+
+    The same value as the in-memory engine uses for the whole array (min and max of the colour
+    channels; ``(0, 1)`` for floats already inside [0, 1]), reading at most one block (about
+    ``block_bytes`` bytes, or one chunk row) at a time.
+
+    Raises:
+        ValueError: NaN / inf values, unsupported dtype, empty array.
+        Cancelled: ``cancel()`` returned True.
+    """
+    arr = _as_array(image)
+    lay = _layout(arr, rgb)
+    return drive(_iter_range(arr, lay, _blocks(arr, lay, block_bytes), _writable_mapping(arr), 0, cancel))
+
+
+# --------------------------------------------------------------------------------------------
+# output stores
+
+
+class _Store:
+    """A result being written under :func:`partial_path`; ``commit`` renames it into place."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.tmp = partial_path(final)
+        _remove(self.tmp)  # left by a killed run
+
+    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Flush and close (before the rename)."""
+
+    def commit(self) -> Path:
+        self.finish()
+        _replace(self.tmp, self.final)
+        return self.final
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.finish()
+        _remove(self.tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    if tmp.is_dir() and final.exists():
+        # A directory (zarr) cannot be renamed over a non-empty one: move the old one aside
+        # first, so the final name is never missing for long and never half-written.
+        old = final.with_name(f".{final.name}.medenhance-old")
+        _remove(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        _remove(old)
+    else:
+        os.replace(tmp, final)
+
+
+class _FileStore(_Store):
+    """A contiguous, uncompressed file filled with positioned writes (C order from ``offset``).
+
+    Plain writes instead of writing through a memory map: written pages then live only in the
+    kernel's page cache and never count towards this process's resident memory.
+    """
+
+    def _open(self, offset: int, dtype: np.dtype, plane_bytes: int) -> None:
+        self.offset, self.dtype, self.plane_bytes = offset, dtype, plane_bytes
+        self.fh = open(self.tmp, "r+b")  # noqa: SIM115 - closed in finish()
+
+    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        self.fh.seek(self.offset + flat * self.plane_bytes)
+        self.fh.write(memoryview(data).cast("B"))
+
+    def finish(self) -> None:
+        fh = getattr(self, "fh", None)
+        if fh is not None and not fh.closed:
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+
+
+class _TiffStore(_FileStore):
+    """A TIFF whose pixels are one contiguous run, filled in place.
+
+    Its header comes from :func:`~napari_medenhance.core.io.write_volume` (the same ImageJ /
+    resolution / exact-spacing metadata as any TIFF the plugin writes), given an all-zero lazy
+    array of the output's shape, or from :func:`tifffile.memmap` with the caller's ``tiff_kwargs``.
+    """
+
+    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, plane_bytes: int,
+                 tiff_kwargs: dict | None, geometry: dict) -> None:
+        import tifffile
+
+        super().__init__(final)
+        try:
+            if tiff_kwargs is not None:
+                mm = tifffile.memmap(self.tmp, shape=shape, dtype=dtype, **tiff_kwargs)
+            else:
+                from .io import write_volume
+
+                write_volume(self.tmp, _Zeros(shape, dtype), **geometry)
+                mm = tifffile.memmap(self.tmp, mode="r+")
+            if mm.size != int(np.prod(shape)) or mm.dtype.newbyteorder("=") != dtype:
+                raise ValueError(f"the TIFF holds {mm.shape} {mm.dtype}, not {shape} {dtype}")
+            offset, disk = int(mm.offset), mm.dtype
+            del mm
+        except BaseException:
+            _remove(self.tmp)
+            raise
+        self._open(offset, disk, plane_bytes)
+
+
+class _ZarrStore(_Store):
+    """A zarr array (one chunk per plane) created by ``write_volume``, filled block by block."""
+
+    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, geometry: dict) -> None:
+        import zarr
+
+        from .io import write_volume
+
+        super().__init__(final)
+        try:
+            # All-zero chunks are not stored by zarr, so laying out the array costs nothing.
+            write_volume(self.tmp, _Zeros(shape, dtype), **geometry)
+            self.z = zarr.open_array(str(self.tmp), mode="r+")
+        except BaseException:
+            _remove(self.tmp)
+            raise
+
+    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
+        self.z[key if key else ...] = block
+
+
+class _SpillReader:
+    """A ``.npy`` spill file seen as an array whose blocks are read into fresh memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.mm = np.load(path, mmap_mode="r")
+        self.shape, self.dtype, self.ndim = self.mm.shape, self.mm.dtype, self.mm.ndim
+        self.mapping = _writable_mapping(self.mm)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return _read(self.mm, index if isinstance(index, tuple) else (index,), self.mapping)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[()]  # write_volume asks for the whole array when it is small
+        return whole if dtype is None else whole.astype(dtype)
+
+
+class _SpillStore(_FileStore):
+    """Formats that cannot be filled in place (NIfTI, gzip): a ``.npy`` beside the output, then
+    :func:`~napari_medenhance.core.io.write_volume` (atomic on its own) reads it block by block."""
+
+    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, plane_bytes: int,
+                 geometry: dict) -> None:
+        super().__init__(final)
+        self.tmp = _with_suffix(self.tmp, ".npy")
+        _remove(self.tmp)
+        self.geometry = geometry
+        mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
+        offset = int(mm.offset)
+        del mm
+        self._open(offset, np.dtype(dtype), plane_bytes)
+
+    def commit(self) -> Path:
+        from .io import write_volume
+
+        self.finish()
+        try:
+            write_volume(self.final, _SpillReader(self.tmp), **self.geometry)
+        finally:
+            _remove(self.tmp)
+        return self.final
+
+
+class _Zeros:
+    """An all-zero array of any size that takes no memory (a broadcast view), for
+    ``write_volume`` to lay out an output file before the blocks are written into it."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self._view = np.broadcast_to(np.zeros((), self.dtype), self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return self._view[index]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self._view if dtype is None else self._view.astype(dtype)
+
+
+def _full_suffix(path: Path) -> str:
+    name = path.name.lower()
+    return path.name[-7:] if name.endswith(".nii.gz") else path.suffix
+
+
+def _with_suffix(path: Path, suffix: str) -> Path:
+    old = _full_suffix(path)
+    return path.with_name(path.name[: len(path.name) - len(old)] + suffix)
+
+
+def _spacing_for(
+    like: Volume | None, spacing: Sequence[float] | None, n_axes: int, scale: int
+) -> tuple[float, ...] | None:
+    """Output spacing (napari scale order, no RGB axis) when it differs from ``like``'s:
+    ``spacing`` if given, and Y / X divided by ``scale``; None = keep ``like``'s."""
+    if spacing is None and scale == 1:
+        return None
+    sp = spacing if spacing is not None else (getattr(like, "spacing", None) if like is not None else None)
+    if sp is None:
+        return None
+    sp = tuple(float(v) for v in sp)
+    if len(sp) != n_axes:
+        raise ValueError(
+            f"spacing needs one value per non-colour axis ({n_axes}); got {len(sp)}: {sp}"
+        )
+    if not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"spacing values must be finite and positive; got {sp}")
+    if scale > 1:
+        sp = sp[:-2] + (sp[-2] / scale, sp[-1] / scale)
+    return sp
+
+
+# --------------------------------------------------------------------------------------------
+# the job
+
+
+def _as_array(image: Any) -> Any:
+    """Arrays (numpy, memmap, dask, zarr) as they are; other array-likes through numpy."""
+    if hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__"):
+        return image
+    return np.asarray(image)
+
+
+def iter_process_volume(
+    image: Any,
+    net: torch.nn.Module,
+    output: str | os.PathLike,
+    *,
+    like: Volume | None = None,
+    spacing: Sequence[float] | None = None,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    overlap: int = 32,
+    half: bool | None = None,
+    data_range: Sequence[float] | None = None,
+    scale: int = 1,
+    net_channels: int = 3,
+    pad_multiple: int = 1,
+    tiff_kwargs: dict | None = None,
+    block_bytes: int = DEFAULT_BLOCK_BYTES,
+    cancel: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, Path]:
+    """Run ``net`` over a volume block by block, writing each block to ``output`` as it is done.
+
+    Args:
+        image: the input, ``(..., Y, X)`` or ``(..., Y, X, 3|4)``: a numpy array, an
+            ``np.memmap`` (e.g. ``tifffile.memmap``), a dask array, a zarr array, or a
+            :class:`~napari_medenhance.core.io.Volume` (its ``data``; it is also ``like``
+            unless one is given). Never modified, never loaded whole.
+        net: the network, as for :func:`~napari_medenhance.core.engine.iter_apply`.
+        output: ``.tif`` / ``.tiff`` or ``.zarr`` (filled in place as blocks are done), or
+            ``.nii`` / ``.nii.gz`` (spilled to a temporary ``.npy`` first, then written by
+            :func:`~napari_medenhance.core.io.write_volume`). Replaced atomically at the end;
+            the header / attributes are ``write_volume``'s, so spacing, origin, units and a
+            NIfTI input's affine come through as for any file the plugin writes.
+        like: the input's :class:`~napari_medenhance.core.io.Volume`: the output keeps its
+            spacing (and, written by ``write_volume``, its kind of file, e.g. a NIfTI affine).
+        spacing: physical pixel size per non-colour axis in napari order (e.g. ``(dz, dy,
+            dx)``), overriding ``like``'s; with ``scale > 1``, Y and X are divided by it.
+        rgb, device, tile, overlap, half, scale, net_channels, pad_multiple: as for the engine.
+        data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
+            for the same range the in-memory engine would use.
+        tiff_kwargs: :func:`tifffile.imwrite` keywords that replace the TIFF metadata
+            ``write_volume`` would derive from ``like`` / ``spacing`` (e.g. an input's own
+            ImageJ metadata, kept as it was).
+        block_bytes: input bytes per block for unchunked inputs (numpy, memmap); chunked
+            inputs (dask, zarr) are read a chunk row at a time (neighbouring chunks merged up
+            to this size). Peak memory is about ten times a block (float work arrays).
+        cancel: polled before every block and every tile; True raises :class:`Cancelled`.
+
+    Yields:
+        :class:`~napari_medenhance.core.engine.Progress`: ``done`` / ``total`` count tiles over
+        all planes; during the intensity scan ``done`` is 0 and ``stage`` says
+        ``"intensity range: block i/n"``, then ``stage`` is ``"plane p/P"``.
+
+    Returns:
+        (``StopIteration.value``) the output path.
+
+    Raises:
+        ValueError: as the engine (NaN / inf, dtype, tile...), an output path equal to the
+            input file, bad ``spacing``, an unsupported output suffix.
+        Cancelled: ``cancel()`` returned True; nothing is left at ``output`` (or its old
+            content is kept) and the temporary file is removed.
+    """
+    if hasattr(image, "data") and hasattr(image, "spacing") and hasattr(image, "format"):
+        like = image if like is None else like
+        image = image.data
+    arr = _as_array(image)
+    lay = _layout(arr, rgb)
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer; got {scale!r}")
+    scale = int(scale)
+    out_path = Path(output).expanduser()
+    src_file = getattr(arr, "filename", None)
+    if src_file and Path(src_file).resolve() == out_path.resolve():
+        raise ValueError(f"output {out_path} is the input file; choose a different output path")
+    suffix = _full_suffix(out_path).lower()
+    from .io import writable_suffixes
+
+    if suffix not in writable_suffixes():
+        raise ValueError(
+            f"cannot write {out_path.name!r}: use one of {', '.join(writable_suffixes())}"
+        )
+    if not out_path.parent.is_dir():
+        raise ValueError(f"the output folder {out_path.parent} does not exist; create it first")
+    plane_nd = 3 if lay.is_rgb else 2
+    out_plane = (lay.height * scale, lay.width * scale) + ((int(arr.shape[-1]),) if lay.is_rgb else ())
+    out_shape = lay.lead + out_plane
+    dtype = np.dtype(arr.dtype)
+    sp = _spacing_for(like, spacing, len(lay.lead) + 2, scale)
+
+    keys = _blocks(arr, lay, block_bytes)
+    mapping = _writable_mapping(arr)
+    tiles_per_plane = len(engine._plan(lay.height, lay.width, tile, overlap))
+    total = lay.n_planes * tiles_per_plane
+
+    # Check the arguments the engine would refuse before the (possibly long) intensity scan.
+    if tile is not None and tile < 2:
+        raise ValueError(f"tile must be >= 2 pixels; got {tile}")
+    engine.resolve_device(device)
+
+    if data_range is None:
+        lo, hi = yield from _iter_range(arr, lay, keys, mapping, total, cancel)
+        # A constant volume: each (then constant) block maps itself exactly, as in memory.
+        dr: Sequence[float] | None = (lo, hi) if hi > lo else None
+    else:
+        dr = data_range
+
+    plane_bytes = int(np.prod(out_plane)) * dtype.itemsize
+    # What write_volume needs to give the output the input's geometry and kind of file.
+    geometry = {"like": like, "spacing": sp, "rgb": lay.is_rgb}
+    if suffix in (".tif", ".tiff"):
+        store: _Store = _TiffStore(out_path, out_shape, dtype, plane_bytes, tiff_kwargs, geometry)
+    elif suffix == ".zarr":
+        store = _ZarrStore(out_path, out_shape, dtype, geometry)
+    else:
+        store = _SpillStore(out_path, out_shape, dtype, plane_bytes, geometry)
+
+    try:
+        done = 0
+        for key in keys:
+            if cancel is not None and cancel():
+                raise Cancelled(f"cancelled after {done} of {total} tiles")
+            first = _flat_plane(key, lay.lead)
+            block = _read(arr, key, mapping)
+            job = engine.iter_apply(
+                block, net, scale=scale, rgb=lay.is_rgb, device=device, tile=tile,
+                overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
+                pad_multiple=pad_multiple, cancel=cancel,
+            )
+            while True:
+                try:
+                    ev = next(job)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                local = (ev.done - 1) // tiles_per_plane
+                yield Progress(done + ev.done, total, f"plane {first + local + 1}/{lay.n_planes}")
+            del block
+            store.write(key, first, result)
+            done += _block_planes(key) * tiles_per_plane
+            del result
+        return store.commit()
+    except BaseException:
+        store.abort()
+        raise
