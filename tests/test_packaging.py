@@ -31,6 +31,7 @@ def test_napari_lists_widgets_and_samples():
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert "Quality metrics" in widgets
     assert "Denoise" in widgets
+    assert "Enhance" in widgets
     samples = {s.key for s in manifest.contributions.sample_data}
     assert {"ct", "mr", "nuclei", "ihc"} <= samples
     # every command resolves to an importable callable

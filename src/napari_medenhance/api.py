@@ -1,6 +1,8 @@
 """Public restoration functions: the model registry and the inference engine, put together.
 
-Re-exported from the package: ``napari_medenhance.list_models`` and ``napari_medenhance.denoise``.
+Re-exported from the package: ``napari_medenhance.list_models``, ``napari_medenhance.denoise``
+and ``napari_medenhance.enhance``. Every restoration task is one thin pair of functions over
+:func:`_iter_task` (registry lookup for the task, the network's adapter, the engine).
 Qt- and napari-free, so they run in scripts, the CLI, tests and dask workers.
 """
 
@@ -20,7 +22,10 @@ from .core.zoo import ModelInfo
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Cancelled", "ModelInfo", "Progress", "denoise", "iter_denoise", "list_models"]
+__all__ = [
+    "Cancelled", "ModelInfo", "Progress", "denoise", "enhance", "iter_denoise", "iter_enhance",
+    "list_models",
+]
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
@@ -57,7 +62,34 @@ def iter_denoise(
 
     Arguments and errors are those of :func:`denoise`.
     """
-    net, info = zoo.load_model(model, device=device, task="denoise")
+    return (
+        yield from _iter_task(
+            "denoise", image, model, rgb=rgb, device=device, tile=tile, data_range=data_range,
+            cancel=cancel, plane=plane,
+        )
+    )
+
+
+def _iter_task(
+    task: str,
+    image: Any,
+    model: str | os.PathLike,
+    *,
+    rgb: bool | None,
+    device: str | torch.device,
+    tile: int | None,
+    data_range: Sequence[float] | None,
+    cancel: Callable[[], bool] | None,
+    plane: tuple[int, ...] | None,
+) -> Generator[Progress, None, np.ndarray]:
+    """The body of every ``iter_<task>``: a model of ``task`` run by the engine, tile by tile.
+
+    ``task`` is a :data:`~napari_medenhance.core.zoo.TASKS` name; the registry refuses a model
+    of another task, :func:`~napari_medenhance.core.zoo.inference_module` adapts the network's
+    value convention and :func:`~napari_medenhance.core.zoo.engine_kwargs` its scale, channels
+    and padding, so a new task needs no code here.
+    """
+    net, info = zoo.load_model(model, device=device, task=task)
     module = zoo.inference_module(net, info)
     if plane is not None:
         image, data_range = _one_plane(image, plane, rgb, data_range)
@@ -72,7 +104,7 @@ def iter_denoise(
 def _one_plane(
     image: Any, plane: tuple[int, ...], rgb: bool | None, data_range: Sequence[float] | None
 ) -> tuple[Any, Sequence[float] | None]:
-    """(the plane, the data range of the whole array) for ``iter_denoise(plane=...)``."""
+    """(the plane, the data range of the whole array) for ``iter_<task>(plane=...)``."""
     # The engine's own rules (NaN refusal, [0, 1] floats kept, whole-array min/max), so a
     # preview of one plane matches the whole-stack run.
     arr, is_dask = engine._as_array(image)
@@ -132,5 +164,70 @@ def denoise(
     """
     return drive(
         iter_denoise(image, model, rgb=rgb, device=device, tile=tile, data_range=data_range, cancel=cancel),
+        progress,
+    )
+
+
+def iter_enhance(
+    image: Any,
+    model: str | os.PathLike = "dpe",
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    data_range: Sequence[float] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    plane: tuple[int, ...] | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`enhance` as a generator of :class:`Progress` events (one per tile).
+
+    The result is the generator's return value; ``plane`` selects one plane of the leading
+    axes, enhanced with the whole array's intensity mapping, exactly as in
+    :func:`iter_denoise`. Arguments and errors are those of :func:`enhance`.
+    """
+    return (
+        yield from _iter_task(
+            "enhance", image, model, rgb=rgb, device=device, tile=tile, data_range=data_range,
+            cancel=cancel, plane=plane,
+        )
+    )
+
+
+def enhance(
+    image: Any,
+    model: str | os.PathLike = "dpe",
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    data_range: Sequence[float] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Perceptually enhance every 2-D plane of an image (DPE); same shape and dtype as the input.
+
+    Args:
+        image: numpy or dask array ``(..., Y, X)`` or ``(..., Y, X, 3|4)`` (RGB(A), alpha
+            passed through); leading axes (Z, T, ...) are independent planes. Grayscale
+            planes are replicated to the network's 3 channels and its output averaged back.
+            Never modified.
+        model: a registered ``"enhance"`` model name (see :func:`list_models`) or a
+            ``.safetensors`` path.
+        rgb, device, tile, data_range, progress, cancel: as in :func:`denoise` (tiles are
+            padded to the network's multiple, 16 px for DPE, and cropped back).
+
+    Returns:
+        numpy array of the input's shape and dtype, in the input's intensity units.
+
+    Raises:
+        ValueError: unknown model (the message lists the installed enhance models and how to
+            add one), a model for another task, NaN / inf values, unsupported dtype,
+            unavailable device.
+        WeightsError: the weights file is missing, pickled, corrupt or does not fit its network.
+        Cancelled: ``cancel()`` returned True.
+        RuntimeError: out of device memory (the message suggests a smaller ``tile``).
+    """
+    return drive(
+        iter_enhance(image, model, rgb=rgb, device=device, tile=tile, data_range=data_range, cancel=cancel),
         progress,
     )
