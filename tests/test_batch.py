@@ -169,8 +169,8 @@ def test_patterns_subfolders_and_output_inside_input(weights, folder, tmp_path, 
 
 
 def test_tasks_and_arguments_are_checked_before_anything_runs(weights, folder, tmp_path):
-    with pytest.raises(ValueError, match="task 'enhance' is not available yet.*available tasks: denoise"):
-        batch.batch(folder, tmp_path / "o", task="enhance")
+    with pytest.raises(ValueError, match="task 'sr' is not available yet.*available tasks: denoise, enhance"):
+        batch.batch(folder, tmp_path / "o", task="sr")
     with pytest.raises(ValueError, match="unknown task 'deblur'"):
         batch.batch(folder, tmp_path / "o", task="deblur")
     with pytest.raises(ValueError, match="unknown denoise model 'nope'.*tiny"):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_medenhance.core import io
-from napari_medenhance.core.io import read_volume, write_volume
+from napari_medenhance.core.io import read_volume, streaming, write_volume
 from napari_medenhance.sample_data import load
 
 nib = pytest.importorskip("nibabel")
@@ -234,7 +234,7 @@ def test_tiff_write_streams_blocks_of_planes(tmp_path, nuclei_small, monkeypatch
             return block
 
     plane = nuclei_small[0].size
-    monkeypatch.setattr(io, "_BLOCK_BYTES", 2 * plane * nuclei_small.itemsize)
+    monkeypatch.setattr(streaming, "BLOCK_BYTES", 2 * plane * nuclei_small.itemsize)
     rec = Recorder(nuclei_small)
     write_volume(tmp_path / "s.tif", rec, spacing=(1, 1, 1))
     assert 0 < rec.biggest <= 2 * plane
@@ -355,6 +355,78 @@ def test_missing_unknown_and_unwritable_paths_say_what_is_supported(tmp_path):
     with pytest.raises(ValueError, match="RGB.*tif"):
         write_volume(tmp_path / "rgb.nii", np.zeros((4, 4, 3), np.uint8), rgb=True)
     assert set(io.supported_suffixes()) >= {".tif", ".tiff", ".nii", ".nii.gz", ".dcm", ".zarr"}
+
+
+# ---- damaged files -------------------------------------------------------------------------
+
+
+def _cut_to_half(path) -> None:
+    """Truncate ``path`` to half its size, as an interrupted copy or download leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("kind", ["imagej", "shaped", "zlib"])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_truncated_tiff_is_refused_by_name(tmp_path, nuclei_small, kind, lazy):
+    import tifffile
+
+    path = tmp_path / f"cut_{kind}.tif"
+    if kind == "imagej":  # uint16: ImageJ hyperstack metadata
+        write_volume(path, nuclei_small, spacing=(1.0, 0.26, 0.26), units="µm")
+    elif kind == "shaped":  # int16: tifffile's JSON shape metadata
+        write_volume(path, nuclei_small.astype(np.int16))
+    else:  # compressed strips, no memory map possible
+        tifffile.imwrite(path, nuclei_small, compression="zlib")
+    assert read_volume(path, lazy=lazy).data.shape == nuclei_small.shape
+    _cut_to_half(path)
+    # Before: the first plane alone (ImageJ), IndexError, or an error only when pixels are read.
+    with pytest.raises(ValueError, match=rf"{path.name}.*truncated or corrupt"):
+        vol = read_volume(path, lazy=lazy)
+        np.asarray(vol.data)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_truncated_nifti_is_refused_by_name(tmp_path, nifti_file, suffix, lazy):
+    path = tmp_path / f"cut{suffix}"
+    write_volume(path, read_volume(nifti_file, lazy=False).data)
+    _cut_to_half(path)
+    # Lazily, the voxels are only read later: the cut must be found before that.
+    with pytest.raises(ValueError, match=rf"{path.name}.*truncated or corrupt"):
+        read_volume(path, lazy=lazy)
+
+
+def test_multi_member_gzip_nifti_is_not_taken_for_a_cut_one(tmp_path, nuclei_small):
+    import gzip
+
+    plain = write_volume(tmp_path / "plain.nii", nuclei_small)
+    data = plain.read_bytes()
+    two = tmp_path / "two.nii.gz"  # as bgzip or concatenated gzip files are: several members
+    two.write_bytes(gzip.compress(data[:5000]) + gzip.compress(data[5000:]))
+    np.testing.assert_array_equal(np.asarray(read_volume(two).data), nuclei_small)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_garbage_and_truncated_dicom_are_refused_by_name(tmp_path, lazy):
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(np.random.default_rng(3).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="garbage.dcm is not a DICOM file"):
+        read_volume(garbage, lazy=lazy)
+
+    raw = _ct_raw(3)
+    cut = tmp_path / "cut.dcm"
+    _write_dcm(cut, raw[0])
+    _cut_to_half(cut)
+    with pytest.raises(ValueError, match="cut.dcm looks truncated or corrupt"):
+        read_volume(cut, lazy=lazy)
+
+    # One cut file in a series is reported when the series is opened, not when its slice is
+    # reached in a lazy read (and not as a missing decoder).
+    paths = _series(tmp_path / "series", raw)
+    _cut_to_half(paths[-1])
+    with pytest.raises(ValueError, match=rf"{paths[-1].name} looks truncated or corrupt"):
+        read_volume(tmp_path / "series", lazy=lazy)
 
 
 # ---- napari --------------------------------------------------------------------------------

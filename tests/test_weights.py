@@ -339,3 +339,25 @@ def test_shape_and_name_mismatches_listed(saved):
     fewer = Fewer()
     load_into(fewer, path, strict=False)
     assert torch.equal(fewer.conv.weight, make_net().conv.weight)
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle_protocol_loads(tmp_path):
+    """A header of 384 bytes starts the file with 0x80 0x01, the bytes of a pickle's PROTO."""
+    import struct
+
+    from napari_medenhance.core.weights import load_state_dict, read_header, save_weights
+
+    net = torch.nn.Conv2d(1, 1, 1)
+    for pad in range(0, 400):
+        path = tmp_path / f"w{pad}.safetensors"
+        save_weights(path, net, arch="dran", config={}, meta={"name": "x" * pad})
+        (n,) = struct.unpack("<Q", path.read_bytes()[:8])
+        if n == 384:
+            break
+        path.unlink()
+    else:
+        raise AssertionError("no padding gave a 384-byte header")
+    assert path.read_bytes()[:2] == b"\x80\x01"
+    assert read_header(path)["arch"] == "dran"
+    sd = load_state_dict(path)[0]
+    assert torch.equal(sd["weight"], net.weight.detach())

@@ -3,8 +3,9 @@
 The public API lives here and in :mod:`napari_medenhance.metrics`; everything under
 ``napari_medenhance.core`` is Qt- and napari-free so it runs in scripts, tests and workers.
 
-``list_models``, ``denoise`` and ``enhance`` (from :mod:`napari_medenhance.api`) are imported on
-first use, so ``import napari_medenhance`` (done by napari for every plugin) does not import torch.
+``list_models``, ``denoise``, ``enhance`` and ``super_resolve`` (from
+:mod:`napari_medenhance.api`) are imported on first use, so ``import napari_medenhance`` (done by
+napari for every plugin) does not import torch.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -16,9 +17,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 if TYPE_CHECKING:
-    from .api import denoise, enhance, list_models
+    from .api import denoise, enhance, list_models, super_resolve
 
-_API = ("denoise", "enhance", "list_models")
+_API = ("denoise", "enhance", "list_models", "super_resolve")
 __all__ = ["__version__", *_API]
 
 

@@ -1,8 +1,9 @@
 """Public restoration functions: the model registry and the inference engine, put together.
 
-Re-exported from the package: ``napari_medenhance.list_models``, ``napari_medenhance.denoise``
-and ``napari_medenhance.enhance``. Every restoration task is one thin pair of functions over
-:func:`_iter_task` (registry lookup for the task, the network's adapter, the engine).
+Re-exported from the package: ``napari_medenhance.list_models``, ``napari_medenhance.denoise``,
+``napari_medenhance.enhance`` and ``napari_medenhance.super_resolve``. Every restoration task is
+one thin pair of functions over :func:`_iter_task` (registry lookup for the task, the network's
+adapter, the engine); super-resolution adds ROIs (``core.roi``) on top of it.
 Qt- and napari-free, so they run in scripts, the CLI, tests and dask workers.
 """
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Cancelled", "ModelInfo", "Progress", "denoise", "enhance", "iter_denoise", "iter_enhance",
-    "list_models",
+    "iter_super_resolve", "list_models", "super_resolve",
 ]
 
 
@@ -229,5 +230,162 @@ def enhance(
     """
     return drive(
         iter_enhance(image, model, rgb=rgb, device=device, tile=tile, data_range=data_range, cancel=cancel),
+        progress,
+    )
+
+
+# -------------------------------------------------------------------------- super-resolution
+
+
+def _sr_model(model: str | os.PathLike | None, scale: int) -> str | os.PathLike:
+    """The model to use for ``scale`` (``msgan-x{scale}`` by default), checked to upscale by it."""
+    if int(scale) != scale or scale < 2:
+        raise ValueError(f"scale must be an integer >= 2 (the shipped models do 2 and 4); got {scale!r}")
+    if model is None:
+        if scale not in (2, 4):
+            raise ValueError(
+                f"no default model for scale={scale}: the shipped models are msgan-x2 and "
+                "msgan-x4; pass scale=2 or 4, or model= a ×{scale} model of your own"
+            )
+        model = f"msgan-x{int(scale)}"
+    info = zoo.get_model(model, task="sr")
+    if info.scale != scale:
+        others = [m.name for m in zoo.list_models("sr") if m.scale == scale]
+        raise ValueError(
+            f"model {info.name!r} upscales ×{info.scale}, not ×{scale}; pass scale={info.scale}"
+            + (f", or one of the ×{scale} models: {', '.join(others)}" if others else "")
+        )
+    return model
+
+
+def iter_super_resolve(
+    image: Any,
+    scale: int = 4,
+    model: str | os.PathLike | None = None,
+    roi: Any = None,
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    data_range: Sequence[float] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    planes: tuple[int | slice, ...] | None = None,
+) -> Generator[Progress, None, np.ndarray | list[np.ndarray]]:
+    """:func:`super_resolve` as a generator of :class:`Progress` events (one per tile, counted
+    over all ROIs and planes); the result is the generator's return value.
+
+    ``planes``: a basic index into the leading (non-plane) axes, applied before the ROIs, e.g.
+    ``(slice(3, 9),)`` for Z = 3..8 of a ``(Z, Y, X)`` stack (slices keep the axis, integers
+    drop it). The intensity mapping is still that of the whole array, so a subset of planes or
+    an ROI is mapped exactly as the whole image would be. Other arguments and errors are those
+    of :func:`super_resolve`.
+    """
+    from .core.roi import ROI, check_roi
+
+    model = _sr_model(model, scale)
+    arr, is_dask = engine._as_array(image)
+    engine._check_dtype(np.dtype(arr.dtype))
+    is_rgb, has_alpha = engine._resolve_rgb(tuple(arr.shape), rgb)
+    plane_nd = 3 if is_rgb else 2
+    if arr.ndim < plane_nd:
+        raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {arr.shape}")
+    n_lead = arr.ndim - plane_nd
+    height, width = (int(n) for n in arr.shape[n_lead : n_lead + 2])
+    single = roi is None or isinstance(roi, ROI) or (
+        len(roi) == 4 and all(isinstance(v, (int, float, np.integer, np.floating)) for v in roi)
+    )
+    boxes = [(0, height, 0, width)] if roi is None else ([roi] if single else list(roi))
+    if not boxes:
+        raise ValueError("roi is an empty list; give (y0, y1, x0, x1) or a list of them")
+    names = [f"ROI {k}" if len(boxes) > 1 else "ROI" for k in range(1, len(boxes) + 1)]
+    rois = [check_roi(b, (height, width), n) for b, n in zip(boxes, names)]
+    for r, n in zip(rois, names):
+        if min(r.shape) < 2:
+            raise ValueError(
+                f"{n} is {r.shape[0]}×{r.shape[1]} pixels after clipping to the image; "
+                "super-resolution needs at least 2×2"
+            )
+    if data_range is None and (roi is not None or planes is not None):
+        # One mapping for the whole array (as for iter_denoise(plane=...)): an ROI's intensities
+        # must not be stretched by its own min and max.
+        lo, hi = engine._intensity_range(arr, has_alpha, None, is_dask)
+        data_range = (lo, hi) if hi > lo else None
+    sub = arr
+    if planes is not None:
+        planes = tuple(planes)
+        if len(planes) > n_lead or not all(isinstance(i, (int, np.integer, slice)) for i in planes):
+            raise ValueError(
+                f"planes must index the {n_lead} leading axes of an array shaped {arr.shape} "
+                f"with integers or slices; got {planes}"
+            )
+        sub = arr[planes]
+        if sub.size == 0:
+            raise ValueError(f"planes {planes} select no plane of an array shaped {arr.shape}")
+    sub_lead = sub.ndim - plane_nd
+    n_planes = int(np.prod(sub.shape[:sub_lead])) if sub_lead else 1
+    per_roi = [n_planes * len(engine._plan(r.shape[0], r.shape[1], tile, 32)) for r in rois]
+    total, done, results = sum(per_roi), 0, []
+    for k, r in enumerate(rois, start=1):
+        crop = sub[(Ellipsis, *r.slices()) + ((slice(None),) if is_rgb else ())]
+        gen = _iter_task(
+            "sr", crop, model, rgb=is_rgb, device=device, tile=tile, data_range=data_range,
+            cancel=cancel, plane=None,
+        )
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                results.append(stop.value)
+                break
+            stage = ev.stage if len(rois) == 1 else f"ROI {k}/{len(rois)}, {ev.stage}"
+            yield Progress(done + ev.done, total, stage)
+        done += per_roi[k - 1]
+    return results[0] if single else results
+
+
+def super_resolve(
+    image: Any,
+    scale: int = 4,
+    model: str | os.PathLike | None = None,
+    roi: Any = None,
+    *,
+    rgb: bool | None = None,
+    device: str | torch.device = "auto",
+    tile: int | None = None,
+    data_range: Sequence[float] | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray | list[np.ndarray]:
+    """Super-resolve every 2-D plane of an image, or of regions of interest, by ``scale``.
+
+    Args:
+        image: numpy or dask array ``(..., Y, X)`` or ``(..., Y, X, 3|4)``; leading axes are
+            independent planes. Never modified.
+        scale: the factor Y and X are multiplied by (2 or 4 for the shipped models).
+        model: an ``"sr"`` model name or ``.safetensors`` path; None uses ``msgan-x{scale}``.
+            The model must upscale by ``scale``.
+        roi: None (the whole plane), ``(y0, y1, x0, x1)`` in data pixels (half-open, clipped
+            to the image), or a list of such boxes; the box applies to every plane.
+        rgb, device, tile, data_range, progress, cancel: as in :func:`denoise`. With an ROI,
+            the default intensity mapping is that of the whole array, not of the ROI.
+
+    Returns:
+        The input's dtype and intensity units, shaped like the input with Y and X replaced by
+        ``scale × (y1 − y0)`` and ``scale × (x1 − x0)``: one array, or a list (one per box)
+        when ``roi`` is a list. Output pixel (i, j) of an ROI is centred at source pixel
+        coordinate ``(y0 − 0.5 + (i + 0.5)/scale, x0 − 0.5 + (j + 0.5)/scale)``
+        (:func:`napari_medenhance.core.roi.roi_output_affine` places it in napari).
+
+    Raises:
+        ValueError: unknown model or one of another task or factor (the message lists the
+            models that fit), a malformed, empty or outside ROI, an ROI under 2×2 pixels,
+            NaN / inf values, unsupported dtype, unavailable device.
+        WeightsError: the weights file is missing, pickled, corrupt or does not fit its network.
+        Cancelled: ``cancel()`` returned True.
+        RuntimeError: out of device memory (the message suggests a smaller ``tile``).
+    """
+    return drive(
+        iter_super_resolve(image, scale, model, roi, rgb=rgb, device=device, tile=tile,
+                           data_range=data_range, cancel=cancel),
         progress,
     )

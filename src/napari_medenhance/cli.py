@@ -4,6 +4,7 @@
     medenhance denoise IN.tif OUT.tif [--model dran|PATH] [--device auto] [--tile N] [--rgb auto]
     medenhance denoise IN_DIR OUT_DIR [--pattern "*.tif,*.nii.gz"] [--scheduler local|ADDRESS]
                        [--workers N] [--memory-limit 4GB] [--overwrite]
+    medenhance enhance IN OUT ...      the same options, a DPE model (--model dpe|PATH)
     medenhance models [--task denoise] [--add FILE.safetensors --name NAME [--overwrite]]
     medenhance demo [--screenshot out/demo.png]
 """
@@ -67,11 +68,12 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _denoise(args: argparse.Namespace) -> int:
+def _restore(args: argparse.Namespace) -> int:
+    """``medenhance denoise|enhance``: ``args.task`` picks the model family (core.batch.TASKS)."""
     src = Path(args.input)
     if src.is_dir() and src.suffix.lower() != ".zarr" and not _one_dicom_series(src, args):
-        return _denoise_folder(args)
-    return _denoise_file(args)
+        return _restore_folder(args)
+    return _restore_file(args)
 
 
 def _one_dicom_series(folder: Path, args: argparse.Namespace) -> bool:
@@ -82,12 +84,12 @@ def _one_dicom_series(folder: Path, args: argparse.Namespace) -> bool:
     return not args.pattern and is_dicom_folder(folder) and not find_inputs(folder)
 
 
-def _fail(msg: object) -> int:
-    print(f"medenhance denoise: {msg}", file=sys.stderr)
+def _fail(task: str, msg: object) -> int:
+    print(f"medenhance {task}: {msg}", file=sys.stderr)
     return 2
 
 
-def _denoise_file(args: argparse.Namespace) -> int:
+def _restore_file(args: argparse.Namespace) -> int:
     """One file, read and written block by block (a stack larger than memory works too)."""
     from tqdm import tqdm
 
@@ -95,23 +97,24 @@ def _denoise_file(args: argparse.Namespace) -> int:
     from napari_medenhance.core.engine import resolve_device
     from napari_medenhance.core.jobs import drive
 
+    task = args.task
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
-        return _fail(f"no such file: {src}")
+        return _fail(task, f"no such file: {src}")
     if args.scheduler or args.workers or args.pattern:
-        return _fail("--pattern, --scheduler and --workers apply when INPUT is a folder")
+        return _fail(task, "--pattern, --scheduler and --workers apply when INPUT is a folder")
     rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
     tile = args.tile or None  # 0 = auto
     try:
         device = resolve_device(args.device)
         # Fail fast on the model, before reading pixels.
-        loaded = batch.load_task_model("denoise", args.model, device)
+        loaded = batch.load_task_model(task, args.model, device)
         if _io_reads(src):
             from napari_medenhance.core.io import read_volume
 
             vol = read_volume(src, lazy=True)  # TIFF memory-mapped, others lazily
             data = vol.data
-            job = batch.iter_process_file(vol, dst, task="denoise", model=args.model,
+            job = batch.iter_process_file(vol, dst, task=task, model=args.model,
                                           device=device, tile=tile, rgb=rgb)
         else:  # PNG, JPEG...: small images, read whole
             data = _read_other(src)
@@ -119,13 +122,13 @@ def _denoise_file(args: argparse.Namespace) -> int:
                                            tile=tile, **loaded.engine_kwargs)
         dst.parent.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
-        return _fail(err)
+        return _fail(task, err)
     bar = None  # opened at the first event, so input errors print one clean line
 
     def show(event) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc="denoise", unit="tile", total=event.total)
+            bar = tqdm(desc=task, unit="tile", total=event.total)
         bar.set_postfix_str(event.stage, refresh=False)
         bar.update(event.done - bar.n)
 
@@ -137,10 +140,10 @@ def _denoise_file(args: argparse.Namespace) -> int:
         drive(job, show)
     except (ValueError, RuntimeError, OSError) as err:  # NaN input, device, out of memory, disk
         close_bar()
-        return _fail(err)
+        return _fail(task, err)
     except KeyboardInterrupt:
         close_bar()
-        print("medenhance denoise: cancelled; nothing written", file=sys.stderr)
+        print(f"medenhance {task}: cancelled; nothing written", file=sys.stderr)
         return 130
     close_bar()
     print(f"wrote {dst} ({data.dtype}, shape {tuple(data.shape)})")
@@ -157,7 +160,7 @@ def _io_reads(path: Path) -> bool:
     return path.is_dir() or any(name.endswith(s.lower()) for s in supported_suffixes())
 
 
-def _denoise_folder(args: argparse.Namespace) -> int:
+def _restore_folder(args: argparse.Namespace) -> int:
     """Every matching file of a folder; exit 1 when any file failed, 0 otherwise."""
     from tqdm import tqdm
 
@@ -165,18 +168,19 @@ def _denoise_folder(args: argparse.Namespace) -> int:
     from napari_medenhance.core.engine import Cancelled
     from napari_medenhance.core.jobs import drive
 
+    task = args.task
     src, dst = Path(args.input), Path(args.output)
     if dst.exists() and not dst.is_dir():
-        return _fail(f"INPUT is a folder, so OUTPUT must be a folder too; {dst} is a file")
+        return _fail(task, f"INPUT is a folder, so OUTPUT must be a folder too; {dst} is a file")
     if args.workers is not None and args.scheduler != "local":
-        return _fail("--workers applies to --scheduler local (a remote cluster has its own)")
+        return _fail(task, "--workers applies to --scheduler local (a remote cluster has its own)")
     rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
     bar = None
 
     def show(event) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc="denoise", unit="file", total=event.total)
+            bar = tqdm(desc=task, unit="file", total=event.total)
         bar.set_postfix_str(f"{event.input.name}: {event.status}", refresh=False)
         if event.status == "failed":
             bar.write(f"failed: {event.input}: {event.reason}", file=sys.stderr)
@@ -187,7 +191,7 @@ def _denoise_folder(args: argparse.Namespace) -> int:
             bar.close()
 
     job = iter_batch(
-        src, dst, task="denoise", model=args.model, pattern=args.pattern or DEFAULT_PATTERNS,
+        src, dst, task=task, model=args.model, pattern=args.pattern or DEFAULT_PATTERNS,
         device=args.device, tile=args.tile or None, rgb=rgb, scheduler=args.scheduler,
         n_workers=args.workers, memory_limit=args.memory_limit, overwrite=args.overwrite,
     )
@@ -195,10 +199,10 @@ def _denoise_folder(args: argparse.Namespace) -> int:
         summary = drive(job, show)
     except ValueError as err:  # folder, model, device or scheduler problems: nothing was run
         close_bar()
-        return _fail(err)
+        return _fail(task, err)
     except (KeyboardInterrupt, Cancelled):
         close_bar()
-        print("medenhance denoise: cancelled; finished files are kept, run again to resume",
+        print(f"medenhance {task}: cancelled; finished files are kept, run again to resume",
               file=sys.stderr)
         return 130
     close_bar()
@@ -232,37 +236,27 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medenhance", description="Medical image restoration and quality metrics.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    m = sub.add_parser("metrics", help="LaSSIM/SSIM of OUTPUT vs INPUT, and PSNR/SSIM/ΔE vs a reference",
-                       description="Scores every 2-D plane of two same-shaped images (TIFF or PNG/JPEG).")
-    m.add_argument("input", help="image before restoration")
-    m.add_argument("output", help="restored image, same shape as INPUT")
-    m.add_argument("--reference", help="clean reference image (adds PSNR, SSIM and CIEDE2000 ΔE)")
-    m.add_argument("--level", type=int, default=3, help="LaSSIM Laplacian-pyramid level (default 3)")
-    m.add_argument("--data-range", type=float, default=None,
-                   help="intensity range for PSNR/SSIM/ΔE (default: dtype range, 1 for floats in [0,1])")
-    m.add_argument("--rgb", choices=["auto", "yes", "no"], default="auto",
-                   help="treat a last axis of length 3/4 as colour (default auto)")
-    m.add_argument("--csv", help="write per-slice values to this CSV file")
-    m.set_defaults(func=_metrics)
-
+def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str,
+                        input_help: str, help: str, default_model: str) -> None:
+    """``medenhance TASK IN OUT``: the options every restoration task shares (file and folder
+    modes). ``--model`` defaults to None, which the batch resolves to the task's model
+    (:data:`napari_medenhance.core.batch.TASKS`, not imported here: it pulls in torch, too
+    slow for ``--help``); ``default_model`` only names it in the help."""
     n = sub.add_parser(
-        "denoise", help="denoise every 2-D plane of an image, or of every image in a folder",
-        description="A file: writes OUTPUT with the input's dtype, shape and spacing (TIFF "
+        task, help=help,
+        description=f"A file: writes OUTPUT with the input's dtype, shape and spacing (TIFF "
                     "resolution / ImageJ metadata, NIfTI affine), block by block, so stacks "
-                    "larger than memory work. A folder: denoises every file matching --pattern "
-                    "into the OUTPUT folder (same names), skipping those already done, "
+                    f"larger than memory work. A folder: {what} every file matching "
+                    "--pattern into the OUTPUT folder (same names), skipping those already done, "
                     "in-process or on a dask cluster (--scheduler). Exit status: 0 done, "
                     "1 some files of a folder failed (listed at the end), 2 bad input or model, "
                     "130 interrupted.")
-    n.add_argument("input", help="noisy image (TIFF, NIfTI, zarr, a DICOM series folder; PNG/JPEG "
-                                 "also read) or a folder of images")
+    n.add_argument("input", help=f"{input_help} (TIFF, NIfTI, zarr, a DICOM series folder; "
+                                 "PNG/JPEG also read) or a folder of images")
     n.add_argument("output", help="file to write (.tif, .zarr, .nii.gz...), or a folder for a folder")
-    n.add_argument("--model", default="dran",
-                   help="registered model name (see `medenhance models`) or a .safetensors path")
+    n.add_argument("--model", default=None,
+                   help=f"registered {task} model name (default {default_model}; see "
+                        "`medenhance models`) or a .safetensors path")
     n.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
     n.add_argument("--tile", type=int, default=0,
                    help="tile edge in pixels; 0 = auto (whole planes up to 1024², else 512)")
@@ -282,7 +276,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default auto = system memory / workers)")
     n.add_argument("--overwrite", action="store_true",
                    help="folder mode: redo files whose output exists (default: skip them)")
-    n.set_defaults(func=_denoise)
+    n.set_defaults(func=_restore, task=task)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medenhance", description="Medical image restoration and quality metrics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("metrics", help="LaSSIM/SSIM of OUTPUT vs INPUT, and PSNR/SSIM/ΔE vs a reference",
+                       description="Scores every 2-D plane of two same-shaped images (TIFF or PNG/JPEG).")
+    m.add_argument("input", help="image before restoration")
+    m.add_argument("output", help="restored image, same shape as INPUT")
+    m.add_argument("--reference", help="clean reference image (adds PSNR, SSIM and CIEDE2000 ΔE)")
+    m.add_argument("--level", type=int, default=3, help="LaSSIM Laplacian-pyramid level (default 3)")
+    m.add_argument("--data-range", type=float, default=None,
+                   help="intensity range for PSNR/SSIM/ΔE (default: dtype range, 1 for floats in [0,1])")
+    m.add_argument("--rgb", choices=["auto", "yes", "no"], default="auto",
+                   help="treat a last axis of length 3/4 as colour (default auto)")
+    m.add_argument("--csv", help="write per-slice values to this CSV file")
+    m.set_defaults(func=_metrics)
+
+    _add_restore_parser(
+        sub, "denoise", what="denoises", input_help="noisy image", default_model="dran",
+        help="denoise every 2-D plane of an image, or of every image in a folder")
+    _add_restore_parser(
+        sub, "enhance", what="enhances (perceptual enhancement, DPE)", input_help="image to enhance",
+        default_model="dpe",
+        help="enhance every 2-D plane of an image, or of every image in a folder (DPE)")
+
+    from . import _cli_train  # argparse only at import: torch loads when a run starts
+
+    _cli_train.add_parser(sub)
 
     ls = sub.add_parser("models", help="list the installed models, or add your own",
                         description="Lists shipped and user models (name, task, source, path).")

@@ -19,6 +19,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -65,6 +66,8 @@ class RunModelWidget(QWidget):
     NOUN: ClassVar[str] = ""
     #: One paragraph at the top of the widget.
     HELP: ClassVar[str] = ""
+    #: Emitted (from any thread) when a model was saved to the registry: refreshes the picker.
+    models_changed = Signal()
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__()
@@ -127,7 +130,14 @@ class RunModelWidget(QWidget):
         self.btn_cancel.clicked.connect(self.cancel)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._on_layers_changed)
+        # A model saved meanwhile (e.g. by the Train widget) appears at once; the zoo holds
+        # this bound method weakly, and the signal hops to the GUI thread.
+        self.models_changed.connect(self.refresh_models)
+        zoo.on_models_changed(self._emit_models_changed)
         self.refresh_models()
+
+    def _emit_models_changed(self) -> None:
+        self.models_changed.emit()
 
     # ------------------------------------------------------------ subclass API
     def job(self) -> Job:

@@ -85,9 +85,10 @@ class TaskSpec:
 #: Tasks a batch can run. A new one is one entry (its models come from the registry).
 TASKS: dict[str, TaskSpec] = {
     "denoise": TaskSpec("denoise", zoo_task="denoise", default_model="dran"),
+    "enhance": TaskSpec("enhance", zoo_task="enhance", default_model="dpe"),
 }
 #: Tasks that exist in the project's plan but whose networks are not implemented yet.
-PLANNED_TASKS: tuple[str, ...] = ("enhance", "sr")
+PLANNED_TASKS: tuple[str, ...] = ("sr",)
 
 
 def task_spec(task: str) -> TaskSpec:

@@ -175,15 +175,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # reading
 
 
-def _sniff_foreign(path: Path, head: bytes) -> None:
-    """Refuse well-known non-safetensors formats by their magic bytes, before parsing."""
+def _sniff_foreign(path: Path, head: bytes, size: int) -> None:
+    """Refuse well-known non-safetensors formats by their magic bytes, before parsing.
+
+    ``head``: the first 9 bytes (or fewer); ``size``: the file size in bytes.
+    """
     if head[:4] == b"PK\x03\x04":
         raise WeightsError(
             f"{path}: this is a ZIP archive, as written by torch.save (a pickled PyTorch "
             ".pt/.pth checkpoint); pickled PyTorch checkpoints are refused because they can "
             f"execute code when loaded. Only safetensors files are accepted: {_CONVERT_HINT}"
         )
-    if len(head) >= 2 and head[0] == 0x80 and 1 <= head[1] <= 5:
+    # A pickle starts with PROTO (0x80, 1..5), but so does a safetensors file whose 8-byte
+    # header length happens to be e.g. 384 or 640: only a length that fits the file and a JSON
+    # header right after it make it safetensors.
+    if len(head) >= 2 and head[0] == 0x80 and 1 <= head[1] <= 5 and not (
+        len(head) >= 9 and struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{"
+    ):
         raise WeightsError(
             f"{path}: this is a Python pickle (e.g. a legacy torch.save checkpoint); pickled "
             "PyTorch checkpoints are refused because they can execute code when loaded. Only "
@@ -214,8 +222,10 @@ def _parse(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         raise WeightsError(f"{path}: is not a file; pass the path of a .safetensors file")
     size = path.stat().st_size
     with path.open("rb") as f:
-        head = f.read(8)
-        _sniff_foreign(path, head)
+        head = f.read(9)
+        _sniff_foreign(path, head, size)
+        head = head[:8]
+        f.seek(8)
         if len(head) < 8:
             raise _corrupt(path, f"only {size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)

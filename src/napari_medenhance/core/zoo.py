@@ -18,8 +18,10 @@ logged, so a stray or broken file can never break a model picker; asking for it 
 raises :class:`~napari_medenhance.core.weights.WeightsError` saying why.
 
 Header metadata convention (``save_weights(..., meta=...)``): ``task`` (``"denoise"``,
-``"enhance"`` or ``"sr"``), ``name``, ``scale`` (default 1), optional ``channels`` and
-``pad_multiple``; every other key goes into :attr:`ModelInfo.card`. A file whose header says
+``"enhance"`` or ``"sr"``), ``name``, ``scale`` (default: the factor the architecture's
+config builds, via its class's ``scale_from_config``, else 1; a header that disagrees with the
+config is refused), optional ``channels`` and ``pad_multiple``; every other key goes into
+:attr:`ModelInfo.card`. A file whose header says
 ``"kind": "feature-extractor"`` (the VGG16 weights of the perceptual losses, which ship in the
 same folder) is not a model: listings skip it silently and asking for it says what it is.
 
@@ -40,7 +42,9 @@ import re
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,7 @@ __all__ = [
     "inference_module",
     "list_models",
     "load_model",
+    "on_models_changed",
     "save_user_model",
     "shipped_models_dir",
     "user_models_dir",
@@ -74,7 +79,7 @@ SUFFIX = ".safetensors"
 # The name each task's public function uses by default; named in "not bundled yet" messages.
 DEFAULT_MODEL = {"denoise": "dran", "enhance": "dpe", "sr": "msgan-x4"}
 # Headers written before the 'task' key existed still say what they are through their arch.
-_ARCH_TASK = {"dran": "denoise", "dpe": "enhance"}
+_ARCH_TASK = {"dran": "denoise", "dpe": "enhance", "srresnet": "sr", "msgan": "sr"}
 # Header 'kind's of files that share the models folder but are not restoration models.
 _NOT_MODELS = {"feature-extractor": "a frozen feature network used by the training losses"}
 # Keys the registry consumes; the rest of the header metadata is the model card.
@@ -161,6 +166,12 @@ def _default_channels(arch: str) -> int:
     return 3
 
 
+def _config_scale(arch: str, config: dict) -> int:
+    """The upscaling factor ``config`` builds: an SR class's ``scale_from_config``, else 1."""
+    fn = getattr(ARCHITECTURES.get(arch.lower()), "scale_from_config", None)
+    return int(fn(config)) if callable(fn) else 1
+
+
 def _read_card(weights: Path) -> dict[str, Any]:
     card: dict[str, Any] = {}
     js = weights.with_suffix(".json")
@@ -210,12 +221,18 @@ def _info(path: Path, source: str) -> ModelInfo:
     if not isinstance(config, dict):
         raise WeightsError(f"{path}: the 'config' metadata is not a JSON object; re-save")
     try:
-        scale = int(meta.get("scale", 1))
+        net_scale = _config_scale(arch, config)
+        scale = int(meta.get("scale", net_scale))
         channels = int(meta.get("channels") or config.get("in_channels") or _default_channels(arch))
     except (TypeError, ValueError) as e:
         raise WeightsError(f"{path}: bad 'scale' or 'channels' in the header ({e}); re-save") from e
     if scale < 1:
         raise WeightsError(f"{path}: scale must be a positive integer; the header says {scale}")
+    if scale != net_scale:
+        raise WeightsError(
+            f"{path}: the header says scale {scale} but its {arch!r} config builds a ×{net_scale} "
+            "network; re-save the weights with a matching meta['scale'] (or none)"
+        )
     if channels not in (1, 3):
         raise WeightsError(f"{path}: networks must take 1 or 3 channels; this one takes {channels}")
     if source == "file":
@@ -466,8 +483,9 @@ def inference_module(net: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
 def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
     """Keywords of :func:`~napari_medenhance.core.engine.iter_apply` that a model fixes.
 
-    ``pad_multiple``: the larger of the header's ``pad_multiple`` and the architecture class's
-    own (DPE: 16, one factor 2 per stride-2 level).
+    ``scale``: the model's upscaling factor (1, or 2 / 4 for SR models: the engine multiplies
+    Y and X by it). ``pad_multiple``: the larger of the header's ``pad_multiple`` and the
+    architecture class's own (DPE: 16, one factor 2 per stride-2 level).
     """
     try:
         pad = max(1, int(info.card.get("pad_multiple", 1)))
@@ -478,6 +496,55 @@ def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
     except (TypeError, ValueError):
         pass
     return {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
+
+
+# --------------------------------------------------------------------------------------------
+# change notification
+
+# Each entry returns its callback, or None once a weakly held bound method's object is gone.
+_listeners: list[Callable[[], Callable[[], None] | None]] = []
+_listeners_lock = threading.Lock()
+
+
+def on_models_changed(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` whenever :func:`save_user_model` has added or replaced a model.
+
+    For model pickers, so a model saved by the Train widget (or a script in the napari console)
+    appears at once. The callback runs in the saving thread: GUI code should only emit a Qt
+    signal there. Bound methods are held weakly (a closed widget is not kept alive); a callback
+    that raises is logged and dropped. Other callables are held until unsubscribed. Returns a
+    function that unsubscribes.
+    """
+    ref: Callable[[], Callable[[], None] | None] = (
+        weakref.WeakMethod(callback) if inspect.ismethod(callback)
+        else (lambda cb=callback: cb)  # plain functions and lambdas: held (else they would vanish)
+    )
+    with _listeners_lock:
+        _listeners.append(ref)
+
+    def unsubscribe() -> None:
+        with _listeners_lock:
+            if ref in _listeners:
+                _listeners.remove(ref)
+
+    return unsubscribe
+
+
+def _notify_models_changed() -> None:
+    with _listeners_lock:
+        refs = list(_listeners)
+    for ref in refs:
+        callback = ref()
+        try:
+            if callback is None:
+                raise ReferenceError("listener was garbage-collected")
+            callback()
+        except Exception as e:  # noqa: BLE001 - a broken listener must not fail a save
+            if not isinstance(e, ReferenceError):
+                log.debug("models-changed listener %r failed (%s); dropped", callback, e)
+            with _listeners_lock:
+                if ref in _listeners:
+                    _listeners.remove(ref)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,4 +622,6 @@ def save_user_model(
         os.replace(tmp, card_path)
     elif card_path.exists():
         card_path.unlink()  # a card left from replaced weights would describe the wrong model
-    return _info(dst, "user")
+    info = _info(dst, "user")
+    _notify_models_changed()
+    return info

@@ -11,9 +11,12 @@ from typing import Any, Callable
 
 from torch import nn
 
-from .discriminators import SwishDiscriminator
+from .cycle import CycleGenerators
+from .discriminators import SwishDiscriminator, WGANCritic
 from .dpe import DPE
 from .dran import DRAN
+from .patchgan import PatchGAN
+from .srresnet import MSGANGenerator, SRResNet
 
 __all__ = ["ARCHITECTURES", "build"]
 
@@ -22,6 +25,14 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "dpe": DPE,
     # Trained next to a generator, never shipped as a model on its own.
     "dpe_discriminator": SwishDiscriminator,
+    "srresnet": SRResNet,
+    "msgan": MSGANGenerator,
+    # The WGAN-GP critic of the SR recipe: trained next to a generator, never shipped.
+    "wgan_critic": WGANCritic,
+    # LaMEGAN: G (LQ -> HQ, its forward) and F (HQ -> LQ), two DPEs trained together.
+    "cycle_dpe": CycleGenerators,
+    # LaMEGAN's 70x70 discriminators: trained next to the generators, never shipped.
+    "patchgan": PatchGAN,
 }
 
 

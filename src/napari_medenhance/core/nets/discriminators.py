@@ -28,6 +28,18 @@ Choices and why
   stable log-sigmoid (``core.training.losses.bce_with_logits``, which also accepts the
   authors' noisy real labels above 1 that current ``torch.nn.BCELoss`` refuses).
 - Any input of at least 1×1 pixel works (global pooling); 128² crops give an 8×8 map.
+
+:class:`WGANCritic` is the critic of the super-resolution recipe's WGAN-GP (Gulrajani et al.
+2017; seed 004 compares WGAN-GP for LFSR): the same conv stack, but
+
+- **no batch normalisation**: the gradient penalty constrains the gradient norm of the critic
+  *per sample*, and BN makes each sample's score depend on the rest of the batch, which breaks
+  that (the WGAN-GP paper's own advice); ``norm="layer"`` (default) normalises each sample on
+  its own (``GroupNorm(1, C)``: layer norm over C×H×W with a per-channel affine, defined at any
+  size), ``norm="none"`` uses no normalisation;
+- LeakyReLU(0.2) activations (the WGAN-GP / SRGAN critics') instead of swish;
+- an unbounded score (no sigmoid): a Wasserstein critic outputs a real number, higher = more
+  like the real high-resolution images.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SwishDiscriminator"]
+__all__ = ["SwishDiscriminator", "WGANCritic"]
 
 
 class SwishDiscriminator(nn.Module):
@@ -84,3 +96,59 @@ class SwishDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probability that each image is real: B×C×H×W → B×1 in (0, 1)."""
         return torch.sigmoid(self.logits(x))
+
+
+class WGANCritic(nn.Module):
+    """WGAN-GP critic (module docstring): B×in_channels×H×W → B×1 real-valued scores.
+
+    ::
+
+        conv3×3 in→w1 s1                       LeakyReLU(0.2)
+        conv3×3 w1→w2 s2     LN                LeakyReLU(0.2)
+        ... (widths alternate stride 1 / 2; LN on all but the first)
+        conv1×1 w8→1  → global average pool    → B×1
+
+    Parameters
+    ----------
+    in_channels:
+        Channels of the judged image (3).
+    widths:
+        Output widths of the 3×3 convs (default 64, 64, 128, 128, 256, 256, 512, 512).
+    norm:
+        ``"layer"`` (per-sample layer norm, ``GroupNorm(1, C)``) or ``"none"``; never batch
+        norm (it would break the per-sample gradient penalty).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: tuple[int, ...] | list[int] = (64, 64, 128, 128, 256, 256, 512, 512),
+        norm: str = "layer",
+    ) -> None:
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if not widths or min(widths) < 1:
+            raise ValueError(f"widths must list positive conv widths, e.g. (64, 64, 128, ...); got {widths}")
+        if norm not in ("layer", "none"):
+            raise ValueError(
+                f"norm must be 'layer' or 'none' (a WGAN-GP critic must not use batch norm); got {norm!r}"
+            )
+        self.in_channels = int(in_channels)
+        self.norm = norm
+        convs, norms = [], []
+        prev = self.in_channels
+        for i, w in enumerate(widths):
+            convs.append(nn.Conv2d(prev, w, 3, stride=2 if i % 2 else 1, padding=1))
+            norms.append(nn.GroupNorm(1, w) if i > 0 and norm == "layer" else nn.Identity())
+            prev = w
+        self.convs = nn.ModuleList(convs)
+        self.norms = nn.ModuleList(norms)
+        self.head = nn.Conv2d(prev, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Critic score of each image: B×C×H×W → B×1 (unbounded)."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"the critic expects B×{self.in_channels}×H×W; got {tuple(x.shape)}")
+        for conv, norm in zip(self.convs, self.norms):
+            x = F.leaky_relu(norm(conv(x)), 0.2)
+        return self.head(x).mean(dim=(2, 3))

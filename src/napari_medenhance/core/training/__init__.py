@@ -9,10 +9,12 @@ exactly resumable. A new task is a new recipe in :mod:`.recipes`; the loop does 
 from __future__ import annotations
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from .finetune import PairedRecipe, iter_finetune, run_folder, save_finetuned
 from .loop import BEST, LAST, CosineSchedule, TrainEvent, TrainResult, train
 from .losses import PerceptualObjective
 from .patches import PatchSampler, Plane, Pool, center_crop
 from .recipes import DenoiseRecipe, EnhanceRecipe, Recipe, recipe_identity
+from .user_data import PairedPool, PlanePair, load_paired_data, load_user_data
 
 __all__ = [
     "BEST",
@@ -22,16 +24,24 @@ __all__ = [
     "CosineSchedule",
     "DenoiseRecipe",
     "EnhanceRecipe",
+    "PairedPool",
+    "PairedRecipe",
     "PatchSampler",
     "PerceptualObjective",
     "Plane",
+    "PlanePair",
     "Pool",
     "Recipe",
     "TrainEvent",
     "TrainResult",
     "center_crop",
+    "iter_finetune",
     "load_checkpoint",
+    "load_paired_data",
+    "load_user_data",
     "recipe_identity",
+    "run_folder",
     "save_checkpoint",
+    "save_finetuned",
     "train",
 ]

@@ -164,8 +164,9 @@ def train(
             ``best.safetensors`` (best validated model, a weights file for the engine / zoo);
             created if missing.
         batch, patch: samples per step and patch edge in pixels (the recipe draws them).
-        lr: initial learning rate of Adam (betas :data:`BETAS`), cosine-decayed over ``steps``
-            to 1 % of it. When resuming, the checkpoint's base rate is used.
+        lr: initial learning rate of Adam (betas :data:`BETAS`, or the recipe's ``betas``
+            attribute when it has one), cosine-decayed over ``steps`` to 1 % of it. When
+            resuming, the checkpoint's base rate (and betas) are used.
         device: ``"auto"`` (CUDA, MPS, CPU), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
         val_every: validate every this many steps (<= 0: only at the end), plus once at step 0
             of a fresh run (the baseline); the best value of ``recipe.primary_metric`` so far is
@@ -239,7 +240,10 @@ def train(
         )
         best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step)
     net.to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=schedule.lr(step), betas=BETAS)
+    # A recipe may use other Adam betas (GANs: CycleGAN's beta1 = 0.5); a resumed run gets the
+    # checkpoint's own, which the optimizer state restores below.
+    betas = tuple(float(b) for b in getattr(recipe, "betas", BETAS))
+    opt = torch.optim.Adam(net.parameters(), lr=schedule.lr(step), betas=betas)
     extra_opts: dict[str, torch.optim.Optimizer] = {}
     for name, module in extras.items():
         if ckpt is not None:
@@ -251,7 +255,7 @@ def train(
                     f"module does not fit this run's ({e}); use another output folder"
                 ) from e
         module.to(dev).train()
-        extra_opts[name] = torch.optim.Adam(module.parameters(), lr=schedule.lr(step), betas=BETAS)
+        extra_opts[name] = torch.optim.Adam(module.parameters(), lr=schedule.lr(step), betas=betas)
         if ckpt is not None:
             extra_opts[name].load_state_dict(ckpt.extras[name]["optimizer"])
     all_opts = [opt, *extra_opts.values()]

@@ -27,8 +27,18 @@ import torch
 
 from .denoise import DenoiseRecipe
 from .enhance import EnhanceRecipe
+from .lamegan import LaMEGANRecipe, export_generator
+from .sr import SRRecipe
 
-__all__ = ["DenoiseRecipe", "EnhanceRecipe", "Recipe", "recipe_identity"]
+__all__ = [
+    "DenoiseRecipe",
+    "EnhanceRecipe",
+    "LaMEGANRecipe",
+    "Recipe",
+    "SRRecipe",
+    "export_generator",
+    "recipe_identity",
+]
 
 
 @runtime_checkable

@@ -1,0 +1,818 @@
+"""Lesion-focused super-resolution: MS-GAN (×2 then ×4) or SRResNet (seed 004; REFERENCE.md,
+"LFSR / MS-GAN").
+
+Training pairs
+--------------
+HR = a ``patch``² window of a real plane, drawn by :class:`LesionPatchSampler` (below), one of
+the 8 flips / rotations, replicated to three channels when gray. LR = HR downsampled ×4:
+
+* **bicubic**: antialiased bicubic (``F.interpolate(..., mode="bicubic", antialias=True)``:
+  Keys' cubic with a = −0.5 stretched by the factor, as MATLAB's ``imresize`` and PIL do; the
+  usual way SR benchmarks make LR images). The window is cut with a 12-pixel margin that is
+  downsampled with it and then cropped away, so every LR pixel sees real neighbours, never a
+  patch border.
+* **blur** (flag ``blur``, default **off**): the author's later code blurs with a 3×3 Gaussian
+  before downsampling; that kernel is applied here as the binomial [1 2 1]/4 (what OpenCV's
+  ``GaussianBlur(img, (3, 3), 0)`` uses). Off by default because the paper only says "LR images
+  were simulated by downsampling", the antialiased bicubic kernel (16 HR pixels wide at ×4)
+  already low-passes, and the reported numbers should describe the paper's setting; the flag is
+  recorded in the objective (a checkpoint made with one setting is refused by the other).
+* **×2 target** of MS-GAN (the paper's I_dr, "the ×2 down-sampled version of I_hr"): the HR
+  patch bicubic-downsampled ×2 (antialiased, no blur: a clean half-resolution target).
+* **Per-volume min–max normalisation**: before anything else the planes of each source volume
+  (planes named ``<source>[...]`` of one modality) are mapped together to [0, 1] by their joint
+  min and max — the mapping the inference engine applies to a whole array at run time. On the
+  project pool (already percentile-normalised per source) it changes little, but it keeps the
+  recipe right for any pool.
+
+Lesion-focused sampling (LFSR)
+------------------------------
+The paper's LFSR trains and infers on lesion ROIs only. :class:`LesionPatchSampler` centres
+patches on labelled pixels when a plane has a mask (``masks={plane name: Y×X array}``, non-zero
+= lesion) and otherwise on **structure**: pixels whose gradient magnitude (Gaussian derivative,
+σ = 1 px) is in the top quarter of the plane's foreground, drawn in proportion to it. In both
+cases a patch is **never mostly background**: a candidate whose patch has more than
+``max_background`` (default 0.5) background pixels is never drawn (checked exactly with an
+integral image, not by rejection with a bounded number of tries). Background = intensity <=
+``background_level`` (default 0.02 of the volume's range), raw or Gaussian-smoothed (σ = 2 px, so
+that noisy air counts as well); colour planes: dark, or near-white (the empty slide).
+
+Objective
+---------
+``mode="msgan"`` (the paper's MS-GAN, eq. 7)::
+
+    L_G = MSE(y2, HR↓2) + MSE(y4, HR) + w_V · MSE(V(y4), V(HR)) + w_A · (−mean C(y4))
+    L_C = mean C(y4) − mean C(HR) + λ · mean_i (‖∇ C(x̂_i)‖₂ − 1)²
+          x̂ = ε·HR + (1 − ε)·y4,  ε ~ U(0, 1) per sample
+
+* V = VGG16 **pool4** features (after conv4_3's ReLU and the 4th max-pool, 1/16 resolution, 512
+  channels; :class:`~napari_medenhance.core.nets.vgg.VGG16Features`, the shipped converted
+  ImageNet weights). The SRGAN reference implementation the paper builds on (TensorLayer)
+  takes VGG19's pool4 with weight 2e-6 on images in [-1, 1]; VGG-19 is not available here
+  (REFERENCE.md) and VGG16's pool4 ends the same block. Our images are in [0, 1], where the
+  pixel MSE is 4× smaller than in [-1, 1], so w_V = 2e-6 / 4 = **5e-7** keeps the reference
+  balance between the pixel and feature terms.
+* C = :class:`~napari_medenhance.core.nets.discriminators.WGANCritic` (no BN), WGAN-GP with
+  gradient penalty λ = **10** (Gulrajani et al.); the generator's adversarial weight w_A =
+  **1e-3** (the SRGAN reference's weight for its GAN term): small, so MSE and VGG lead and
+  the critic only sharpens. ε is drawn from torch's CPU RNG (checkpointed by the loop). The
+  loop updates generator and critic once per step each (no n_critic = 5 inner loop: the
+  adversarial term is weak, and one shared step keeps training resumable and simple); both
+  use Adam with the loop's betas (0.9, 0.99).
+
+``mode="srresnet"``: the PSNR-oriented baseline — SRResNet ×4 trained with MSE(y4, HR) only
+(no VGG, no critic). The weights can be overridden one by one (``mse2_weight``, ``vgg_weight``,
+``adversarial_weight``; 0 switches a term off, and without an adversarial term no critic is
+built).
+
+Validation
+----------
+A fixed set, lesion-focused as the paper evaluates ("only the ROIs were evaluated"): of every
+validation plane the ≤ ``val_crop``² window (sides multiples of 4) with the most structure —
+the largest mean gradient magnitude among the windows at most ``max_background`` background,
+chosen once, deterministically (on flat, noisy regions bicubic is already near the best any
+model can do, so whole-plane numbers mostly measure noise). ×4: LR = HR↓4 (the training
+degradation) → the model's ×4 output and a bicubic ×4 enlargement, each against HR. ×2: LR =
+HR↓2 → the ×2 head (MS-GAN) and bicubic ×2, against HR. That is how ``msgan-x2`` is used (on
+an image at its native resolution), although its head was trained on HR↓4 inputs (towards
+HR↓2): the ×2 rows measure that transfer honestly, not the training task.
+Metrics (outputs clipped to [0, 1], gray outputs averaged back to one channel): PSNR, SSIM
+(data range 1), LaSSIM (level 3, or the deepest that fits) of output vs HR, and the MSE.
+``validate`` reports the model's ``psnr``/``ssim``/``lassim``/``loss`` (×4, ``loss`` = MSE)
+and ``psnr_x2``/``ssim_x2``/``lassim_x2`` (MS-GAN only); :meth:`SRRecipe.baselines` the bicubic
+rows, computed once. Values are averaged over the planes of a modality, then over modalities.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...metrics import lassim as _lassim
+from ...metrics import max_lassim_level
+from ...metrics import psnr as _psnr
+from ...metrics import ssim as _ssim
+from ...nets import build as _build
+from ...nets.discriminators import WGANCritic
+from ...nets.srresnet import MSGANGenerator, SRResNet
+from ..patches import Plane, Pool
+
+__all__ = [
+    "ADVERSARIAL_WEIGHT",
+    "GP_WEIGHT",
+    "LesionPatchSampler",
+    "SRRecipe",
+    "VGG_LAYER",
+    "VGG_WEIGHT",
+    "blur3",
+    "downsample",
+    "volume_minmax",
+]
+
+#: Training factor (MS-GAN: ×2 and ×4 heads; SRResNet: ×4).
+SCALE = 4
+#: w_V: VGG feature MSE weight (module docstring: SRGAN's 2e-6 for [-1, 1] images, / 4).
+VGG_WEIGHT = 5e-7
+#: The VGG16 layer of the feature loss.
+VGG_LAYER = "pool4"
+#: w_A: weight of the generator's WGAN term.
+ADVERSARIAL_WEIGHT = 1e-3
+#: λ of the gradient penalty.
+GP_WEIGHT = 10.0
+#: HR pixels cut around a training patch so the LR is made from real neighbours (multiple of 4).
+MARGIN = 12
+#: The LaSSIM level reported (lowered for crops too small for it).
+LASSIM_LEVEL = 3
+#: (generator arch, default extra weights: mse2, vgg, adversarial) per mode.
+MODES = {"msgan": ("msgan", 1.0, VGG_WEIGHT, ADVERSARIAL_WEIGHT), "srresnet": ("srresnet", 0.0, 0.0, 0.0)}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------ degradation
+
+
+def blur3(x: torch.Tensor) -> torch.Tensor:
+    """3×3 Gaussian blur with the binomial kernel [1 2 1]/4 per axis (OpenCV's 3×3 kernel for
+    sigma 0); B×C×H×W → same shape, reflected borders."""
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    k = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=x.shape[1])
+
+
+def downsample(x: torch.Tensor, factor: int, *, blur: bool = False) -> torch.Tensor:
+    """LR simulation: optional :func:`blur3`, then antialiased bicubic ÷ ``factor``.
+
+    B×C×H×W (H, W multiples of ``factor``) → B×C×(H/factor)×(W/factor), float.
+    """
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"downsample needs sides that are multiples of {factor}; got {tuple(x.shape[-2:])}"
+        )
+    if blur:
+        x = blur3(x)
+    return F.interpolate(x, scale_factor=1.0 / factor, mode="bicubic", antialias=True,
+                         align_corners=False)
+
+
+def _bicubic_up(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=factor, mode="bicubic", align_corners=False)
+
+
+def volume_minmax(planes: Sequence[Plane]) -> list[Plane]:
+    """The planes with each source volume mapped jointly to [0, 1] by its min and max.
+
+    A volume = the planes of one modality whose names share the part before ``[`` (the pool
+    names planes ``nuclei.tif[50]``, windows ``RG3_UNCR[1222:1478,...]``). A constant volume is
+    left as it is.
+    """
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(planes):
+        groups.setdefault((p.modality, p.name.split("[", 1)[0]), []).append(i)
+    out = list(planes)
+    for idx in groups.values():
+        lo = min(float(planes[i].data.min()) for i in idx)
+        hi = max(float(planes[i].data.max()) for i in idx)
+        if hi > lo:
+            for i in idx:
+                p = planes[i]
+                data = ((p.data - np.float32(lo)) / np.float32(hi - lo)).clip(0.0, 1.0)
+                out[i] = Plane(p.name, p.modality, data.astype(np.float32))
+    return out
+
+
+# ------------------------------------------------------------------------------ sampling
+
+
+class LesionPatchSampler:
+    """Lesion- or structure-centred ``patch``² windows, never mostly background (module docstring).
+
+    Args:
+        planes: float32 [0, 1] planes (``Y×X`` or ``Y×X×3``).
+        patch: edge of the patch that must not be mostly background (HR pixels).
+        margin: extra pixels around the patch in the returned window (its context for the
+            downsampling); the window, ``patch + 2·margin`` per side, lies inside the plane.
+        masks: ``{plane name: Y×X array}``, non-zero = lesion. Planes with a mask get patches
+            centred on lesion pixels; the others (or a mask none of whose pixels can centre a
+            valid patch) on structure.
+        background_level: smoothed intensity at or below which a pixel is background (colour:
+            also at or above ``1 − background_level`` in every channel, the empty slide).
+        max_background: the largest background fraction a patch may have (0.5: never mostly
+            background).
+        structure_quantile: without a mask, centres are pixels whose gradient magnitude is at
+            least this quantile of the plane's foreground gradients, drawn in proportion to it.
+        balance: ``"modality"``: every modality equally often, planes within one in proportion
+            to their area; ``"area"``: planes in proportion to their area alone.
+
+    Raises:
+        ValueError: no plane can hold a window, or no plane has a valid centre.
+    """
+
+    def __init__(
+        self,
+        planes: Sequence[Plane],
+        patch: int,
+        *,
+        margin: int = 0,
+        masks: Mapping[str, np.ndarray] | None = None,
+        background_level: float = 0.02,
+        max_background: float = 0.5,
+        structure_quantile: float = 0.75,
+        balance: str = "modality",
+    ) -> None:
+        from scipy.ndimage import gaussian_gradient_magnitude
+
+        if patch < 1 or margin < 0:
+            raise ValueError(f"patch must be >= 1 and margin >= 0; got patch={patch}, margin={margin}")
+        if not 0.0 <= max_background < 1.0:
+            raise ValueError(f"max_background must be in [0, 1); got {max_background}")
+        if balance not in ("modality", "area"):
+            raise ValueError(f"balance must be 'modality' or 'area'; got {balance!r}")
+        masks = dict(masks or {})
+        unknown = sorted(set(masks) - {p.name for p in planes})
+        if unknown:
+            raise ValueError(f"masks given for unknown planes {unknown}; keys must be plane names")
+        self.patch, self.margin = int(patch), int(margin)
+        self.max_background = float(max_background)
+        self.window = self.patch + 2 * self.margin
+        # Candidate centres on a grid (memory stays bounded on 2000² planes); a draw jitters
+        # within the grid cell and falls back to the grid point when the jittered patch fails.
+        self.stride = max(1, self.patch // 8)
+        self.planes: list[Plane] = []
+        self.sources: list[str] = []  # "mask" or "structure", per kept plane
+        #: Names of planes that cannot hold a valid patch (too small, or all background).
+        self.skipped: list[str] = []
+        self._ii: list[np.ndarray] = []
+        self._cand: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        p, m = self.patch, self.margin
+        for plane in planes:
+            h, w = plane.shape_yx
+            if min(h, w) < self.window:
+                self.skipped.append(plane.name)
+                continue
+            data = plane.data
+            bg = _background(plane, background_level)
+            lum = data.mean(axis=2) if plane.rgb else data
+            ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+            ii[1:, 1:] = bg.cumsum(0).cumsum(1)
+            # Grid of centres whose patch top-left (cy - p//2) keeps the whole window inside.
+            ys = np.arange(m + p // 2, h - m - (p - p // 2) + 1, self.stride)
+            xs = np.arange(m + p // 2, w - m - (p - p // 2) + 1, self.stride)
+            gy, gx = np.meshgrid(ys, xs, indexing="ij")
+            frac = _box_fraction(ii, gy - p // 2, gx - p // 2, p)
+            ok = frac <= self.max_background
+            source, weight = "structure", None
+            mask = masks.get(plane.name)
+            if mask is not None:
+                mask = np.asarray(mask)
+                if mask.shape != (h, w):
+                    raise ValueError(
+                        f"mask of {plane.name} is shaped {mask.shape}; the plane is {(h, w)}"
+                    )
+                # A grid cell counts when any lesion pixel lies in it (small lesions between
+                # grid points are not lost); the centre is then that cell's grid point.
+                hit = _any_in_cells(mask != 0, ys, xs, self.stride)
+                if np.any(hit & ok):
+                    source, weight = "mask", (hit & ok).astype(np.float64)
+            if weight is None:
+                grad = gaussian_gradient_magnitude(lum.astype(np.float32), 1.0)
+                fg = grad[~bg]
+                if fg.size == 0:
+                    self.skipped.append(plane.name)
+                    continue
+                thr = float(np.quantile(fg, structure_quantile))
+                g = grad[gy, gx].astype(np.float64)
+                weight = np.where(ok & (g >= thr) & (g > 0), g, 0.0)
+            keep = weight > 0
+            if not keep.any():
+                self.skipped.append(plane.name)
+                continue
+            self.planes.append(plane)
+            self.sources.append(source)
+            self._ii.append(ii)
+            self._cand.append((gy[keep].astype(np.int32), gx[keep].astype(np.int32),
+                               np.cumsum(weight[keep])))
+        if not self.planes:
+            raise ValueError(
+                f"no plane has a {self.window}×{self.window} window whose central {p}×{p} patch "
+                f"is at most {self.max_background:.0%} background; use a smaller patch or a "
+                "lower background_level"
+            )
+        # Area, not the number of candidates: a plane with a small lesion is drawn as often as
+        # a plane of the same size without one (its mask says where, not how often).
+        n = np.array([pl.shape_yx[0] * pl.shape_yx[1] for pl in self.planes], dtype=np.float64)
+        if balance == "modality":
+            mods = [pl.modality for pl in self.planes]
+            per_mod = {md: n[[i for i, q in enumerate(mods) if q == md]].sum() for md in mods}
+            n = n / np.array([per_mod[md] for md in mods])
+        self._p = n / n.sum()
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """``(plane index, y0, x0)``: top-left of a valid patch in ``self.planes[index]``."""
+        i = int(rng.choice(len(self.planes), p=self._p))
+        ys, xs, cum = self._cand[i]
+        k = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        k = min(k, len(ys) - 1)
+        p, m, s = self.patch, self.margin, self.stride
+        cy, cx = int(ys[k]), int(xs[k])
+        y0, x0 = cy - p // 2, cx - p // 2
+        if s > 1:
+            jy, jx = (int(v) for v in rng.integers(-(s // 2), s - s // 2, size=2))
+            h, w = self.planes[i].shape_yx
+            ty, tx = y0 + jy, x0 + jx
+            if (m <= ty <= h - m - p and m <= tx <= w - m - p
+                    and self._frac(i, ty, tx) <= self.max_background):
+                y0, x0 = ty, tx
+        return i, y0, x0
+
+    def _frac(self, i: int, y0: int, x0: int) -> float:
+        return float(_box_fraction(self._ii[i], y0, x0, self.patch))
+
+    def sample_one(self, rng: np.random.Generator) -> np.ndarray:
+        """One window, ``(patch + 2·margin)²`` (× 3 for colour), float32 [0, 1]; a view into the
+        plane (copy before writing)."""
+        i, y0, x0 = self.draw(rng)
+        m = self.margin
+        return self.planes[i].data[y0 - m : y0 + self.patch + m, x0 - m : x0 + self.patch + m]
+
+
+def _background(plane: Plane, level: float) -> np.ndarray:
+    """Background mask of a plane: pixels at or below ``level``, raw or Gaussian-smoothed
+    (σ = 2 px, so noisy air counts too); colour planes: dark, or near-white in every channel
+    (the empty slide). The raw test makes the sampler's bound hold for raw pixels exactly."""
+    from scipy.ndimage import gaussian_filter
+
+    data = plane.data
+    if plane.rgb:
+        hi, lo = data.max(axis=2), data.min(axis=2)
+        dark = (hi <= level) | (gaussian_filter(hi, 2.0) <= level)
+        white = (lo >= 1.0 - level) | (gaussian_filter(lo, 2.0) >= 1.0 - level)
+        return dark | white
+    return (data <= level) | (gaussian_filter(data, 2.0) <= level)
+
+
+def _box_fraction(ii: np.ndarray, y0: Any, x0: Any, size: int) -> Any:
+    """Fraction of ones in the ``size``² boxes with top-left (y0, x0) of the integral image ii."""
+    s = ii[y0 + size, x0 + size] - ii[y0, x0 + size] - ii[y0 + size, x0] + ii[y0, x0]
+    return s / float(size * size)
+
+
+def _any_in_cells(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, stride: int) -> np.ndarray:
+    """For each grid point (ys[a], xs[b]): whether ``mask`` is set anywhere within ±stride/2."""
+    h, w = mask.shape
+    ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+    ii[1:, 1:] = mask.cumsum(0).cumsum(1)
+    r0, r1 = stride // 2, stride - stride // 2
+    y0 = np.clip(ys - r0, 0, h)[:, None]
+    y1 = np.clip(ys + r1, 0, h)[:, None]
+    x0 = np.clip(xs - r0, 0, w)[None, :]
+    x1 = np.clip(xs + r1, 0, w)[None, :]
+    return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) > 0
+
+
+# ------------------------------------------------------------------------------ recipe
+
+
+class SRRecipe:
+    """Lesion-focused SR training on a :class:`Pool` (module docstring).
+
+    Args:
+        pool: training planes (patches) and validation planes (fixed centre crops).
+        mode: ``"msgan"`` (MS-GAN generator; MSE×2 + MSE×4 + VGG×4 + WGAN-GP) or
+            ``"srresnet"`` (SRResNet ×4, MSE only: the PSNR-oriented row).
+        config: generator constructor overrides (e.g. ``{"features": 8, "blocks": 1}`` in
+            tests); the training factor is fixed at ×4 (MS-GAN ``output_scale=4``).
+        critic_config: :class:`WGANCritic` overrides (``widths``, ``norm``).
+        mse2_weight, vgg_weight, adversarial_weight: override the mode's weights (0 = off).
+        gp_weight: λ of the gradient penalty (10).
+        vgg_layer: VGG16 layer of the feature loss (``"pool4"``).
+        features: the feature network (default ``VGG16Features((vgg_layer,))``, loaded only
+            when ``vgg_weight > 0``).
+        blur: 3×3 Gaussian blur before the ×4 downsampling (default off).
+        masks: lesion masks ``{training plane name: Y×X}`` for the sampler.
+        background_level, max_background, structure_quantile: the sampler's (module docstring).
+        val_crop: validation crops are at most this many HR pixels per side (multiple of 4).
+    """
+
+    task = "sr"
+    primary_metric = "psnr"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        pool: Pool,
+        *,
+        mode: str = "msgan",
+        config: Mapping[str, Any] | None = None,
+        critic_config: Mapping[str, Any] | None = None,
+        mse2_weight: float | None = None,
+        vgg_weight: float | None = None,
+        adversarial_weight: float | None = None,
+        gp_weight: float = GP_WEIGHT,
+        vgg_layer: str = VGG_LAYER,
+        features: torch.nn.Module | None = None,
+        blur: bool = False,
+        masks: Mapping[str, np.ndarray] | None = None,
+        background_level: float = 0.02,
+        max_background: float = 0.5,
+        structure_quantile: float = 0.75,
+        val_crop: int = 256,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if not pool.train:
+            raise ValueError("the pool has no training planes")
+        if not pool.val:
+            raise ValueError("the pool has no validation planes")
+        self.mode = mode
+        self.arch, d_mse2, d_vgg, d_adv = MODES[mode]
+        cls = MSGANGenerator if self.arch == "msgan" else SRResNet
+        defaults = _defaults(cls)
+        fixed = {"output_scale": SCALE} if self.arch == "msgan" else {"scale": SCALE}
+        unknown = sorted(set(config or {}) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown {self.arch} config keys {unknown}; known: {sorted(defaults)}")
+        if any(k in (config or {}) and (config or {})[k] != v for k, v in fixed.items()):
+            raise ValueError(f"the SR recipe trains at ×{SCALE}; leave {list(fixed)} at {SCALE}")
+        self.config: dict[str, Any] = _json({**defaults, **dict(config or {}), **fixed})
+        self.mse2_weight = float(d_mse2 if mse2_weight is None else mse2_weight)
+        self.vgg_weight = float(d_vgg if vgg_weight is None else vgg_weight)
+        self.adversarial_weight = float(d_adv if adversarial_weight is None else adversarial_weight)
+        self.gp_weight = float(gp_weight)
+        if min(self.mse2_weight, self.vgg_weight, self.adversarial_weight, self.gp_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.arch == "srresnet" and self.mse2_weight > 0:
+            raise ValueError("SRResNet has no ×2 head: mse2_weight must be 0 in mode 'srresnet'")
+        critic_defaults = _defaults(WGANCritic)
+        unknown = sorted(set(critic_config or {}) - set(critic_defaults))
+        if unknown:
+            raise ValueError(f"unknown critic config keys {unknown}; known: {sorted(critic_defaults)}")
+        self.critic_config: dict[str, Any] = _json({**critic_defaults, **dict(critic_config or {})})
+        self.vgg_layer = str(vgg_layer)
+        if self.vgg_weight > 0 and features is None:
+            from ...nets.vgg import VGG16Features
+
+            features = VGG16Features((self.vgg_layer,))
+        self.features = features if self.vgg_weight > 0 else None
+        self.blur = bool(blur)
+        self.masks = dict(masks or {})
+        self.background_level = float(background_level)
+        self.max_background = float(max_background)
+        self.structure_quantile = float(structure_quantile)
+        self.val_crop = int(val_crop) - int(val_crop) % SCALE
+        if self.val_crop < SCALE * 2:
+            raise ValueError(f"val_crop must be at least {SCALE * 2}; got {val_crop}")
+        self.train_planes = volume_minmax(pool.train)
+        self.val_planes = volume_minmax(pool.val)
+        self._samplers: dict[int, LesionPatchSampler] = {}
+        self._val = self._prepare_validation()
+        self._baselines: list[dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def objective(self) -> dict[str, Any]:
+        """The loss switches, part of the checkpoint identity (a run cannot change them)."""
+        adv = self.adversarial_weight > 0
+        return {
+            "mode": self.mode,
+            "mse4": 1.0,
+            "mse2_weight": self.mse2_weight,
+            "vgg_weight": self.vgg_weight,
+            "vgg_layer": self.vgg_layer if self.vgg_weight > 0 else None,
+            "adversarial": "wgan-gp" if adv else None,
+            "adversarial_weight": self.adversarial_weight,
+            "gp_weight": self.gp_weight if adv else None,
+            "critic": self.critic_config if adv else None,
+            "lr": f"{'blur3 + ' if self.blur else ''}bicubic-antialias/{SCALE}",
+            "sampling": {"lesion_masks": sorted(self.masks), "background_level": self.background_level,
+                         "max_background": self.max_background,
+                         "structure_quantile": self.structure_quantile},
+        }
+
+    # ------------------------------------------------------------------ training
+    def build(self) -> torch.nn.Module:
+        """A fresh generator with :attr:`config`; its output convs start at zero, so the
+        untrained network returns the bicubic enlargement (global residual) and every gain
+        over bicubic is learnt."""
+        net = _build(self.arch, **self.config)
+        if self.config.get("global_residual", True):
+            for name in ("out", "out2", "out4"):
+                conv = getattr(net, name, None)
+                if conv is not None:
+                    torch.nn.init.zeros_(conv.weight)
+                    torch.nn.init.zeros_(conv.bias)
+        return net
+
+    def build_extras(self) -> dict[str, torch.nn.Module]:
+        """``{"critic": WGANCritic}`` when the objective has an adversarial term, else ``{}``."""
+        if self.adversarial_weight <= 0:
+            return {}
+        return {"critic": _build("wgan_critic", **self.critic_config)}
+
+    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
+        """Nothing changes during a run (the loop owns the learning rate)."""
+
+    def sampler(self, patch: int) -> LesionPatchSampler:
+        """The (cached) lesion-focused sampler for ``patch``-pixel HR patches."""
+        if patch not in self._samplers:
+            self._samplers[patch] = LesionPatchSampler(
+                self.train_planes, patch, margin=MARGIN, masks=self.masks,
+                background_level=self.background_level, max_background=self.max_background,
+                structure_quantile=self.structure_quantile,
+            )
+        return self._samplers[patch]
+
+    def sample_batch(
+        self, rng: np.random.Generator, batch: int, patch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(LR, HR)``: float32 ``batch×3×(patch/4)×(patch/4)`` and ``batch×3×patch×patch``
+        in [0, 1] (module docstring). ``patch`` must be a multiple of 4."""
+        if patch % SCALE:
+            raise ValueError(f"patch must be a multiple of {SCALE} for ×{SCALE} training; got {patch}")
+        sampler = self.sampler(patch)
+        win = patch + 2 * MARGIN
+        hr = np.empty((batch, 3, win, win), dtype=np.float32)
+        for i in range(batch):
+            w = sampler.sample_one(rng)
+            k = int(rng.integers(8))
+            w = np.rot90(w, k % 4, axes=(0, 1))
+            if k >= 4:
+                w = w[:, ::-1]
+            hr[i] = w[None] if w.ndim == 2 else w.transpose(2, 0, 1)
+        t = torch.from_numpy(hr)
+        c = MARGIN // SCALE
+        lr = downsample(t, SCALE, blur=self.blur)[:, :, c : c + patch // SCALE, c : c + patch // SCALE]
+        return lr.contiguous(), t[:, :, MARGIN : MARGIN + patch, MARGIN : MARGIN + patch].contiguous()
+
+    def _features_on(self, device: torch.device) -> torch.nn.Module | None:
+        if self.features is not None:
+            self.features.to(device)  # the recipe's module, not the loop's: follow the batch
+        return self.features
+
+    def _generator_terms(
+        self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(pixel + feature loss, the ×4 output, logs)."""
+        if self.arch == "msgan":
+            y2, y4 = net.forward_multi(inputs)
+        else:
+            y2, y4 = None, net(inputs)
+        mse4 = F.mse_loss(y4, targets)
+        total = mse4
+        logs = {"mse4": float(mse4.detach())}
+        if self.mse2_weight > 0:
+            assert y2 is not None
+            with torch.no_grad():
+                t2 = downsample(targets, 2)
+            mse2 = F.mse_loss(y2, t2)
+            total = total + self.mse2_weight * mse2
+            logs["mse2"] = float(mse2.detach())
+        if self.vgg_weight > 0:
+            feats = self._features_on(inputs.device)
+            fo = feats(y4)[self.vgg_layer]
+            with torch.no_grad():
+                ft = feats(targets)[self.vgg_layer]
+            vgg = F.mse_loss(fo, ft)
+            total = total + self.vgg_weight * vgg
+            logs["vgg"] = float(vgg.detach())
+        return total, y4, logs
+
+    def loss(
+        self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The generator objective without an adversarial term (``srresnet``, or w_A = 0)."""
+        if self.adversarial_weight > 0:
+            raise ValueError(
+                "this objective has a WGAN-GP term: the training loop calls losses() with the "
+                "critic from build_extras()"
+            )
+        total, _, logs = self._generator_terms(net, inputs, targets)
+        logs["total"] = float(total.detach())
+        return total, logs
+
+    def losses(
+        self,
+        net: torch.nn.Module,
+        extras: Mapping[str, torch.nn.Module],
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """``({"net": L_G, "critic": L_C}, logs)`` from one generator pass (module docstring)."""
+        critic = extras["critic"]
+        total, y4, logs = self._generator_terms(net, inputs, targets)
+        adv = -critic(y4).mean()
+        g = total + self.adversarial_weight * adv
+        fake = y4.detach()
+        c_real, c_fake = critic(targets).mean(), critic(fake).mean()
+        gp = gradient_penalty(critic, targets, fake)
+        c = c_fake - c_real + self.gp_weight * gp
+        logs.update(adv=float(adv.detach()), total=float(g.detach()), c_loss=float(c.detach()),
+                    gp=float(gp.detach()), w_dist=float((c_real - c_fake).detach()))
+        return {"net": g, "critic": c}, logs
+
+    # ---------------------------------------------------------------- validation
+    def _prepare_validation(self) -> list[dict[str, Any]]:
+        items = []
+        for plane in self.val_planes:
+            h, w = plane.shape_yx
+            ch = min(h, self.val_crop) - min(h, self.val_crop) % SCALE
+            cw = min(w, self.val_crop) - min(w, self.val_crop) % SCALE
+            if ch < 2 * SCALE or cw < 2 * SCALE:
+                continue
+            y0, x0 = _most_structured_window(plane, ch, cw, self.background_level,
+                                             self.max_background)
+            hr = plane.data[y0 : y0 + ch, x0 : x0 + cw]
+            item: dict[str, Any] = {"plane": plane, "hr": np.ascontiguousarray(hr, np.float32),
+                                    "level": min(LASSIM_LEVEL, max_lassim_level((ch, cw)))}
+            for f in (2, SCALE):
+                # The LR of the crop is made from the crop and MARGIN real pixels around it
+                # (reflected where the plane ends), as in training.
+                win = _window(plane.data, y0 - MARGIN, x0 - MARGIN, ch + 2 * MARGIN, cw + 2 * MARGIN)
+                t = torch.from_numpy(_chw(win))[None]
+                lr = downsample(t, f, blur=self.blur)
+                c = MARGIN // f
+                item[f"lr{f}"] = lr[:, :, c : c + ch // f, c : c + cw // f].contiguous()
+            items.append(item)
+        if not items:
+            raise ValueError(f"no validation plane is at least {2 * SCALE}×{2 * SCALE} pixels")
+        return items
+
+    @staticmethod
+    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
+        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
+
+    def _score(self, item: Mapping[str, Any], out: np.ndarray) -> dict[str, float]:
+        plane: Plane = item["plane"]
+        hr, rgb = item["hr"], plane.rgb
+        return {
+            "psnr": float(_psnr(hr, out, data_range=1.0, rgb=rgb)),
+            "ssim": float(_ssim(hr, out, data_range=1.0, rgb=rgb)),
+            "lassim": float(_lassim(hr, out, level=item["level"], rgb=rgb))
+            if item["level"] >= 0 else float("nan"),
+            "mse": float(np.mean((out - hr) ** 2)),
+        }
+
+    def _rows(self, item: Mapping[str, Any], method: str, f: int,
+              y: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
+        plane: Plane = item["plane"]
+        out = self._to_plane(y[0].clamp(0.0, 1.0).cpu().numpy(), plane.rgb).astype(np.float32)
+        return {"name": plane.name, "modality": plane.modality, "method": method, "scale": f,
+                **self._score(item, out)}, out
+
+    def evaluate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """The network on the fixed validation set.
+
+        Returns:
+            ``(rows, preview)``: rows ``name, modality, method (the mode), scale (2 or 4), psnr,
+            ssim, lassim, mse`` (×2 rows only for MS-GAN), and the ×4 output on the first
+            validation plane (float32 [0, 1]). The network's mode is restored afterwards.
+        """
+        device = torch.device(device)
+        was_training = net.training
+        net.eval()
+        rows: list[dict[str, Any]] = []
+        preview = None
+        try:
+            with torch.no_grad():
+                for item in self._val:
+                    row, out = self._rows(item, self.mode, SCALE, net(item[f"lr{SCALE}"].to(device)))
+                    rows.append(row)
+                    if preview is None:
+                        preview = out
+                    if self.arch == "msgan":
+                        y2 = net.forward_x2(item["lr2"].to(device))
+                        rows.append(self._rows(item, self.mode, 2, y2)[0])
+        finally:
+            net.train(was_training)
+        assert preview is not None
+        return rows, preview
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """Rows as :meth:`evaluate`'s for ``method = "bicubic"`` at ×2 and ×4 (cached)."""
+        if self._baselines is None:
+            self._baselines = [
+                self._rows(item, "bicubic", f, _bicubic_up(item[f"lr{f}"], f))[0]
+                for item in self._val for f in (2, SCALE)
+            ]
+        return self._baselines
+
+    @staticmethod
+    def summarize(rows: Sequence[Mapping[str, Any]], key: str, method: str | None = None,
+                  scale: int | None = None) -> float:
+        """Mean over modalities of the per-modality means of ``key`` (rows of ``method`` and
+        ``scale``, or all); NaN when no row matches."""
+        by_mod: dict[str, list[float]] = {}
+        for r in rows:
+            if (method is None or r.get("method") == method) and (scale is None or r.get("scale") == scale) \
+                    and key in r:
+                by_mod.setdefault(r["modality"], []).append(float(r[key]))
+        if not by_mod:
+            return float("nan")
+        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+
+    def validate(
+        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """``({"psnr", "ssim", "lassim", "loss"[, "psnr_x2", "ssim_x2", "lassim_x2"]}, preview)``."""
+        rows, preview = self.evaluate(net, device)
+        metrics = {
+            "psnr": self.summarize(rows, "psnr", scale=SCALE),
+            "ssim": self.summarize(rows, "ssim", scale=SCALE),
+            "lassim": self.summarize(rows, "lassim", scale=SCALE),
+            "loss": self.summarize(rows, "mse", scale=SCALE),
+        }
+        if self.arch == "msgan":
+            for k in ("psnr", "ssim", "lassim"):
+                metrics[f"{k}_x2"] = self.summarize(rows, k, scale=2)
+        return metrics, preview
+
+    def describe(self) -> dict[str, Any]:
+        """What the recipe trains on and how, for the best weights file's header and the card."""
+        return {
+            "mode": self.mode,
+            "degradation": (
+                ("3x3 Gaussian blur [1 2 1]/4, then " if self.blur else "")
+                + f"antialiased bicubic downsampling x{SCALE} (torch, Keys a=-0.5); x2 target: "
+                "antialiased bicubic x2 of HR; per-volume min-max normalisation"
+            ),
+            "objective": self.objective,
+            "train_planes": [f"{p.modality}:{p.name}" for p in self.train_planes],
+            "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],
+            "val_crop": self.val_crop,
+        }
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: mean over samples of (‖∇_x̂ C(x̂)‖₂ − 1)², x̂ = ε·real + (1 − ε)·fake.
+
+    ε ~ U(0, 1) per sample from torch's CPU RNG (device-independent and checkpointed). The
+    graph is kept (``create_graph``) so the penalty trains the critic.
+    """
+    eps = torch.rand(real.shape[0], 1, 1, 1).to(device=real.device, dtype=real.dtype)
+    xhat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def _most_structured_window(
+    plane: Plane, ch: int, cw: int, background_level: float, max_background: float
+) -> tuple[int, int]:
+    """Top-left of the ``ch×cw`` window of ``plane`` with the largest mean gradient magnitude
+    (σ = 1 px) among those at most ``max_background`` background, on an 8-pixel grid (plus the
+    far edges); the centre window when none qualifies. Deterministic: the validation ROI."""
+    from scipy.ndimage import gaussian_gradient_magnitude
+
+    h, w = plane.shape_yx
+    data = plane.data
+    lum = data.mean(axis=2) if plane.rgb else data
+    bg = _background(plane, background_level)
+    grad = gaussian_gradient_magnitude(lum.astype(np.float32), 1.0).astype(np.float64)
+    best, where = -1.0, ((h - ch) // 2, (w - cw) // 2)
+    ys = sorted(set(range(0, h - ch + 1, 8)) | {h - ch})
+    xs = sorted(set(range(0, w - cw + 1, 8)) | {w - cw})
+    gi = np.zeros((h + 1, w + 1)); gi[1:, 1:] = grad.cumsum(0).cumsum(1)
+    bi = np.zeros((h + 1, w + 1)); bi[1:, 1:] = bg.cumsum(0).cumsum(1)
+    for y in ys:
+        for x in xs:
+            n_bg = bi[y + ch, x + cw] - bi[y, x + cw] - bi[y + ch, x] + bi[y, x]
+            if n_bg > max_background * ch * cw:
+                continue
+            g = gi[y + ch, x + cw] - gi[y, x + cw] - gi[y + ch, x] + gi[y, x]
+            if g > best:
+                best, where = g, (y, x)
+    return where
+
+
+def _chw(a: np.ndarray) -> np.ndarray:
+    """Y×X → 3×Y×X (replicated), Y×X×3 → 3×Y×X; float32, contiguous."""
+    a = a[None].repeat(3, axis=0) if a.ndim == 2 else a.transpose(2, 0, 1)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _window(data: np.ndarray, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """``data[y0:y0+h, x0:x0+w]`` with the parts outside the plane reflected in."""
+    H, W = data.shape[:2]
+    ya, yb, xa, xb = max(y0, 0), min(y0 + h, H), max(x0, 0), min(x0 + w, W)
+    part = data[ya:yb, xa:xb]
+    pads = [(ya - y0, y0 + h - yb), (xa - x0, x0 + w - xb)] + [(0, 0)] * (data.ndim - 2)
+    if any(p for pair in pads for p in pair):
+        part = np.pad(part, pads, mode="reflect" if min(part.shape[:2]) > 1 else "edge")
+    return part
