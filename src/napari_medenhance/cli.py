@@ -5,6 +5,8 @@
     medenhance denoise IN_DIR OUT_DIR [--pattern "*.tif,*.nii.gz"] [--scheduler local|ADDRESS]
                        [--workers N] [--memory-limit 4GB] [--overwrite]
     medenhance enhance IN OUT ...      the same options, a DPE model (--model dpe|PATH)
+    medenhance sr IN OUT --scale {2,4} [--model msgan-x4|PATH] [--roi Y0,Y1,X0,X1 ...]
+                  [--planes all|Z|Z0:Z1] [--device auto] [--tile N]
     medenhance models [--task denoise] [--add FILE.safetensors --name NAME [--overwrite]]
     medenhance demo [--screenshot out/demo.png]
 """
@@ -91,11 +93,8 @@ def _fail(task: str, msg: object) -> int:
 
 def _restore_file(args: argparse.Namespace) -> int:
     """One file, read and written block by block (a stack larger than memory works too)."""
-    from tqdm import tqdm
-
     from napari_medenhance.core import batch, lazy
     from napari_medenhance.core.engine import resolve_device
-    from napari_medenhance.core.jobs import drive
 
     task = args.task
     src, dst = Path(args.input), Path(args.output)
@@ -123,12 +122,27 @@ def _restore_file(args: argparse.Namespace) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
         return _fail(task, err)
+    code, _ = _drive_with_bar(task, job)
+    if code:
+        return code
+    print(f"wrote {dst} ({data.dtype}, shape {tuple(data.shape)})")
+    return 0
+
+
+def _drive_with_bar(task: str, job, unit: str = "tile") -> tuple[int, object]:
+    """Run ``job`` (a generator of events with ``done``, ``total`` and ``stage``) under a tqdm
+    bar; ``(0, its return value)``, or ``(2, None)`` after printing the error (NaN input,
+    model, device, out of memory, disk) or ``(130, None)`` when interrupted."""
+    from tqdm import tqdm
+
+    from napari_medenhance.core.jobs import drive
+
     bar = None  # opened at the first event, so input errors print one clean line
 
     def show(event) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc=task, unit="tile", total=event.total)
+            bar = tqdm(desc=task, unit=unit, total=event.total)
         bar.set_postfix_str(event.stage, refresh=False)
         bar.update(event.done - bar.n)
 
@@ -137,17 +151,16 @@ def _restore_file(args: argparse.Namespace) -> int:
             bar.close()  # before any message, so it stays on a line of its own
 
     try:
-        drive(job, show)
-    except (ValueError, RuntimeError, OSError) as err:  # NaN input, device, out of memory, disk
+        result = drive(job, show)
+    except (ValueError, RuntimeError, OSError) as err:  # WeightsError is a ValueError
         close_bar()
-        return _fail(task, err)
+        return _fail(task, err), None
     except KeyboardInterrupt:
         close_bar()
         print(f"medenhance {task}: cancelled; nothing written", file=sys.stderr)
-        return 130
+        return 130, None
     close_bar()
-    print(f"wrote {dst} ({data.dtype}, shape {tuple(data.shape)})")
-    return 0
+    return 0, result
 
 
 def _io_reads(path: Path) -> bool:
@@ -212,6 +225,215 @@ def _restore_folder(args: argparse.Namespace) -> int:
     return 0 if summary.ok else 1
 
 
+# -------------------------------------------------------------------------- super-resolution
+
+
+def _parse_roi(text: str) -> tuple[int, int, int, int]:
+    """``--roi Y0,Y1,X0,X1`` (data pixels, end-exclusive)."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        vals = tuple(int(t) for t in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 4:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not Y0,Y1,X0,X1: four integers separated by commas, the data pixels "
+            "[Y0, Y1) × [X0, X1), e.g. --roi 100,164,200,264")
+    return vals  # type: ignore[return-value]
+
+
+def _parse_planes(text: str) -> slice | None:
+    """``--planes all|Z|Z0:Z1`` → None (all) or a slice of Z (end-exclusive; Z is ``Z:Z+1``)."""
+    t = text.strip().lower()
+    if t == "all":
+        return None
+    try:
+        if ":" in t:
+            a, b = t.split(":")
+            z0, z1 = int(a) if a.strip() else 0, int(b) if b.strip() else None
+        else:
+            z0 = int(t)
+            z1 = z0 + 1
+    except ValueError:
+        z0 = -1
+    if z0 < 0 or (z1 is not None and z1 < 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'all', a plane Z or a range Z0:Z1 (end-exclusive, from 0)")
+    return slice(z0, z1)
+
+
+def _roi_path(dst: Path, k: int, n: int) -> Path:
+    """OUTPUT for one ROI; ``<stem>_roi<k><suffix>`` (k from 1) when there are several."""
+    if n == 1:
+        return dst
+    from napari_medenhance.core.io.volume import stem
+
+    base = stem(dst)
+    return dst.with_name(f"{base}_roi{k}{dst.name[len(base):]}")
+
+
+def _sr_geometry(vol, roi, factor: int, z0: int = 0, drop_z: bool = False):
+    """``vol`` (a core.io Volume) re-described for the SR output of ``roi`` from plane ``z0``:
+    spacing Y/X divided by ``factor`` and the origin moved so output pixel (i, j) sits at source
+    data ``(y0 − 0.5 + (i + 0.5)/f, x0 − 0.5 + (j + 0.5)/f)``, plane k at ``z0 + k``
+    (:func:`napari_medenhance.core.roi.roi_output_affine`); ``drop_z``: a 3-D input's single
+    plane ``z0`` written as a 2-D image. A NIfTI header's sform/qform and a DICOM series' LPS
+    affine get the same local transform, so ``write_volume(like=...)`` writes the output where
+    it lies in the scanner's world (write_volume itself keeps those affines' voxel 0 in place
+    and ignores ``origin``)."""
+    import dataclasses
+
+    import numpy as np
+
+    from napari_medenhance.core.roi import roi_output_affine
+
+    n = len(vol.spacing)
+    offset = [0.0] * (n - 2)
+    if offset:
+        offset[-1] = float(z0)  # --planes acts on Z, the last leading axis
+    local = roi_output_affine(np.eye(n + 1), roi, factor, offset)  # output index → source index
+    spacing = tuple(s * local[a, a] for a, s in enumerate(vol.spacing))
+    origin = tuple(o + s * local[a, n] for a, (o, s) in enumerate(zip(vol.origin, vol.spacing)))
+    meta = dict(vol.meta)
+    meta.pop("tiff_kw", None)  # the input's resolution tags: write_tiff would reuse them
+    header = meta.get("nifti_header") if vol.format == "nifti" else None
+    if header is not None:
+        m = min(n, 3)  # NIfTI voxel axis a is napari axis n - 1 - a
+        vox = np.eye(4)
+        for a in range(m):
+            vox[a, a] = local[n - 1 - a, n - 1 - a]
+            vox[a, 3] = local[n - 1 - a, n]
+        hdr = header.copy()
+        forms = [("sform", int(hdr["sform_code"])), ("qform", int(hdr["qform_code"]))]
+        if not any(code > 0 for _, code in forms):  # Analyze-style: only the zooms place it
+            forms = [("sform", 2)]
+            hdr.set_sform(np.asarray(vol.meta["affine"], dtype=np.float64), code=2)
+        for form, code in forms:
+            if code > 0:
+                getattr(hdr, f"set_{form}")(getattr(hdr, f"get_{form}")() @ vox, code=code)
+        hdr.set_zooms(spacing[::-1])
+        meta["nifti_header"] = hdr
+        meta["affine"] = np.asarray(vol.meta["affine"], dtype=np.float64) @ vox
+    if vol.format == "dicom" and "affine_lps" in meta and n in (2, 3):
+        zyx = np.eye(4)  # napari (z, y, x, 1) indices; a 2-D image is the z = 0 plane
+        zyx[3 - n :, 3 - n :] = local
+        meta["affine_lps"] = (np.asarray(meta["affine_lps"], dtype=np.float64) @ zyx).tolist()
+    if drop_z:  # Z (axis 0 of a 3-D input) is gone; its position is in the affines above
+        spacing, origin = spacing[1:], origin[1:]
+        labels = vol.axis_labels[1:] if len(vol.axis_labels) == 3 else ()
+        return dataclasses.replace(vol, spacing=spacing, origin=origin, axis_labels=labels,
+                                   meta=meta)
+    return dataclasses.replace(vol, spacing=spacing, origin=origin, meta=meta)
+
+
+def _sr(args: argparse.Namespace) -> int:
+    """``medenhance sr``: the whole image, or each --roi into its own file, placed in space."""
+    import numpy as np
+
+    from napari_medenhance import api
+    from napari_medenhance.core import engine
+    from napari_medenhance.core.io import Volume, read_volume, write_volume, writable_suffixes
+    from napari_medenhance.core.io.volume import suffix_of
+    from napari_medenhance.core.roi import check_roi
+
+    task = "sr"
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        return _fail(task, f"no such file: {src}")
+    if suffix_of(dst) not in writable_suffixes():
+        return _fail(task, f"cannot write {dst.name!r}: OUTPUT must end in "
+                           f"{', '.join(writable_suffixes())}")
+    rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
+    try:
+        device = engine.resolve_device(args.device)
+        if _io_reads(src):
+            vol = read_volume(src, lazy=True)  # TIFF memory-mapped, others lazily
+            rgb = vol.rgb if rgb is None else rgb
+        else:  # PNG, JPEG...: small images, read whole; no geometry (pixel units)
+            vol = Volume(data=_read_other(src), spacing=(), axis_labels=())
+        data = vol.data
+        is_rgb = engine._resolve_rgb(tuple(data.shape), rgb)[0]
+    except (ValueError, OSError) as err:
+        return _fail(task, err)
+    n = data.ndim - int(is_rgb)
+    if is_rgb and suffix_of(dst) in (".nii", ".nii.gz"):
+        return _fail(task, "NIfTI cannot hold RGB images; write OUTPUT as .tif or .zarr")
+    if len(vol.spacing) != n:  # no geometry, or --rgb overrode the reader: pixel units
+        vol = Volume(data=data, spacing=(1.0,) * n, axis_labels=(), units=vol.units)
+    plane_shape = tuple(data.shape[n - 2 : n])
+    planes, z0, drop_z = None, 0, False
+    if args.planes is not None:
+        if n < 3:
+            return _fail(task, f"--planes applies to 3-D inputs; {src.name} is a 2-D image "
+                               f"shaped {tuple(data.shape)}")
+        nz = int(data.shape[n - 3])
+        z0, z1 = args.planes.start, nz if args.planes.stop is None else args.planes.stop
+        if not z0 < z1 <= nz:
+            what = f"{z0}" if z1 == z0 + 1 else f"{z0}:{z1}"
+            return _fail(task, f"--planes {what} is outside the input's planes, Z = 0..{nz - 1} "
+                               f"(ranges are end-exclusive)" if z1 > z0 else
+                               f"--planes {what} is an empty range (Z1 must be above Z0)")
+        # One plane of a 3-D input: a 2-D image (a TIFF reader drops a Z axis of length 1).
+        drop_z = n == 3 and z1 == z0 + 1
+        planes = (slice(None),) * (n - 3) + (z0 if drop_z else slice(z0, z1),)
+    boxes = args.roi or []
+    names = [f"ROI {k}" if len(boxes) > 1 else "ROI" for k in range(1, len(boxes) + 1)]
+    try:
+        rois = [check_roi(b, plane_shape, name) for b, name in zip(boxes, names)]
+    except ValueError as err:
+        return _fail(task, err)
+    for box, r, name in zip(boxes, rois, names):
+        if r.as_tuple() != tuple(box):
+            print(f"medenhance sr: {name} {','.join(map(str, box))} reaches past the image "
+                  f"({plane_shape[0]}×{plane_shape[1]} pixels); clipped to "
+                  f"{','.join(map(str, r.as_tuple()))}", file=sys.stderr)
+    job = api.iter_super_resolve(
+        data, args.scale, args.model, [r.as_tuple() for r in rois] if rois else None,
+        rgb=is_rgb, device=device, tile=args.tile or None, planes=planes)
+    code, result = _drive_with_bar(task, job)
+    if code:
+        return code
+    outputs = result if rois else [result]
+    if not rois:
+        rois = [check_roi((0, plane_shape[0], 0, plane_shape[1]), plane_shape)]
+    try:
+        for k, (r, out) in enumerate(zip(rois, outputs), start=1):
+            path = _roi_path(dst, k, len(rois))
+            like = _sr_geometry(vol, r, args.scale, z0, drop_z)
+            write_volume(path, out, like, rgb=is_rgb)  # like's geometry, not re-derived
+            where = f" from ROI {','.join(map(str, r.as_tuple()))}" if args.roi else ""
+            print(f"wrote {path} ({np.dtype(out.dtype)}, shape {tuple(out.shape)}){where}")
+    except (ValueError, OSError) as err:  # NIfTI cannot hold RGB, disk full...
+        return _fail(task, err)
+    return 0
+
+
+def _add_sr_parser(sub: argparse._SubParsersAction) -> None:
+    n = sub.add_parser(
+        "sr", help="super-resolve an image (×2 or ×4), or regions of interest of it (MS-GAN)",
+        description="Multiplies Y and X by --scale; the output keeps the input's dtype and "
+                    "geometry: Y/X spacing divided by the factor, the origin (NIfTI: the "
+                    "affine's voxel 0) moved so the output pixels cover exactly the input "
+                    "pixels they come from. With --roi only those pixels are done, each ROI "
+                    "into its own file (OUTPUT_roi1, OUTPUT_roi2... when there are several). "
+                    "Exit status: 0 done, 2 bad input, ROI or model, 130 interrupted.")
+    n.add_argument("input", help="image to super-resolve (TIFF, NIfTI, zarr, a DICOM series "
+                                 "folder; PNG/JPEG also read)")
+    n.add_argument("output", help="file to write (.tif, .nii.gz, .zarr...)")
+    n.add_argument("--scale", type=int, choices=[2, 4], required=True,
+                   help="upscaling factor of Y and X (the model must upscale by it)")
+    _add_model_options(n, "sr", "msgan-x{SCALE}")
+    n.add_argument("--roi", type=_parse_roi, nargs="+", action="extend", metavar="Y0,Y1,X0,X1",
+                   help="region in data pixels, end-exclusive (Y0 <= y < Y1, X0 <= x < X1), "
+                        "applied to every selected plane; several ROIs (--roi A B or --roi A "
+                        "--roi B) give one file each; default: the whole image")
+    n.add_argument("--planes", type=_parse_planes, default=None, metavar="all|Z|Z0:Z1",
+                   help="3-D inputs: the planes along Z to process, end-exclusive; one plane "
+                        "of a 3-D image gives a 2-D image (NIfTI/DICOM→NIfTI: placed at that "
+                        "plane by the affine); default all")
+    n.set_defaults(func=_sr)
+
+
 def _models(args: argparse.Namespace) -> int:
     from napari_medenhance.core import zoo
 
@@ -236,6 +458,18 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_options(n: argparse.ArgumentParser, task: str, default_model: str) -> None:
+    """--model, --device, --tile and --rgb: what every model-running subcommand takes."""
+    n.add_argument("--model", default=None,
+                   help=f"registered {task} model name (default {default_model}; see "
+                        "`medenhance models`) or a .safetensors path")
+    n.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
+    n.add_argument("--tile", type=int, default=0,
+                   help="tile edge in pixels; 0 = auto (whole planes up to 1024², else 512)")
+    n.add_argument("--rgb", choices=["auto", "yes", "no"], default="auto",
+                   help="treat a last axis of length 3/4 as colour (default auto)")
+
+
 def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str,
                         input_help: str, help: str, default_model: str) -> None:
     """``medenhance TASK IN OUT``: the options every restoration task shares (file and folder
@@ -254,14 +488,7 @@ def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str
     n.add_argument("input", help=f"{input_help} (TIFF, NIfTI, zarr, a DICOM series folder; "
                                  "PNG/JPEG also read) or a folder of images")
     n.add_argument("output", help="file to write (.tif, .zarr, .nii.gz...), or a folder for a folder")
-    n.add_argument("--model", default=None,
-                   help=f"registered {task} model name (default {default_model}; see "
-                        "`medenhance models`) or a .safetensors path")
-    n.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda[:N] or mps")
-    n.add_argument("--tile", type=int, default=0,
-                   help="tile edge in pixels; 0 = auto (whole planes up to 1024², else 512)")
-    n.add_argument("--rgb", choices=["auto", "yes", "no"], default="auto",
-                   help="treat a last axis of length 3/4 as colour (default auto)")
+    _add_model_options(n, task, default_model)
     n.add_argument("--pattern", default=None,
                    help="folder mode: comma-separated glob patterns of the inputs "
                         "(default '*.tif,*.tiff,*.nii,*.nii.gz'; '**/*.tif' recurses)")
@@ -303,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "enhance", what="enhances (perceptual enhancement, DPE)", input_help="image to enhance",
         default_model="dpe",
         help="enhance every 2-D plane of an image, or of every image in a folder (DPE)")
+    _add_sr_parser(sub)
 
     from . import _cli_train  # argparse only at import: torch loads when a run starts
 
