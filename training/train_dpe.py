@@ -28,22 +28,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool import SPLIT, load_pool  # noqa: E402
-from train_dran import _append_session, _as_fp16_then_fp32, _sha256, hardware  # noqa: E402
+import recipe_script  # noqa: E402
+from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
-from napari_medenhance.core.jobs import drive  # noqa: E402
-from napari_medenhance.core.training import BEST, CheckpointError, EnhanceRecipe, train  # noqa: E402
+from napari_medenhance.core.training import BEST, CheckpointError, EnhanceRecipe  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,66 +95,16 @@ def make_recipe(args: argparse.Namespace, pool, config: dict | None = None) -> E
 # -------------------------------------------------------------------------------- training
 
 
+def describe_validation(m: dict[str, float]) -> str:
+    de = f", ΔE {m['delta_e']:.2f}" if "delta_e" in m else ""
+    return (f"val PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f}{de}, LaSSIM {m['lassim']:.4f}, "
+            f"L1 {m['loss']:.5f}")
+
+
 def run_training(args: argparse.Namespace, recipe: EnhanceRecipe, dev: torch.device) -> bool:
     """Train (or resume); True when the run reached ``--steps``."""
-    from tqdm import tqdm
-
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv once
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):  # noqa: ARG001
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "hardware": hardware(dev), "torch": torch.__version__}
-    gen = train(
-        recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
-        lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
-        seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-        cancel=lambda: stop["requested"],
-    )
-    bar = None
-    first = None
-    t0 = time.perf_counter()
-    result = None
-
-    def show(ev) -> None:
-        nonlocal bar, first, t0
-        if bar is None:
-            bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
-                       unit="step", dynamic_ncols=True)
-        if ev.kind == "step":
-            if first is None:
-                first, t0 = ev.step, time.perf_counter()
-            bar.update(1)
-            shown = {k: f"{v:.4f}" for k, v in ev.losses.items() if k in ("l1", "rfl", "adv", "d_loss")}
-            bar.set_postfix({**shown, "lr": f"{ev.lr:.2e}"}, refresh=False)
-        elif ev.kind == "validation":
-            m = ev.metrics
-            de = f", ΔE {m['delta_e']:.2f}" if "delta_e" in m else ""
-            tqdm.write(f"step {ev.step}: val PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f}{de}, "
-                       f"LaSSIM {m['lassim']:.4f}, L1 {m['loss']:.5f}" + ("  * best" if ev.path else ""))
-        elif ev.kind == "cancelled":
-            tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
-
-    try:
-        result = drive(gen, show)
-    finally:
-        if bar is not None:
-            bar.close()
-        signal.signal(signal.SIGINT, old_handler)
-        if first is not None and result is not None:
-            dt = time.perf_counter() - t0
-            session.update(first_step=first, last_step=result.steps,
-                           steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch)
-            _append_session(args, session)
-    return bool(result is not None and not result.cancelled)
+    return recipe_script.run_training(args, recipe, dev, describe=describe_validation,
+                                      shown=("l1", "rfl", "adv", "d_loss"))
 
 
 # ---------------------------------------------------------------------------------- export
@@ -178,7 +126,7 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
     if header["config"] != recipe.config:
         recipe = make_recipe(args, pool, header["config"])
     net, rows32 = _evaluate_best(best, recipe, dev)
-    _as_fp16_then_fp32(net)
+    as_fp16_then_fp32(net)
     rows16, _ = recipe.evaluate(net, dev)
     fp16_loss = recipe.summarize(rows32, "psnr") - recipe.summarize(rows16, "psnr")
     use16 = fp16_loss < FP16_MAX_LOSS_DB
@@ -241,7 +189,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, rows: list[dict], ablation_
         "",
         "| | |",
         "|---|---|",
-        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{_sha256(path)}` |",
+        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{sha256(path)}` |",
         f"| storage | {'fp16' if use16 else 'fp32'} (fp16 costs {fp16_loss:+.4f} dB mean validation "
         f"PSNR; fp16 is used when below {FP16_MAX_LOSS_DB} dB) |",
         f"| architecture | `dpe`, config `{json.dumps(header['config'], sort_keys=True)}`, "

@@ -20,40 +20,26 @@ When the run is complete (or with ``--export``) the best model is written to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import platform
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import recipe_script  # noqa: E402
 from pool import SPLIT, load_pool  # noqa: E402
+from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
-from napari_medenhance.core.jobs import drive  # noqa: E402
-from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe, train  # noqa: E402
+from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: fp16 storage is used when it loses less than this much validation PSNR (dB) at every σ.
 FP16_MAX_LOSS_DB = 0.01
-
-
-def hardware(device: torch.device) -> str:
-    """A one-line description of the machine torch runs on."""
-    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}; CPU {cpu}"
-    if device.type == "mps":
-        return f"Apple MPS; CPU {cpu}"
-    return f"CPU only: {cpu}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -83,92 +69,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -------------------------------------------------------------------------------- training
 
 
+def describe_validation(m: dict[str, float]) -> str:
+    sig = " ".join(f"σ{k[6:]} {m[k]:.2f}" for k in m if k.startswith("psnr_s"))
+    return f"val PSNR {m['psnr']:.3f} dB ({sig}), SSIM {m['ssim']:.4f}, L1 {m['loss']:.5f}"
+
+
 def run_training(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -> bool:
     """Train (or resume); True when the run reached ``--steps``."""
-    from tqdm import tqdm
-
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv once
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):  # noqa: ARG001
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "hardware": hardware(dev), "torch": torch.__version__}
-    gen = train(
-        recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
-        lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
-        seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-        cancel=lambda: stop["requested"],
-    )
-    bar = None
-    first = None
-    t0 = time.perf_counter()
-    result = None
-
-    def show(ev) -> None:
-        nonlocal bar, first, t0
-        if bar is None:
-            bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
-                       unit="step", dynamic_ncols=True)
-        if ev.kind == "step":
-            if first is None:
-                first, t0 = ev.step, time.perf_counter()
-            bar.update(1)
-            bar.set_postfix({**{k: f"{v:.4f}" for k, v in ev.losses.items()},
-                             "lr": f"{ev.lr:.2e}"}, refresh=False)
-        elif ev.kind == "validation":
-            m = ev.metrics
-            sig = " ".join(f"σ{k[6:]} {m[k]:.2f}" for k in m if k.startswith("psnr_s"))
-            tqdm.write(f"step {ev.step}: val PSNR {m['psnr']:.3f} dB ({sig}), SSIM "
-                       f"{m['ssim']:.4f}, L1 {m['loss']:.5f}" + ("  * best" if ev.path else ""))
-        elif ev.kind == "cancelled":
-            tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
-
-    try:
-        result = drive(gen, show)
-    finally:
-        if bar is not None:
-            bar.close()
-        signal.signal(signal.SIGINT, old_handler)
-        if first is not None and result is not None:
-            dt = time.perf_counter() - t0
-            session.update(first_step=first, last_step=result.steps,
-                           steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch)
-            _append_session(args, session)
-    return bool(result is not None and not result.cancelled)
-
-
-def _append_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
-    path = args.out / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    info.setdefault("sessions", []).append(session)
-    path.write_text(json.dumps(info, indent=1))
+    return recipe_script.run_training(args, recipe, dev, describe=describe_validation)
 
 
 # ---------------------------------------------------------------------------------- export
-
-
-def _as_fp16_then_fp32(net: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.copy_(t.half().float())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -> Path:
@@ -181,7 +92,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     load_into(net, best, expected_arch="dran")
     net.to(dev)
     rows32, _ = recipe.evaluate(net, dev)
-    _as_fp16_then_fp32(net)
+    as_fp16_then_fp32(net)
     rows16, _ = recipe.evaluate(net, dev)
     loss = {s: recipe.summarize(rows32, "psnr", s) - recipe.summarize(rows16, "psnr", s)
             for s in recipe.val_sigmas}
@@ -231,7 +142,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "",
         "| | |",
         "|---|---|",
-        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{_sha256(path)}` |",
+        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{sha256(path)}` |",
         f"| storage | {'fp16' if use16 else 'fp32'} (fp16 validation PSNR loss per σ: "
         + ", ".join(f"σ{s:g} {fp16_loss[s]:+.4f} dB" for s in sig)
         + f"; fp16 is used when below {FP16_MAX_LOSS_DB} dB at every σ) |",

@@ -35,23 +35,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pool import SPLIT, load_pool  # noqa: E402
-from train_dran import _append_session, _as_fp16_then_fp32, _sha256, hardware  # noqa: E402
+import recipe_script  # noqa: E402
+from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
-from napari_medenhance.core.jobs import drive  # noqa: E402
 from napari_medenhance.core.nets import build  # noqa: E402
-from napari_medenhance.core.training import BEST, CheckpointError, Pool, train  # noqa: E402
+from napari_medenhance.core.training import BEST, CheckpointError, Pool  # noqa: E402
 from napari_medenhance.core.training.recipes import SRRecipe  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
@@ -122,68 +120,16 @@ def make_recipe(args: argparse.Namespace, pool: Pool, config: dict | None = None
 # -------------------------------------------------------------------------------- training
 
 
+def describe_validation(m: dict[str, float]) -> str:
+    x2 = f"; x2 PSNR {m['psnr_x2']:.3f} dB, SSIM {m['ssim_x2']:.4f}" if "psnr_x2" in m else ""
+    return (f"val x4 PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f}, LaSSIM {m['lassim']:.4f}, "
+            f"MSE {m['loss']:.6f}{x2}")
+
+
 def run_training(args: argparse.Namespace, recipe: SRRecipe, dev: torch.device) -> bool:
     """Train (or resume); True when the run reached ``--steps``."""
-    from tqdm import tqdm
-
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv once
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):  # noqa: ARG001
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
-    session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "hardware": hardware(dev), "torch": torch.__version__}
-    gen = train(
-        recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
-        lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
-        seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-        cancel=lambda: stop["requested"],
-    )
-    bar = None
-    first = None
-    t0 = time.perf_counter()
-    result = None
-
-    def show(ev) -> None:
-        nonlocal bar, first, t0
-        if bar is None:
-            bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
-                       unit="step", dynamic_ncols=True)
-        if ev.kind == "step":
-            if first is None:
-                first, t0 = ev.step, time.perf_counter()
-            bar.update(1)
-            shown = {k: f"{v:.4g}" for k, v in ev.losses.items()
-                     if k in ("mse4", "mse2", "vgg", "adv", "c_loss", "w_dist")}
-            bar.set_postfix({**shown, "lr": f"{ev.lr:.2e}"}, refresh=False)
-        elif ev.kind == "validation":
-            m = ev.metrics
-            x2 = (f"; x2 PSNR {m['psnr_x2']:.3f} dB, SSIM {m['ssim_x2']:.4f}" if "psnr_x2" in m else "")
-            tqdm.write(f"step {ev.step}: val x4 PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f}, "
-                       f"LaSSIM {m['lassim']:.4f}, MSE {m['loss']:.6f}{x2}"
-                       + ("  * best" if ev.path else ""))
-        elif ev.kind == "cancelled":
-            tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
-
-    try:
-        result = drive(gen, show)
-    finally:
-        if bar is not None:
-            bar.close()
-        signal.signal(signal.SIGINT, old_handler)
-        if first is not None and result is not None:
-            dt = time.perf_counter() - t0
-            session.update(first_step=first, last_step=result.steps,
-                           steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch)
-            _append_session(args, session)
-    return bool(result is not None and not result.cancelled)
+    return recipe_script.run_training(args, recipe, dev, describe=describe_validation, fmt=".4g",
+                                      shown=("mse4", "mse2", "vgg", "adv", "c_loss", "w_dist"))
 
 
 # ---------------------------------------------------------------------------------- export
@@ -194,7 +140,7 @@ def _evaluate(best: Path, recipe: SRRecipe, dev: torch.device, fp16: bool = Fals
     net = recipe.build()
     load_into(net, best, expected_arch=recipe.arch)
     if fp16:
-        _as_fp16_then_fp32(net)
+        as_fp16_then_fp32(net)
     net.to(dev)
     rows, _ = recipe.evaluate(net, dev)
     return net, rows
@@ -281,7 +227,7 @@ def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows,
         "",
         "| | |",
         "|---|---|",
-        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{_sha256(path)}` |",
+        f"| file | `{path.name}`, {path.stat().st_size / 1e6:.2f} MB, sha256 `{sha256(path)}` |",
         f"| storage | {'fp16' if use16 else 'fp32'} (fp16 costs "
         + ", ".join(f"×{f} {v:+.4f} dB" for f, v in fp16_loss.items())
         + f" mean validation PSNR; fp16 is used when below {FP16_MAX_LOSS_DB} dB) |",

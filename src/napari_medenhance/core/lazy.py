@@ -562,7 +562,6 @@ def iter_process_volume(
         )
     if not out_path.parent.is_dir():
         raise ValueError(f"the output folder {out_path.parent} does not exist; create it first")
-    plane_nd = 3 if lay.is_rgb else 2
     out_plane = (lay.height * scale, lay.width * scale) + ((int(arr.shape[-1]),) if lay.is_rgb else ())
     out_shape = lay.lead + out_plane
     dtype = np.dtype(arr.dtype)

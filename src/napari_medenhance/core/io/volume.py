@@ -93,7 +93,7 @@ def default_labels(n: int) -> tuple[str, ...]:
 
 
 _UNIT_ALIASES = {
-    "micron": "µm", "microns": "µm", "um": "µm", "µm": "µm", "\u00b5m": "µm", "\u03bcm": "µm",
+    "micron": "µm", "microns": "µm", "um": "µm", "µm": "µm", "\u03bcm": "µm",
     "\\u00b5m": "µm", "micrometer": "µm", "mm": "mm", "millimeter": "mm", "nm": "nm",
     "nanometer": "nm", "cm": "cm", "m": "m", "meter": "m",
 }
