@@ -20,3 +20,17 @@ def nuclei_smoothed(nuclei) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(nuclei.astype(np.float32), sigma=(0, 1, 1)).round().astype(nuclei.dtype)
+
+
+@pytest.fixture
+def isolated_models(tmp_path, monkeypatch):
+    """An empty user models folder (returned), and no shipped models: tests see only what they add."""
+    from napari_medenhance.core import zoo
+
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(user))
+    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
+    zoo.clear_cache()
+    yield user
+    zoo.clear_cache()

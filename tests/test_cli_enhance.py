@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_enhance_api import save_tiny_dpe
+from _tiny_models import save_tiny_dpe
 
 import napari_medenhance as me
 from napari_medenhance.cli import main

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from test_io import _ct_raw, _series
 
 import napari_medenhance as me
 from napari_medenhance.cli import main
-from napari_medenhance.core import zoo
 from napari_medenhance.core.io import read_volume, write_volume
-from napari_medenhance.core.nets.srresnet import MSGANGenerator
-from napari_medenhance.core.weights import save_weights
 from napari_medenhance.sample_data import load
+
+from _tiny_models import save_tiny_msgan_pair
 
 nib = pytest.importorskip("nibabel")
 
-TINY = {"features": 8, "blocks": 1, "blocks_x2": 1}
 SPACING, ORIGIN = (0.7, 0.5), (10.0, -5.0)  # y, x in mm
 # voxel (i, j, k) -> world: a permutation with a flip, so NIfTI axes are not napari's
 AFFINE = np.array([[0.0, 0.0, 2.5, -40.0], [0.0, 0.8, 0.0, 12.0], [-0.8, 0.0, 0.0, 7.5], [0, 0, 0, 1]])
@@ -31,31 +28,15 @@ CPU = ["--device", "cpu"]
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
+def models(isolated_models):
     """Tiny ×2 and ×4 models (one network, as train_sr.py exports them), no shipped models."""
-    user = tmp_path / "user"
-    user.mkdir()
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(user))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    torch.manual_seed(0)
-    full = MSGANGenerator(**TINY)
-    for f in (2, 4):
-        cfg = {**TINY, "output_scale": f}
-        keys = MSGANGenerator(**cfg).state_dict().keys()
-        save_weights(user / f"tiny-x{f}.safetensors", {k: full.state_dict()[k] for k in keys},
-                     arch="msgan", config=cfg, meta={"task": "sr", "name": f"tiny-x{f}"})
-    yield user
-    zoo.clear_cache()
+    save_tiny_msgan_pair(isolated_models)
+    return isolated_models
 
 
 @pytest.fixture
-def no_models(tmp_path, monkeypatch):
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(tmp_path / "user"))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield
-    zoo.clear_cache()
+def no_models(isolated_models):
+    return isolated_models
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from scipy.spatial.transform import Rotation
 import napari_medenhance as me
 from napari_medenhance._widgets._layers import plane_transform_kwargs
 from napari_medenhance._widgets.denoise_widget import DenoiseWidget
-from napari_medenhance.core import zoo
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.weights import save_weights
 
@@ -26,15 +25,8 @@ def _save_tiny(path):
 
 
 @pytest.fixture
-def user_dir(tmp_path, monkeypatch):
-    """An empty user models folder (and no shipped models)."""
-    user = tmp_path / "user"
-    user.mkdir()
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(user))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield user
-    zoo.clear_cache()
+def user_dir(isolated_models):
+    return isolated_models
 
 
 @pytest.fixture

@@ -22,15 +22,7 @@ from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.weights import save_weights
 from napari_medenhance.sample_data import load
 
-TINY = {"widths": [8, 8, 8]}  # two stride-2 levels, ~6k parameters
-
-
-def save_tiny_dpe(path, seed: int = 0) -> DPE:
-    """Write a small, untrained DPE to ``path`` (header: arch dpe, task enhance)."""
-    torch.manual_seed(seed)
-    net = DPE(**TINY)
-    save_weights(path, net, arch="dpe", config=TINY, meta={"task": "enhance", "name": "tiny"})
-    return net.eval()
+from _tiny_models import save_tiny_dpe
 
 
 @pytest.fixture

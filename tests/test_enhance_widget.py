@@ -8,13 +8,12 @@ from napari.utils import progress
 
 import napari_medenhance as me
 from napari_medenhance._widgets.enhance_widget import LASSIM_LEVEL, EnhanceWidget
-from napari_medenhance.core import zoo
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.weights import save_weights
 from napari_medenhance.metrics import lassim
 from napari_medenhance.sample_data import load
 
-from test_enhance_api import save_tiny_dpe
+from _tiny_models import save_tiny_dpe
 
 SCALE = (2.0, 0.5, 0.25)  # anisotropic, µm
 TRANSLATE = (4.0, -3.0, 10.0)
@@ -26,15 +25,8 @@ AFFINE = np.array([[1, 0, 0, 1.5], [0, 1, 0, 2.0], [0, 0, 1, -4.0], [0, 0, 0, 1.
 
 
 @pytest.fixture
-def user_dir(tmp_path, monkeypatch):
-    """An empty user models folder (and no shipped models)."""
-    user = tmp_path / "user"
-    user.mkdir()
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(user))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield user
-    zoo.clear_cache()
+def user_dir(isolated_models):
+    return isolated_models
 
 
 @pytest.fixture

@@ -5,37 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import napari_medenhance as me
 from napari_medenhance._widgets.sr_widget import SuperResolveWidget, data_to_world_matrix
 from napari_medenhance.core import zoo
-from napari_medenhance.core.nets.srresnet import MSGANGenerator
-from napari_medenhance.core.weights import save_weights
 from napari_medenhance.sample_data import load
 
-TINY = {"features": 8, "blocks": 1, "blocks_x2": 1}
+from _tiny_models import save_tiny_msgan_pair
+
 SCALE = (0.7, 0.5)
 TRANSLATE = (10.0, -5.0)
 
 
 @pytest.fixture
-def user_dir(tmp_path, monkeypatch):
+def user_dir(isolated_models):
     """Tiny ×2 and ×4 models (one network, as train_sr.py exports them), no shipped models."""
-    user = tmp_path / "user"
-    user.mkdir()
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(user))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    torch.manual_seed(0)
-    full = MSGANGenerator(**TINY)
-    for f in (2, 4):
-        cfg = {**TINY, "output_scale": f}
-        keys = MSGANGenerator(**cfg).state_dict().keys()
-        save_weights(user / f"tiny-x{f}.safetensors", {k: full.state_dict()[k] for k in keys},
-                     arch="msgan", config=cfg, meta={"task": "sr", "name": f"tiny-x{f}"})
-    yield user
-    zoo.clear_cache()
+    save_tiny_msgan_pair(isolated_models)
+    return isolated_models
 
 
 @pytest.fixture
