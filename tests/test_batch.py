@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _tiny_models import save_tiny_msgan_pair
 
 import napari_medenhance as me
 from napari_medenhance.cli import main
 from napari_medenhance.core import batch, lazy, zoo
 from napari_medenhance.core.engine import Cancelled
 from napari_medenhance.core.io import read_volume
+from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.weights import save_weights
 from napari_medenhance.sample_data import load
@@ -169,10 +171,23 @@ def test_patterns_subfolders_and_output_inside_input(weights, folder, tmp_path, 
 
 
 def test_tasks_and_arguments_are_checked_before_anything_runs(weights, folder, tmp_path):
-    with pytest.raises(ValueError, match="task 'sr' is not available yet.*available tasks: denoise, enhance"):
-        batch.batch(folder, tmp_path / "o", task="sr")
-    with pytest.raises(ValueError, match="unknown task 'deblur'"):
+    with pytest.raises(ValueError, match="unknown task 'deblur'.*available tasks: denoise, enhance, sr"):
         batch.batch(folder, tmp_path / "o", task="deblur")
+    # sr: the default model follows the scale; the model's own factor must be the one asked for
+    with pytest.raises(ValueError, match="unknown sr model 'msgan-x2'"):
+        batch.batch(folder, tmp_path / "o", task="sr", scale=2)
+    with pytest.raises(ValueError, match="unknown sr model 'msgan-x4'"):
+        batch.batch(folder, tmp_path / "o", task="sr")
+    with pytest.raises(ValueError, match="is a 'denoise' model, not a 'sr' model"):
+        batch.batch(folder, tmp_path / "o", task="sr", model=weights)
+    with pytest.raises(ValueError, match="denoise model 'tiny' upscales ×1, not ×2"):
+        batch.batch(folder, tmp_path / "o", model=weights, scale=2)
+    save_tiny_msgan_pair(weights.parent)
+    with pytest.raises(ValueError, match=r"sr model 'tiny-x2' upscales ×2, not ×4: use a ×4 model \(tiny-x4\)"):
+        batch.batch(folder, tmp_path / "o", task="sr", model="tiny-x2", scale=4)
+    with pytest.raises(ValueError, match="scale must be a positive integer"):
+        batch.batch(folder, tmp_path / "o", task="sr", model="tiny-x2", scale=1.5)
+    assert batch.resolve_model("sr", "tiny-x4").scale == 4  # no scale asked: the model's own
     with pytest.raises(ValueError, match="unknown denoise model 'nope'.*tiny"):
         batch.batch(folder, tmp_path / "o", model="nope")
     with pytest.raises(ValueError, match="is the input folder"):
@@ -185,6 +200,7 @@ def test_tasks_and_arguments_are_checked_before_anything_runs(weights, folder, t
     assert loaded.engine_kwargs == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
     n = batch.model_loads()
     assert batch.load_task_model("denoise", weights, "cpu") is loaded and batch.model_loads() == n
+    assert batch.load_task_model("sr", "tiny-x4", "cpu", scale=4).engine_kwargs["scale"] == 4
 
 
 # ------------------------------------------------------------------------------ dask
@@ -316,3 +332,66 @@ def test_cli_takes_a_dicom_series_folder_as_one_volume(weights, tmp_path, capsys
     vol = read_volume(dst)
     assert vol.spacing == pytest.approx((2.5, 0.7, 0.7))
     np.testing.assert_array_equal(np.asarray(vol.data), _expected(tmp_path / "series", weights))
+
+
+# ------------------------------------------------------------------------------ super-resolution
+
+
+def test_sr_batch_upscales_and_places_each_file_in_process_zarr_and_on_a_cluster(isolated_models, folder,
+                                                                                 tmp_path):
+    """``task="sr"`` is one TaskSpec entry: the same batch, outputs ×2 in Y and X in the input's
+    dtype, spacing Y/X halved and voxel 0 moved by −0.25 input pixels (NIfTI: in its affine),
+    and the same files from a LocalCluster worker (which gets the model as a path)."""
+    save_tiny_msgan_pair(isolated_models)
+    names = ["ct.tiff", "stack0.tif", "vol.nii.gz"]
+    kw = {"task": "sr", "model": "tiny-x2", "scale": 2, "device": "cpu", "pattern": ",".join(names)}
+    out = tmp_path / "out"
+    summary = batch.batch(folder, out, **kw)
+    assert [p.name for p in summary.written] == names and summary.ok and _files(out) == names
+    for name in names:
+        src, dst = read_volume(folder / name, lazy=False), read_volume(out / name, lazy=False)
+        want = me.super_resolve(np.asarray(src.data), 2, "tiny-x2", device="cpu")
+        assert dst.data.dtype == src.data.dtype and dst.data.shape == want.shape
+        np.testing.assert_array_equal(dst.data, want, err_msg=name)
+        sp = src.spacing
+        assert dst.spacing == pytest.approx((*sp[:-2], sp[-2] / 2, sp[-1] / 2), rel=1e-12), name
+        assert dst.units == src.units
+        if name.endswith(".nii.gz"):
+            continue  # a permuted affine: placement checked in voxel coordinates below
+        shift = np.array([0.0] * (len(sp) - 2) + [-0.25, -0.25])
+        assert dst.origin == pytest.approx(np.add(src.origin, np.multiply(sp, shift))), name
+    # NIfTI: output voxel (i, j, k) lies at input voxel ((i + 0.5) / 2 − 0.5, (j + 0.5) / 2 − 0.5, k)
+    ijk = np.array([[0, 0, 0], [111, 95, 3], [17, 40, 2]], dtype=float)
+    src_vox = np.c_[(ijk[:, :2] + 0.5) / 2 - 0.5, ijk[:, 2]]
+    np.testing.assert_allclose(nib.affines.apply_affine(nib.load(out / "vol.nii.gz").affine, ijk),
+                               nib.affines.apply_affine(AFFINE, src_vox), atol=1e-5)
+    assert nib.load(out / "vol.nii.gz").header.get_zooms() == pytest.approx((0.4, 0.4, 2.5))
+
+    # zarr: the same pixels and geometry as the TIFF
+    batch.batch(folder, tmp_path / "z", suffix=".zarr", **{**kw, "pattern": "stack0.tif"})
+    z, t = read_volume(tmp_path / "z" / "stack0.zarr", lazy=False), read_volume(out / "stack0.tif", lazy=False)
+    np.testing.assert_array_equal(np.asarray(z.data), t.data)
+    assert z.spacing == pytest.approx(t.spacing) and z.origin == pytest.approx(t.origin)
+
+    dist = batch.batch(folder, tmp_path / "dist", scheduler="local", n_workers=1, memory_limit="1GB",
+                       **{**kw, "pattern": "stack0.tif,vol.nii.gz"})
+    assert dist.ok and len(dist.written) == 2
+    for name in ("stack0.tif", "vol.nii.gz"):
+        assert (tmp_path / "dist" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_lazy_upscaled_output_without_a_like_is_placed_in_its_spacing_or_in_pixels(isolated_models, nuclei,
+                                                                                    tmp_path):
+    save_tiny_msgan_pair(isolated_models)
+    loaded = batch.load_task_model("sr", "tiny-x2", "cpu", scale=2)
+    stack = nuclei[:2, :20, :24]
+    for spacing, want_sp, want_origin in (
+        ((0.29, 0.26, 0.26), (0.29, 0.13, 0.13), (0.0, -0.065, -0.065)),
+        (None, (1.0, 0.5, 0.5), (0.0, -0.25, -0.25)),
+    ):
+        dst = tmp_path / f"o{spacing is None}.tif"
+        drive(lazy.iter_process_volume(stack, loaded.module, dst, spacing=spacing, device="cpu",
+                                       **loaded.engine_kwargs))
+        out = read_volume(dst, lazy=False)
+        assert out.data.shape == (2, 40, 48)
+        assert out.spacing == pytest.approx(want_sp) and out.origin == pytest.approx(want_origin)

@@ -230,3 +230,102 @@ def test_bad_syntax_and_files_exit_2(models, mr_tif, nuclei, tmp_path, capsys):
                  *CPU, "--planes", "3:6"]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and "cannot write 'o.png'" in err and "Z = 0..3" in err
+
+
+# ------------------------------------------------------------------------------ folder mode
+
+FOLDER = ["a.tif", "b.tif", "ct.nii.gz"]
+
+
+@pytest.fixture
+def sr_folder(tmp_path, nuclei):
+    """Two small TIFF stacks (exact spacing and origin; ImageJ metadata) and a NIfTI volume
+    whose affine permutes and flips the axes (sform and qform both set)."""
+    import tifffile
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_volume(src / "a.tif", nuclei[2:5, 40:64, 30:58], spacing=(0.29, 0.26, 0.26),
+                 origin=(1.0, 2.0, 3.0), units="µm")
+    tifffile.imwrite(src / "b.tif", nuclei[8:10, 100:120, 60:92], imagej=True,
+                     resolution=(1 / 0.26, 1 / 0.26), metadata={"axes": "ZYX", "spacing": 0.29, "unit": "um"})
+    ct = load("ct_slice")[120:150, 160:188]
+    img = nib.Nifti1Image(np.ascontiguousarray(np.stack([ct, ct[::-1]]).astype(np.int16).T), AFFINE)
+    img.header.set_qform(AFFINE, code=1)
+    nib.save(img, src / "ct.nii.gz")
+    return src
+
+
+def _stamps(folder):
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("f", [2, 4])
+def test_folder_gives_what_the_single_file_command_gives_and_resumes(models, sr_folder, tmp_path,
+                                                                      capsys, f):
+    out = tmp_path / "out"
+    args = ["--scale", str(f), "--model", f"tiny-x{f}", *CPU]
+    assert main(["sr", str(sr_folder), str(out), *args]) == 0
+    assert "3 file(s): 3 written, 0 skipped (output already there), 0 failed" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == FOLDER  # no partial files left
+    for name in FOLDER:
+        one = tmp_path / "one" / name
+        assert main(["sr", str(sr_folder / name), str(one), *args]) == 0
+        got, want = read_volume(out / name, lazy=False), read_volume(one, lazy=False)
+        src = read_volume(sr_folder / name, lazy=False)
+        assert got.data.dtype == want.data.dtype == src.data.dtype, name
+        assert got.data.shape == want.data.shape == (*src.data.shape[:-2], *(f * n for n in src.data.shape[-2:]))
+        np.testing.assert_array_equal(got.data, want.data, err_msg=name)
+        assert got.spacing == pytest.approx(want.spacing, rel=1e-12), name
+        assert got.origin == pytest.approx(want.origin, rel=1e-12, abs=1e-12), name
+        assert got.units == want.units, name
+        if name.endswith(".tif"):
+            assert got.spacing[-2:] == pytest.approx((0.26 / f, 0.26 / f), rel=1e-12)
+            _check_placement(src, got, (0, src.data.shape[-2], 0, src.data.shape[-1]), f)
+    a, b = nib.load(out / "ct.nii.gz"), nib.load(tmp_path / "one" / "ct.nii.gz")
+    np.testing.assert_array_equal(a.affine, b.affine)
+    for form in ("sform", "qform"):
+        np.testing.assert_array_equal(getattr(a.header, f"get_{form}")(), getattr(b.header, f"get_{form}")())
+        assert int(a.header[f"{form}_code"]) == int(b.header[f"{form}_code"]) > 0
+    assert a.header.get_zooms() == b.header.get_zooms() == pytest.approx((0.8 / f, 0.8 / f, 2.5))
+    # output voxel (i, j, k) lies at input voxel ((i + 0.5)/f − 0.5, (j + 0.5)/f − 0.5, k)
+    ijk = np.array([[0, 0, 0], [28 * f - 1, 30 * f - 1, 1], [5, 9, 1]], dtype=float)
+    src_vox = np.c_[(ijk[:, :2] + 0.5) / f - 0.5, ijk[:, 2]]
+    for form in (a.header.get_sform(), a.header.get_qform()):
+        np.testing.assert_allclose(nib.affines.apply_affine(form, ijk),
+                                   nib.affines.apply_affine(AFFINE, src_vox), atol=1e-4)
+
+    # a second run finds every output finished and leaves them alone; a bad file fails alone
+    stamps = _stamps(out)
+    assert main(["sr", str(sr_folder), str(out), *args]) == 0
+    assert "3 file(s): 0 written, 3 skipped" in capsys.readouterr().out
+    assert _stamps(out) == stamps
+    (sr_folder / "broken.tif").write_bytes(b"not a tiff")
+    assert main(["sr", str(sr_folder), str(out), *args]) == 1
+    assert "4 file(s): 0 written, 3 skipped (output already there), 1 failed" in capsys.readouterr().out
+    assert _stamps(out) == stamps
+
+
+def test_folder_refuses_a_model_of_another_scale_and_rois_before_anything_runs(models, sr_folder,
+                                                                               tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sr", str(sr_folder), str(out), "--scale", "4", "--model", "tiny-x2", *CPU]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("medenhance sr: sr model 'tiny-x2' upscales ×2, not ×4") and "\n" not in err
+    assert "tiny-x4" in err  # the ×4 model to use instead
+    # no --model: the default follows --scale
+    for f in (2, 4):
+        assert main(["sr", str(sr_folder), str(out), "--scale", str(f), *CPU]) == 2
+        assert capsys.readouterr().err.startswith(f"medenhance sr: unknown sr model 'msgan-x{f}'")
+    for extra in (["--roi", "0,8,0,8"], ["--planes", "0:1"]):
+        assert main(["sr", str(sr_folder), str(out), "--scale", "2", "--model", "tiny-x2", *CPU,
+                     *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == ("medenhance sr: --roi and --planes apply when INPUT is a file; in folder "
+                       "mode every file is super-resolved whole")
+    assert not out.exists()
+    # and the folder options need a folder
+    assert main(["sr", str(sr_folder / "a.tif"), str(tmp_path / "a.tif"), "--scale", "2",
+                 "--model", "tiny-x2", "--pattern", "*.tif"]) == 2
+    assert "--pattern, --scheduler and --workers apply when INPUT is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "a.tif").exists()

@@ -7,6 +7,7 @@
     medenhance enhance IN OUT ...      the same options, a DPE model (--model dpe|PATH)
     medenhance sr IN OUT --scale {2,4} [--model msgan-x4|PATH] [--roi Y0,Y1,X0,X1 ...]
                   [--planes all|Z|Z0:Z1] [--device auto] [--tile N]
+    medenhance sr IN_DIR OUT_DIR --scale {2,4} ...   every file whole; the folder options above
     medenhance models [--task denoise] [--add FILE.safetensors --name NAME [--overwrite]]
     medenhance demo [--screenshot out/demo.png]
 """
@@ -204,7 +205,8 @@ def _restore_folder(args: argparse.Namespace) -> int:
             bar.close()
 
     job = iter_batch(
-        src, dst, task=task, model=args.model, pattern=args.pattern or DEFAULT_PATTERNS,
+        src, dst, task=task, model=args.model, scale=getattr(args, "scale", None),
+        pattern=args.pattern or DEFAULT_PATTERNS,
         device=args.device, tile=args.tile or None, rgb=rgb, scheduler=args.scheduler,
         n_workers=args.workers, memory_limit=args.memory_limit, overwrite=args.overwrite,
     )
@@ -272,66 +274,13 @@ def _roi_path(dst: Path, k: int, n: int) -> Path:
     return dst.with_name(f"{base}_roi{k}{dst.name[len(base):]}")
 
 
-def _sr_geometry(vol, roi, factor: int, z0: int = 0, drop_z: bool = False):
-    """``vol`` (a core.io Volume) re-described for the SR output of ``roi`` from plane ``z0``:
-    spacing Y/X divided by ``factor`` and the origin moved so output pixel (i, j) sits at source
-    data ``(y0 − 0.5 + (i + 0.5)/f, x0 − 0.5 + (j + 0.5)/f)``, plane k at ``z0 + k``
-    (:func:`napari_medenhance.core.roi.roi_output_affine`); ``drop_z``: a 3-D input's single
-    plane ``z0`` written as a 2-D image. A NIfTI header's sform/qform and a DICOM series' LPS
-    affine get the same local transform, so ``write_volume(like=...)`` writes the output where
-    it lies in the scanner's world (write_volume itself keeps those affines' voxel 0 in place
-    and ignores ``origin``)."""
-    import dataclasses
-
-    import numpy as np
-
-    from napari_medenhance.core.roi import roi_output_affine
-
-    n = len(vol.spacing)
-    offset = [0.0] * (n - 2)
-    if offset:
-        offset[-1] = float(z0)  # --planes acts on Z, the last leading axis
-    local = roi_output_affine(np.eye(n + 1), roi, factor, offset)  # output index → source index
-    spacing = tuple(s * local[a, a] for a, s in enumerate(vol.spacing))
-    origin = tuple(o + s * local[a, n] for a, (o, s) in enumerate(zip(vol.origin, vol.spacing)))
-    meta = dict(vol.meta)
-    meta.pop("tiff_kw", None)  # the input's resolution tags: write_tiff would reuse them
-    header = meta.get("nifti_header") if vol.format == "nifti" else None
-    if header is not None:
-        m = min(n, 3)  # NIfTI voxel axis a is napari axis n - 1 - a
-        vox = np.eye(4)
-        for a in range(m):
-            vox[a, a] = local[n - 1 - a, n - 1 - a]
-            vox[a, 3] = local[n - 1 - a, n]
-        hdr = header.copy()
-        forms = [("sform", int(hdr["sform_code"])), ("qform", int(hdr["qform_code"]))]
-        if not any(code > 0 for _, code in forms):  # Analyze-style: only the zooms place it
-            forms = [("sform", 2)]
-            hdr.set_sform(np.asarray(vol.meta["affine"], dtype=np.float64), code=2)
-        for form, code in forms:
-            if code > 0:
-                getattr(hdr, f"set_{form}")(getattr(hdr, f"get_{form}")() @ vox, code=code)
-        hdr.set_zooms(spacing[::-1])
-        meta["nifti_header"] = hdr
-        meta["affine"] = np.asarray(vol.meta["affine"], dtype=np.float64) @ vox
-    if vol.format == "dicom" and "affine_lps" in meta and n in (2, 3):
-        zyx = np.eye(4)  # napari (z, y, x, 1) indices; a 2-D image is the z = 0 plane
-        zyx[3 - n :, 3 - n :] = local
-        meta["affine_lps"] = (np.asarray(meta["affine_lps"], dtype=np.float64) @ zyx).tolist()
-    if drop_z:  # Z (axis 0 of a 3-D input) is gone; its position is in the affines above
-        spacing, origin = spacing[1:], origin[1:]
-        labels = vol.axis_labels[1:] if len(vol.axis_labels) == 3 else ()
-        return dataclasses.replace(vol, spacing=spacing, origin=origin, axis_labels=labels,
-                                   meta=meta)
-    return dataclasses.replace(vol, spacing=spacing, origin=origin, meta=meta)
-
-
 def _sr(args: argparse.Namespace) -> int:
-    """``medenhance sr``: the whole image, or each --roi into its own file, placed in space."""
+    """``medenhance sr``: the whole image, or each --roi into its own file, placed in space;
+    a folder: every matching file whole, through the same batch as denoise / enhance."""
     import numpy as np
 
     from napari_medenhance import api
-    from napari_medenhance.core import engine
+    from napari_medenhance.core import engine, lazy
     from napari_medenhance.core.io import Volume, read_volume, write_volume, writable_suffixes
     from napari_medenhance.core.io.volume import suffix_of
     from napari_medenhance.core.roi import check_roi
@@ -340,6 +289,13 @@ def _sr(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     if not src.exists():
         return _fail(task, f"no such file: {src}")
+    if src.is_dir() and src.suffix.lower() != ".zarr" and not _one_dicom_series(src, args):
+        if args.roi or args.planes is not None:
+            return _fail(task, "--roi and --planes apply when INPUT is a file; in folder mode "
+                               "every file is super-resolved whole")
+        return _restore_folder(args)
+    if args.scheduler or args.workers or args.pattern:
+        return _fail(task, "--pattern, --scheduler and --workers apply when INPUT is a folder")
     if suffix_of(dst) not in writable_suffixes():
         return _fail(task, f"cannot write {dst.name!r}: OUTPUT must end in "
                            f"{', '.join(writable_suffixes())}")
@@ -399,7 +355,7 @@ def _sr(args: argparse.Namespace) -> int:
     try:
         for k, (r, out) in enumerate(zip(rois, outputs), start=1):
             path = _roi_path(dst, k, len(rois))
-            like = _sr_geometry(vol, r, args.scale, z0, drop_z)
+            like = lazy.upscaled_like(vol, r, args.scale, z0, drop_z)
             write_volume(path, out, like, rgb=is_rgb)  # like's geometry, not re-derived
             where = f" from ROI {','.join(map(str, r.as_tuple()))}" if args.roi else ""
             print(f"wrote {path} ({np.dtype(out.dtype)}, shape {tuple(out.shape)}){where}")
@@ -410,16 +366,21 @@ def _sr(args: argparse.Namespace) -> int:
 
 def _add_sr_parser(sub: argparse._SubParsersAction) -> None:
     n = sub.add_parser(
-        "sr", help="super-resolve an image (×2 or ×4), or regions of interest of it (MS-GAN)",
+        "sr", help="super-resolve an image (×2 or ×4), regions of interest of it, or every "
+                   "image in a folder (MS-GAN)",
         description="Multiplies Y and X by --scale; the output keeps the input's dtype and "
                     "geometry: Y/X spacing divided by the factor, the origin (NIfTI: the "
                     "affine's voxel 0) moved so the output pixels cover exactly the input "
                     "pixels they come from. With --roi only those pixels are done, each ROI "
                     "into its own file (OUTPUT_roi1, OUTPUT_roi2... when there are several). "
-                    "Exit status: 0 done, 2 bad input, ROI or model, 130 interrupted.")
+                    "A folder: every file matching --pattern, whole, into the OUTPUT folder "
+                    "(same names), skipping those already done, in-process or on a dask "
+                    "cluster (--scheduler). Exit status: 0 done, 1 some files of a folder "
+                    "failed (listed at the end), 2 bad input, ROI or model, 130 interrupted.")
     n.add_argument("input", help="image to super-resolve (TIFF, NIfTI, zarr, a DICOM series "
-                                 "folder; PNG/JPEG also read)")
-    n.add_argument("output", help="file to write (.tif, .nii.gz, .zarr...)")
+                                 "folder; PNG/JPEG also read) or a folder of images")
+    n.add_argument("output", help="file to write (.tif, .nii.gz, .zarr...), or a folder for a "
+                                  "folder")
     n.add_argument("--scale", type=int, choices=[2, 4], required=True,
                    help="upscaling factor of Y and X (the model must upscale by it)")
     _add_model_options(n, "sr", "msgan-x{SCALE}")
@@ -431,7 +392,8 @@ def _add_sr_parser(sub: argparse._SubParsersAction) -> None:
                    help="3-D inputs: the planes along Z to process, end-exclusive; one plane "
                         "of a 3-D image gives a 2-D image (NIfTI/DICOM→NIfTI: placed at that "
                         "plane by the affine); default all")
-    n.set_defaults(func=_sr)
+    _add_folder_options(n)
+    n.set_defaults(func=_sr, task="sr")
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -489,6 +451,12 @@ def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str
                                  "PNG/JPEG also read) or a folder of images")
     n.add_argument("output", help="file to write (.tif, .zarr, .nii.gz...), or a folder for a folder")
     _add_model_options(n, task, default_model)
+    _add_folder_options(n)
+    n.set_defaults(func=_restore, task=task)
+
+
+def _add_folder_options(n: argparse.ArgumentParser) -> None:
+    """--pattern, --scheduler, --workers, --memory-limit and --overwrite: folder mode."""
     n.add_argument("--pattern", default=None,
                    help="folder mode: comma-separated glob patterns of the inputs "
                         "(default '*.tif,*.tiff,*.nii,*.nii.gz'; '**/*.tif' recurses)")
@@ -503,7 +471,6 @@ def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str
                         "(default auto = system memory / workers)")
     n.add_argument("--overwrite", action="store_true",
                    help="folder mode: redo files whose output exists (default: skip them)")
-    n.set_defaults(func=_restore, task=task)
 
 
 def build_parser() -> argparse.ArgumentParser:

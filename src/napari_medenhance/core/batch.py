@@ -13,7 +13,9 @@ one-line reason and the batch goes on; the generator returns a :class:`BatchSumm
 
 Tasks: :data:`TASKS` maps a task name to how its model is found and run. All tasks go through
 the model registry (:mod:`.zoo`: ``load_model``, ``inference_module``, ``engine_kwargs``), so a
-new task is one :class:`TaskSpec` entry.
+new task is one :class:`TaskSpec` entry. ``scale`` (super-resolution: 2 or 4) picks the task's
+default model and is checked against the model's own factor; an upscaled output keeps the
+input's geometry with its pixels tiling the input's (:func:`.lazy.upscaled_like`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PATTERNS",
-    "PLANNED_TASKS",
     "TASKS",
     "BatchSummary",
     "Failure",
@@ -55,6 +56,7 @@ __all__ = [
     "load_task_model",
     "model_loads",
     "output_path",
+    "resolve_model",
     "run_job",
     "task_spec",
 ]
@@ -74,39 +76,71 @@ class TaskSpec:
     Attributes:
         name: the task's name in the API and CLI (``"denoise"``).
         zoo_task: the registry task its models are filed under.
-        default_model: the model used when none is given.
+        default_model: the model used when none is given; ``{scale}`` in it is replaced by the
+            upscaling factor asked for (``"msgan-x{scale}"``).
+        default_scale: the factor of the default model when no scale is asked for (1: the
+            task keeps the image size).
     """
 
     name: str
     zoo_task: str
     default_model: str
+    default_scale: int = 1
 
 
 #: Tasks a batch can run. A new one is one entry (its models come from the registry).
 TASKS: dict[str, TaskSpec] = {
     "denoise": TaskSpec("denoise", zoo_task="denoise", default_model="dran"),
     "enhance": TaskSpec("enhance", zoo_task="enhance", default_model="dpe"),
+    "sr": TaskSpec("sr", zoo_task="sr", default_model="msgan-x{scale}", default_scale=4),
 }
-#: Tasks that exist in the project's plan but whose networks are not implemented yet.
-PLANNED_TASKS: tuple[str, ...] = ("sr",)
 
 
 def task_spec(task: str) -> TaskSpec:
     """The :class:`TaskSpec` of ``task``.
 
     Raises:
-        ValueError: the task is planned but not available yet, or unknown.
+        ValueError: unknown task.
     """
     spec = TASKS.get(task)
     if spec is not None:
         return spec
-    available = ", ".join(sorted(TASKS))
-    if task in PLANNED_TASKS:
+    raise ValueError(f"unknown task {task!r}; available tasks: {', '.join(sorted(TASKS))}")
+
+
+def _default_name(spec: TaskSpec, model: str | os.PathLike | None, scale: int | None) -> str | os.PathLike:
+    """``model``, or the task's default model for ``scale`` (the task's own default scale)."""
+    if scale is not None and (isinstance(scale, bool) or int(scale) != scale or scale < 1):
+        raise ValueError(f"scale must be a positive integer; got {scale!r}")
+    if model is not None:
+        return model
+    return spec.default_model.format(scale=int(spec.default_scale if scale is None else scale))
+
+
+def resolve_model(
+    task: str, model: str | os.PathLike | None = None, scale: int | None = None
+) -> zoo.ModelInfo:
+    """The registry entry of the model ``task`` runs, checked before anything is read.
+
+    ``model``: a registered name or a weights path; None = the task's default for ``scale``
+    (``msgan-x2`` for ``task="sr", scale=2``). ``scale``: the upscaling factor asked for;
+    None = the model's own (the default model's: :attr:`TaskSpec.default_scale`).
+
+    Raises:
+        ValueError / WeightsError: unknown task or model (the message lists the available
+            ones), a model of another task, bad weights, or a model whose factor is not
+            ``scale``.
+    """
+    spec = task_spec(task)
+    info = zoo.get_model(_default_name(spec, model, scale), spec.zoo_task)
+    if scale is not None and info.scale != int(scale):
+        others = [m.name for m in zoo.list_models(spec.zoo_task) if m.scale == int(scale)]
         raise ValueError(
-            f"task {task!r} is not available yet in this version of napari-medenhance; "
-            f"available tasks: {available}"
+            f"{spec.name} model {info.name!r} upscales ×{info.scale}, not ×{int(scale)}: use a "
+            f"×{int(scale)} model" + (f" ({', '.join(others)})" if others else "")
+            + f" or scale {info.scale}"
         )
-    raise ValueError(f"unknown task {task!r}; available tasks: {available}")
+    return info
 
 
 @dataclass(frozen=True)
@@ -120,27 +154,35 @@ class LoadedModel:
 
 # One cache per process: a dask worker loads each (task, model, device) once, however many
 # files it is given. Bounded, so a long-lived worker switching models does not accumulate them.
-_MODELS: dict[tuple[str, str, str], LoadedModel] = {}
+_MODELS: dict[tuple[str, str, str, int | None], LoadedModel] = {}
 _MODELS_MAX = 2
 _models_lock = threading.Lock()
 _loads = 0
 
 
-def load_task_model(task: str, model: str | os.PathLike | None, device: str | torch.device) -> LoadedModel:
-    """Load (once per process) the model of ``task``: a registered name or a weights path.
+def load_task_model(
+    task: str,
+    model: str | os.PathLike | None,
+    device: str | torch.device,
+    scale: int | None = None,
+) -> LoadedModel:
+    """Load (once per process) the model of ``task``: a registered name or a weights path, or
+    the task's default for ``scale`` (see :func:`resolve_model`).
 
     Raises:
-        ValueError / WeightsError: unknown or unavailable task, unknown model (the message
-            lists the available ones), a model for another task, bad weights, bad device.
+        ValueError / WeightsError: unknown task, unknown model (the message lists the
+            available ones), a model for another task or of another scale, bad weights, bad
+            device.
     """
     global _loads
     spec = task_spec(task)
-    name = spec.default_model if model is None else model
-    key = (spec.name, os.fspath(name), str(device))
+    name = _default_name(spec, model, scale)
+    key = (spec.name, os.fspath(name), str(device), scale)
     with _models_lock:
         hit = _MODELS.get(key)
         if hit is not None:
             return hit
+        resolve_model(task, name, scale)  # the scale check, before building the network
         net, info = zoo.load_model(name, device=device, task=spec.zoo_task)
         loaded = LoadedModel(zoo.inference_module(net, info), zoo.engine_kwargs(info), info)
         _MODELS[key] = loaded
@@ -165,6 +207,7 @@ def iter_process_file(
     *,
     task: str = "denoise",
     model: str | os.PathLike | None = None,
+    scale: int | None = None,
     device: str | torch.device = "auto",
     tile: int | None = None,
     rgb: bool | None = None,
@@ -179,6 +222,11 @@ def iter_process_file(
     written from a TIFF keeps the input's own TIFF metadata (ImageJ keys, resolution tags bit
     for bit), a NIfTI its header and affine. It appears at ``dst`` only once complete.
 
+    ``scale`` picks and checks the model as :func:`resolve_model` does. An upscaling model
+    (``task="sr"``) multiplies Y and X by its factor; the output's spacing and origin (NIfTI /
+    DICOM affine) are then those :func:`.lazy.upscaled_like` gives, the same geometry as
+    ``medenhance sr IN OUT --scale F`` writes.
+
     Returns:
         (``StopIteration.value``) the number of 2-D planes processed.
 
@@ -188,7 +236,7 @@ def iter_process_file(
     """
     from .io import read_volume
 
-    loaded = load_task_model(task, model, device)
+    loaded = load_task_model(task, model, device, scale)
     vol = src if hasattr(src, "data") and hasattr(src, "meta") else read_volume(src, lazy=True)
     if rgb is None:
         rgb = bool(vol.rgb)
@@ -214,7 +262,7 @@ class FileJob:
     src: str
     dst: str
     task: str
-    model: str  # a weights path, resolved on the client so workers need no registry
+    model: str  # a weights path, resolved (and its scale checked) on the client: no registry
     device: str
     tile: int | None = None
     rgb: bool | None = None
@@ -407,6 +455,7 @@ def iter_batch(
     *,
     task: str = "denoise",
     model: str | os.PathLike | None = None,
+    scale: int | None = None,
     pattern: str | Sequence[str] = DEFAULT_PATTERNS,
     device: str = "auto",
     tile: int | None = None,
@@ -426,8 +475,12 @@ def iter_batch(
         output_dir: folder for the results (created), one per input at the same relative path
             and name (``suffix`` changes the format, e.g. ``".zarr"``). Must differ from
             ``input_dir``.
-        task: ``"denoise"`` (see :data:`TASKS`).
-        model: registered model name or ``.safetensors`` path; None = the task's default.
+        task: ``"denoise"``, ``"enhance"`` or ``"sr"`` (see :data:`TASKS`).
+        model: registered model name or ``.safetensors`` path; None = the task's default
+            (for ``scale``: ``msgan-x2`` / ``msgan-x4``).
+        scale: upscaling factor (``"sr"``: 2 or 4); the model must upscale by it. None = the
+            model's own. Outputs are ``scale`` times larger in Y and X, with the geometry of
+            :func:`.lazy.upscaled_like` (the same as ``medenhance sr IN OUT --scale F``).
         pattern: glob pattern(s), relative to ``input_dir``; default ``*.tif, *.tiff, *.nii,
             *.nii.gz``.
         device, tile, rgb: as for :func:`napari_medenhance.denoise` (per worker on a cluster).
@@ -449,8 +502,8 @@ def iter_batch(
 
     Raises:
         ValueError: missing input folder, output folder equal to the input folder, no matching
-            files is *not* an error (an empty summary), unknown or unavailable task / model /
-            device, bad scheduler.
+            files is *not* an error (an empty summary), unknown task / model / device, a model
+            of another scale, bad scheduler.
         Cancelled: ``cancel()`` returned True.
     """
     from . import cluster
@@ -465,7 +518,7 @@ def iter_batch(
             "(results keep the input file names)"
         )
     spec = task_spec(task)
-    info = zoo.get_model(spec.default_model if model is None else model, spec.zoo_task)
+    info = resolve_model(spec.name, model, scale)
     if scheduler is None or scheduler == "local":
         from .engine import resolve_device
 

@@ -15,7 +15,9 @@ the output store straight away, so peak memory follows the block size, not the v
   filled with plain file writes at the planes' offsets; ``.zarr``: a zarr array with one chunk
   per plane, filled block by block. ``.nii`` / ``.nii.gz`` cannot be filled in place: the
   blocks go to a temporary ``.npy`` beside the output, which ``write_volume`` then streams into
-  the NIfTI (keeping the input's header and affine).
+  the NIfTI (keeping the input's header and affine). An upscaled result (``scale > 1``) gets
+  Y / X spacing divided by the factor and its origin (NIfTI / DICOM affine) moved so its pixels
+  tile the input's (:func:`upscaled_like`, the geometry ``medenhance sr`` writes).
 * **atomic.** Everything is written under a temporary name beside the output
   (``.STEM.medenhance-partial.SUFFIX``) and renamed over ``NAME`` only when the last block is done;
   on cancel or error the temporary file is removed, so the final path holds either a complete
@@ -52,6 +54,7 @@ __all__ = [
     "PARTIAL_SUFFIX",
     "iter_process_volume",
     "partial_path",
+    "upscaled_like",
     "volume_range",
 ]
 
@@ -468,6 +471,63 @@ def _spacing_for(
     return sp
 
 
+def upscaled_like(vol: Volume, roi: Any, factor: int, z0: int = 0, drop_z: bool = False) -> Volume:
+    """``vol`` re-described for the ×``factor`` super-resolved output of ``roi`` from plane ``z0``.
+
+    ``roi``: the :class:`~napari_medenhance.core.roi.ROI` of ``vol``'s planes that was upscaled
+    (the whole plane for a whole image). Y / X spacing are divided by ``factor`` and the origin
+    is moved so that output pixel (i, j) lies at source data ``(y0 − 0.5 + (i + 0.5)/f,
+    x0 − 0.5 + (j + 0.5)/f)``: the f × f output pixels of a source pixel tile exactly its area
+    (:func:`napari_medenhance.core.roi.roi_output_affine`); plane k is source plane ``z0 + k``.
+    ``drop_z``: a 3-D input's single plane ``z0`` written as a 2-D image. A NIfTI header's
+    sform/qform and a DICOM series' LPS affine get the same local transform, so
+    ``write_volume(like=...)`` writes the output where it lies in the scanner's world
+    (``write_volume`` itself keeps those affines' voxel 0 in place and ignores ``origin``).
+    The input's TIFF keywords (resolution tags) are dropped: they describe the input's grid.
+    """
+    import dataclasses
+
+    from .roi import roi_output_affine
+
+    n = len(vol.spacing)
+    offset = [0.0] * (n - 2)
+    if offset:
+        offset[-1] = float(z0)  # planes are taken along Z, the last leading axis
+    local = roi_output_affine(np.eye(n + 1), roi, factor, offset)  # output index → source index
+    spacing = tuple(s * local[a, a] for a, s in enumerate(vol.spacing))
+    origin = tuple(o + s * local[a, n] for a, (o, s) in enumerate(zip(vol.origin, vol.spacing)))
+    meta = dict(vol.meta)
+    meta.pop("tiff_kw", None)  # the input's resolution tags: write_tiff would reuse them
+    header = meta.get("nifti_header") if vol.format == "nifti" else None
+    if header is not None:
+        m = min(n, 3)  # NIfTI voxel axis a is napari axis n - 1 - a
+        vox = np.eye(4)
+        for a in range(m):
+            vox[a, a] = local[n - 1 - a, n - 1 - a]
+            vox[a, 3] = local[n - 1 - a, n]
+        hdr = header.copy()
+        forms = [("sform", int(hdr["sform_code"])), ("qform", int(hdr["qform_code"]))]
+        if not any(code > 0 for _, code in forms):  # Analyze-style: only the zooms place it
+            forms = [("sform", 2)]
+            hdr.set_sform(np.asarray(vol.meta["affine"], dtype=np.float64), code=2)
+        for form, code in forms:
+            if code > 0:
+                getattr(hdr, f"set_{form}")(getattr(hdr, f"get_{form}")() @ vox, code=code)
+        hdr.set_zooms(spacing[::-1])
+        meta["nifti_header"] = hdr
+        meta["affine"] = np.asarray(vol.meta["affine"], dtype=np.float64) @ vox
+    if vol.format == "dicom" and "affine_lps" in meta and n in (2, 3):
+        zyx = np.eye(4)  # napari (z, y, x, 1) indices; a 2-D image is the z = 0 plane
+        zyx[3 - n :, 3 - n :] = local
+        meta["affine_lps"] = (np.asarray(meta["affine_lps"], dtype=np.float64) @ zyx).tolist()
+    if drop_z:  # Z (axis 0 of a 3-D input) is gone; its position is in the affines above
+        spacing, origin = spacing[1:], origin[1:]
+        labels = vol.axis_labels[1:] if len(vol.axis_labels) == 3 else ()
+        return dataclasses.replace(vol, spacing=spacing, origin=origin, axis_labels=labels,
+                                   meta=meta)
+    return dataclasses.replace(vol, spacing=spacing, origin=origin, meta=meta)
+
+
 # --------------------------------------------------------------------------------------------
 # the job
 
@@ -514,8 +574,13 @@ def iter_process_volume(
             NIfTI input's affine come through as for any file the plugin writes.
         like: the input's :class:`~napari_medenhance.core.io.Volume`: the output keeps its
             spacing (and, written by ``write_volume``, its kind of file, e.g. a NIfTI affine).
+            With ``scale > 1`` it is placed as :func:`upscaled_like` says: Y / X spacing
+            divided by ``scale``, origin (NIfTI sform/qform, DICOM affine) moved so the output
+            pixels tile the input pixels they come from, as ``medenhance sr`` writes them.
         spacing: physical pixel size per non-colour axis in napari order (e.g. ``(dz, dy,
-            dx)``), overriding ``like``'s; with ``scale > 1``, Y and X are divided by it.
+            dx)``), overriding ``like``'s (voxel 0 stays where ``like`` puts it); with
+            ``scale > 1``, Y and X are divided by it (without ``like``, the origin is then
+            placed in these units, or in input pixels when no spacing is given).
         rgb, device, tile, overlap, half, scale, net_channels, pad_multiple: as for the engine.
         data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
             for the same range the in-memory engine would use.
@@ -565,7 +630,24 @@ def iter_process_volume(
     out_plane = (lay.height * scale, lay.width * scale) + ((int(arr.shape[-1]),) if lay.is_rgb else ())
     out_shape = lay.lead + out_plane
     dtype = np.dtype(arr.dtype)
-    sp = _spacing_for(like, spacing, len(lay.lead) + 2, scale)
+    n_axes = len(lay.lead) + 2
+    if scale == 1:
+        sp = _spacing_for(like, spacing, n_axes, scale)
+    else:
+        # The output pixels tile the input pixels they come from: Y / X spacing divided by
+        # scale and voxel 0 (origin; NIfTI / DICOM affines) moved to the first output pixel's
+        # centre. Without ``like`` (or with one of other dimensions), in ``spacing`` or pixels.
+        from .io import Volume
+        from .roi import ROI
+
+        if like is None or len(like.spacing) != n_axes:
+            own = _spacing_for(None, spacing, n_axes, 1)
+            like = Volume(data=arr, spacing=own or (1.0,) * n_axes, axis_labels=(),
+                          units=getattr(like, "units", None))
+            spacing = None  # now like's
+        like = upscaled_like(like, ROI(0, lay.height, 0, lay.width), scale)
+        # A spacing given beside like overrides the voxel size; voxel 0 stays where like puts it.
+        sp = _spacing_for(None, spacing, n_axes, scale)
 
     keys = _blocks(arr, lay, block_bytes)
     mapping = _writable_mapping(arr)
