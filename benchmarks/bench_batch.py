@@ -16,9 +16,14 @@ the steady-state rate. Ratios are planes/s relative to in-process.
 
 **Memory.** A uint16 volume of ``--volume-gib`` GiB is built by tiling real nuclei planes into a
 ``tifffile.memmap`` in the temp folder (``--tmp``), then denoised block by block
-(``core.lazy``) into a TIFF beside it: once in a fresh subprocess (peak ``ru_maxrss``), once on a
-LocalCluster worker with ``memory_limit`` = ``--memory-limit`` (the worker's ``ru_maxrss``; the
-nanny would restart a worker that went over the limit, and the file would be reported failed).
+(``core.lazy``) into a TIFF beside it: once in a fresh subprocess, once on a LocalCluster worker
+with ``memory_limit`` = ``--memory-limit`` (the nanny would restart a worker that went over the
+limit, and the file would be reported failed). Peak memory is the kernel's high-water mark of the
+process's own address space (``VmHWM``), reset after torch is imported and the model loaded
+(``/proc/self/clear_refs``), so the table's 'peak' is the job's. Not ``ru_maxrss``: on Linux it
+carries the PARENT's high-water mark across fork + exec, and this script's parent has just
+written the whole volume through a memory map (an earlier version of this benchmark reported
+the volume's size as the child's peak for that reason).
 The memory part uses the tiny untrained DRAN unless ``--memory-model`` names another: the lazy
 path's memory does not depend on the weights, and a full-size DRAN on CPU would take hours for
 gigabytes of planes. The network's own per-tile activations are on top (see results_denoise.md).
@@ -30,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -159,8 +165,35 @@ def make_volume(path: Path, gib: float, size: int) -> tuple[int, ...]:
     return (planes, size, size)
 
 
-def _maxrss_bytes(ru_maxrss: int) -> int:
-    return ru_maxrss if sys.platform == "darwin" else ru_maxrss * 1024
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> int:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs``); return its RSS now (bytes)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    rss = _status_bytes("VmRSS")
+    return rss if rss is not None else _peak_rss()
+
+
+def _peak_rss() -> int:
+    """Peak RSS of this process's own address space (bytes) since the last :func:`_reset_peak`."""
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: no /proc
+    return ru if sys.platform == "darwin" else ru * 1024
 
 
 def child_lazy(src: str, dst: str, weights: str, device: str) -> None:
@@ -173,16 +206,12 @@ def child_lazy(src: str, dst: str, weights: str, device: str) -> None:
 
     loaded = load_task_model("denoise", weights, device)
     vol = tifffile.memmap(src, mode="r")
-    base = _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    base = _reset_peak()
     t = time.perf_counter()
     drive(lazy.iter_process_volume(vol, loaded.module, dst, device=device, **loaded.engine_kwargs))
     secs = time.perf_counter() - t
-    peak = _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    peak = _peak_rss()
     print(json.dumps({"base": base, "peak": peak, "seconds": secs}))
-
-
-def _worker_maxrss() -> int:
-    return _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def memory(weights: str, work: Path, gib: float, size: int, limit: str, device: str) -> dict:
@@ -221,12 +250,12 @@ def memory(weights: str, work: Path, gib: float, size: int, limit: str, device: 
         client.run(torch.set_num_threads, os.cpu_count() or 1)
         # the worker's footprint before the volume: torch imported, the model loaded
         client.run(_warm, weights, device)
-        base = next(iter(client.run(_worker_maxrss).values()))
+        base = next(iter(client.run(_reset_peak).values()))
         t = time.perf_counter()
         summary = batch(src_dir, work / "cluster-out", model=weights, device=device,
                         scheduler=client)
         secs = time.perf_counter() - t
-        peak = next(iter(client.run(_worker_maxrss).values()))
+        peak = next(iter(client.run(_peak_rss).values()))
     res["worker"] = {"base": base, "peak": peak, "seconds": secs, "status":
                      "written" if summary.ok else summary.format()}
     print(f"  worker (limit {limit}): peak RSS {peak / 2**20:.0f} MiB, {res['worker']['status']}",
@@ -287,8 +316,7 @@ def main() -> None:
         "",
         f"Machine: {describe()}",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_batch.py{' --quick' if q else ''}`"
-        + (f" (device {a.device})" if a.device != "auto" else ""),
+        f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_batch.py', *map(shlex.quote, sys.argv[1:])])}`",
         "",
         "## Throughput",
         "",
@@ -313,8 +341,9 @@ def main() -> None:
         "",
         f"Model: **{mem_label}**. Input: a `tifffile.memmap` uint16 volume {v[0]} × {v[1]} × {v[2]} "
         f"= {gibs:.2f} GiB, tiled from real nuclei planes; output: a TIFF of the same size, written "
-        "block by block (`core.lazy`). RSS = `ru_maxrss` of the process that ran it; 'before' is "
-        "after importing torch and loading the model.",
+        "block by block (`core.lazy`). 'before': RSS of the process that ran it after importing "
+        "torch and loading the model; 'peak': its peak RSS (`VmHWM`, reset at 'before') during "
+        "the job.",
         "",
         "| where | memory limit | RSS before (MiB) | peak RSS (MiB) | peak / volume | seconds | result |",
         "|---|---|---|---|---|---|---|",
