@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import shutil
 import subprocess
@@ -49,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _machine import describe  # noqa: E402
+import _rss  # noqa: E402
+from _rss import peak_rss, reset_peak  # noqa: E402
 
 OUT = Path(__file__).with_name("results_batch.md")
 TINY = {"features": 8, "blocks": 1, "layers_per_block": 1, "kernels": 2}
@@ -165,37 +166,6 @@ def make_volume(path: Path, gib: float, size: int) -> tuple[int, ...]:
     return (planes, size, size)
 
 
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> int:
-    """Reset this process's peak-RSS mark (Linux ``clear_refs``); return its RSS now (bytes)."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    rss = _status_bytes("VmRSS")
-    return rss if rss is not None else _peak_rss()
-
-
-def _peak_rss() -> int:
-    """Peak RSS of this process's own address space (bytes) since the last :func:`_reset_peak`."""
-    hwm = _status_bytes("VmHWM")
-    if hwm is not None:
-        return hwm
-    ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: no /proc
-    return ru if sys.platform == "darwin" else ru * 1024
-
-
 def child_lazy(src: str, dst: str, weights: str, device: str) -> None:
     """Runs in a fresh process: denoise ``src`` block by block; print peak RSS as JSON."""
     import tifffile
@@ -206,11 +176,11 @@ def child_lazy(src: str, dst: str, weights: str, device: str) -> None:
 
     loaded = load_task_model("denoise", weights, device)
     vol = tifffile.memmap(src, mode="r")
-    base = _reset_peak()
+    base = reset_peak()
     t = time.perf_counter()
     drive(lazy.iter_process_volume(vol, loaded.module, dst, device=device, **loaded.engine_kwargs))
     secs = time.perf_counter() - t
-    peak = _peak_rss()
+    peak = peak_rss()
     print(json.dumps({"base": base, "peak": peak, "seconds": secs}))
 
 
@@ -241,6 +211,10 @@ def memory(weights: str, work: Path, gib: float, size: int, limit: str, device: 
     dst.unlink()
     print(f"  in-process: peak RSS {res['process']['peak'] / 2**20:.0f} MiB", flush=True)
 
+    import cloudpickle
+
+    # the workers cannot import benchmarks/_rss.py: send its functions by value
+    cloudpickle.register_pickle_by_value(_rss)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                                   memory_limit=limit, dashboard_address=None,
                                   silence_logs=40) as cluster, \
@@ -250,12 +224,12 @@ def memory(weights: str, work: Path, gib: float, size: int, limit: str, device: 
         client.run(torch.set_num_threads, os.cpu_count() or 1)
         # the worker's footprint before the volume: torch imported, the model loaded
         client.run(_warm, weights, device)
-        base = next(iter(client.run(_reset_peak).values()))
+        base = next(iter(client.run(reset_peak).values()))
         t = time.perf_counter()
         summary = batch(src_dir, work / "cluster-out", model=weights, device=device,
                         scheduler=client)
         secs = time.perf_counter() - t
-        peak = next(iter(client.run(_peak_rss).values()))
+        peak = next(iter(client.run(peak_rss).values()))
     res["worker"] = {"base": base, "peak": peak, "seconds": secs, "status":
                      "written" if summary.ok else summary.format()}
     print(f"  worker (limit {limit}): peak RSS {peak / 2**20:.0f} MiB, {res['worker']['status']}",

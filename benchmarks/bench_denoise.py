@@ -12,7 +12,7 @@ seed 0, σ = 15, 25, 50 /255, input not clipped). The baselines get the TRUE σ 
 
 Speed runs every method on the same 512² 16-bit plane in one process, one after another, and
 reports ms per megapixel and the ratio to BM3D. Peak memory is measured in a fresh subprocess
-per case (``ru_maxrss``) for a 4096² uint16 image and a 64×512×512 uint16 stack through the
+per case (its own peak RSS after warm-up, ``_rss.py``) for a 4096² uint16 image and a 64×512×512 uint16 stack through the
 public :func:`napari_medenhance.denoise`.
 
 BM3D comes from the optional ``bm3d`` package (``pip install bm3d``; benchmark only).
@@ -160,7 +160,9 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
 
 
 _MEMORY_CHILD = r"""
-import json, resource, sys, numpy as np
+import json, sys, numpy as np
+sys.path.insert(0, sys.argv[3])
+from _rss import peak_rss, reset_peak
 from napari_medenhance import denoise
 from napari_medenhance.core import zoo
 shape, model = json.loads(sys.argv[1]), sys.argv[2]
@@ -168,18 +170,19 @@ rng = np.random.default_rng(0)
 img = rng.integers(0, 4096, size=shape, dtype=np.uint16)
 zoo.load_model(model, device="cpu", task="denoise")
 denoise(img[(0,) * (len(shape) - 2)][:64, :64], model=model, device="cpu")
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = reset_peak()
 import time; t = time.perf_counter()
 out = denoise(img, model=model, device="cpu")
 dt = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "seconds": dt,
+peak = peak_rss()
+print(json.dumps({"base_mb": base / 2**20, "peak_mb": peak / 2**20, "seconds": dt,
                   "in_mb": img.nbytes / 2**20, "out_mb": out.nbytes / 2**20}))
 """
 
 
 def memory(model: str, shape: tuple[int, ...]) -> dict:
-    p = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(list(shape)), model],
+    p = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(list(shape)), model,
+                        str(ROOT / "benchmarks")],
                        capture_output=True, text=True, check=True)
     return json.loads(p.stdout.strip().splitlines()[-1])
 

@@ -180,7 +180,7 @@ def main() -> None:
         f"({train.shape[1]}×{train.shape[2]}) fine-tuned in `simulated` mode (Gaussian σ ~ U(0, 50)/255) "
         f"through `iter_finetune`, the engine behind the Train widget and `medenhance train`; "
         f"{steps} steps, batch {a.batch}, patch {a.patch}², lr {a.lr:g} (cosine), device {device}"
-        + (f" ({threads} threads)" if threads else "") + ". Test: frames 26-29, never seen by the run; "
+        + (f" ({threads} thread{'s' if threads > 1 else ''})" if threads else "") + ". Test: frames 26-29, never seen by the run; "
         f"centre crops ≤ {crop}², noise seed fixed, output clipped to [0, 1].",
         "",
         "| σ (/255) | noisy input PSNR (dB) | before PSNR (dB) | after PSNR (dB) | gain (dB) | before SSIM | after SSIM |",

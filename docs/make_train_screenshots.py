@@ -81,8 +81,9 @@ def train(start: str, steps: int, batch: int, val_every: int) -> None:
     w.lr.value = "1e-4"
     w.device.value = "auto"
     w.name.value = NAME
+    viewer.canvas.grid.enabled = True  # the preview layer beside the data, not over it
     w.start_training()
-    # mid-run: after the second validation
+    # mid-run: after the third validation
     _wait(app, lambda: len(w.validations) >= 3 or w._worker is None)
     _settle(app)
     viewer.screenshot(str(DOCS / "screenshot-train-running.png"), canvas_only=False)
@@ -111,13 +112,15 @@ def use() -> None:
                              contrast_limits=(0, 120))
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, "Denoise")
     w.layer.value = layer
-    if w.model.value != NAME:
-        raise RuntimeError(f"after the restart the picker shows {w.model.value!r}, not {NAME!r}")
+    names = [c if isinstance(c, str) else c[1] for c in w.model.choices]
+    if NAME not in names:
+        raise RuntimeError(f"after the restart the model picker holds {names}, not {NAME!r}")
+    w.model.value = NAME
     w.run()
     _wait(app, lambda: w._worker is None)
     out = viewer.layers[-1]
     out.contrast_limits = (0, 120)
-    viewer.grid.enabled = True
+    viewer.canvas.grid.enabled = True
     viewer.dims.set_current_step(0, 1)
     _settle(app)
     viewer.screenshot(str(DOCS / "screenshot-train-used-after-restart.png"), canvas_only=False)
@@ -128,9 +131,9 @@ def use() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--start", required=False, help="starting DRAN weights (.safetensors)")
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--val-every", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--val-every", type=int, default=50)
     ap.add_argument("--state", default=None, help="models/runs folder (default: a temp folder)")
     ap.add_argument("--phase", choices=["train", "use"], default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
