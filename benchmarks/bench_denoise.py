@@ -12,8 +12,9 @@ seed 0, σ = 15, 25, 50 /255, input not clipped). The baselines get the TRUE σ 
 
 Speed runs every method on the same 512² 16-bit plane in one process, one after another, and
 reports ms per megapixel and the ratio to BM3D. Peak memory is measured in a fresh subprocess
-per case (its own peak RSS after warm-up, ``_rss.py``) for a 4096² uint16 image and a 64×512×512 uint16 stack through the
-public :func:`napari_medenhance.denoise`.
+per case (its own peak RSS after warm-up, ``_rss.py``) for 1024² (one whole-plane pass) and
+4096² (tiled) uint16 images and a 64×512×512 uint16 stack through the public
+:func:`napari_medenhance.denoise`; ``--only-memory`` redoes just that section of ``--out``.
 
 BM3D comes from the optional ``bm3d`` package (``pip install bm3d``; benchmark only).
 """
@@ -180,6 +181,42 @@ print(json.dumps({"base_mb": base / 2**20, "peak_mb": peak / 2**20, "seconds": d
 """
 
 
+MEMORY_HEADING = "## Peak memory"
+
+
+def _measure_memory(model: str, cases: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], dict]]:
+    out = []
+    for shape in cases:
+        print(f"memory {shape} ...", flush=True)
+        out.append((shape, memory(model, shape)))
+    return out
+
+
+def memory_section(mem: list[tuple[tuple[int, ...], dict]], command: str | None = None,
+                   machine: str | None = None) -> list[str]:
+    """The results file's memory section (``command``/``machine``: when measured on its own)."""
+    L = [
+        f"{MEMORY_HEADING} (`denoise()` on CPU, fresh process per case)",
+        "",
+        "'before' is the process's RSS after importing, creating the input and a 64² warm-up run; "
+        "'peak' is its own peak RSS during the call (`VmHWM`, reset at 'before'; "
+        "benchmarks/_rss.py).",
+        "",
+    ]
+    if command:
+        L += [f"Measured on its own: `{command}`; machine: {machine}.", ""]
+    L += [
+        "| input | input MB | output MB | RSS before MB | peak MB | peak − before MB | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for shape, m in mem:
+        L.append(f"| {'×'.join(map(str, shape))} uint16 | {m['in_mb']:.0f} | {m['out_mb']:.0f} | "
+                 f"{m['base_mb']:.0f} | {m['peak_mb']:.0f} | {m['peak_mb'] - m['base_mb']:.0f} | "
+                 f"{m['seconds']:.0f} |")
+    L.append("")
+    return L
+
+
 def memory(model: str, shape: tuple[int, ...]) -> dict:
     p = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, json.dumps(list(shape)), model,
                         str(ROOT / "benchmarks")],
@@ -193,20 +230,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small speed / memory cases only")
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_denoise.md")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="measure peak memory only and replace that section of --out in place")
     a = ap.parse_args(argv)
     methods = ["nlm"] + ([] if a.no_bm3d else ["bm3d"])
     from napari_medenhance.core import zoo
 
     info = zoo.get_model(a.model, task="denoise")
+    cases = [(1024, 1024), (4, 256, 256)] if a.quick else [(1024, 1024), (4096, 4096), (64, 512, 512)]
+    command = " ".join([".venv/bin/python", "benchmarks/bench_denoise.py", *(argv or sys.argv[1:])])
+    if a.only_memory:
+        text = a.out.read_text(encoding="utf-8")
+        head, sep, _ = text.partition(MEMORY_HEADING)
+        if not sep:
+            raise SystemExit(f"{a.out} has no '{MEMORY_HEADING}' section to replace")
+        section = memory_section(_measure_memory(a.model, cases), command, describe())
+        a.out.write_text(head + "\n".join(section), encoding="utf-8")
+        print(f"replaced the memory section of {a.out}")
+        return 0
     print("quality on the fixed validation split ...", flush=True)
     rows, qtimes = quality(a.model, methods)
     print("speed ...", flush=True)
     sp = speed(a.model, 256 if a.quick else 512, methods, 1 if a.quick else 2)
-    cases = [(1024, 1024), (4, 256, 256)] if a.quick else [(4096, 4096), (64, 512, 512)]
-    mem = []
-    for shape in cases:
-        print(f"memory {shape} ...", flush=True)
-        mem.append((shape, memory(a.model, shape)))
+    mem = _measure_memory(a.model, cases)
 
     import torch
 
@@ -247,15 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "`dran` goes through the public `denoise()` (engine: intensity mapping, tiling, "
         "dtype round trip); NLM / BM3D get the [0, 1]-scaled plane and the true σ.",
         "",
-        "## Peak memory (`denoise()` on CPU, fresh process per case)",
-        "",
-        "| input | input MB | output MB | process peak MB | peak − before the call MB | seconds |",
-        "|---|---|---|---|---|---|",
     ]
-    for shape, m in mem:
-        L.append(f"| {'×'.join(map(str, shape))} uint16 | {m['in_mb']:.0f} | {m['out_mb']:.0f} | "
-                 f"{m['peak_mb']:.0f} | {m['peak_mb'] - m['base_mb']:.0f} | {m['seconds']:.0f} |")
-    L.append("")
+    L += memory_section(mem)
     a.out.write_text("\n".join(L), encoding="utf-8")
     print(f"wrote {a.out}")
     return 0
