@@ -42,7 +42,6 @@ OUT = Path(__file__).with_name("results_finetune.md")
 SIGMAS = (15.0, 25.0, 50.0)
 TRAIN_FRAMES = slice(0, 24)
 TEST_FRAMES = slice(26, 30)
-TINY = {"features": 8, "blocks": 1, "layers_per_block": 1, "kernels": 2}
 
 
 def load_stack() -> np.ndarray:
@@ -57,15 +56,10 @@ def resolve_start(start: str | None, tmp: Path) -> tuple[str, str]:
     from napari_medenhance.core import zoo
 
     if start == "tiny":
-        import torch
+        from bench_batch import resolve_model
 
-        from napari_medenhance.core.nets.dran import DRAN
-        from napari_medenhance.core.weights import save_weights
-
-        torch.manual_seed(0)
-        path = tmp / "tiny.safetensors"
-        save_weights(path, DRAN(**TINY), arch="dran", config=TINY, meta={"task": "denoise"})
-        return str(path), "tiny untrained DRAN (--quick)"
+        path, label = resolve_model("tiny", tmp)
+        return path, f"{label} (--quick)"
     name = start or "dran"
     try:
         info = zoo.get_model(name, task="denoise")

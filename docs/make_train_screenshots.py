@@ -43,15 +43,6 @@ def _frames() -> np.ndarray:
     return data_pool.bio_sample("2D_timelapse.tif")
 
 
-def _wait(app, cond, timeout: float = 1800.0) -> None:
-    t = time.monotonic()
-    while not cond():
-        app.processEvents()
-        time.sleep(0.05)
-        if time.monotonic() - t > timeout:
-            raise TimeoutError("the widget did not finish in time")
-
-
 def _settle(app, n: int = 30) -> None:
     for _ in range(n):
         app.processEvents()
@@ -62,6 +53,7 @@ def train(start: str, steps: int, batch: int, val_every: int) -> None:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_medenhance._demo import _wait_for
     from napari_medenhance.core import zoo
 
     info = zoo.save_user_model(start, "dran-cpu-interim", overwrite=True)
@@ -84,10 +76,10 @@ def train(start: str, steps: int, batch: int, val_every: int) -> None:
     viewer.canvas.grid.enabled = True  # the preview layer beside the data, not over it
     w.start_training()
     # mid-run: after the third validation
-    _wait(app, lambda: len(w.validations) >= 3 or w._worker is None)
+    _wait_for(app, lambda: len(w.validations) >= 3 or w._worker is None, timeout=1800)
     _settle(app)
     viewer.screenshot(str(DOCS / "screenshot-train-running.png"), canvas_only=False)
-    _wait(app, lambda: w._worker is None)
+    _wait_for(app, lambda: w._worker is None, timeout=1800)
     saved = w.save()
     if saved is None:
         raise RuntimeError(f"save failed: {w.status.text()}")
@@ -101,6 +93,8 @@ def train(start: str, steps: int, batch: int, val_every: int) -> None:
 def use() -> None:
     import napari
     from qtpy.QtWidgets import QApplication
+
+    from napari_medenhance._demo import _wait_for
 
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 1000)
@@ -117,7 +111,7 @@ def use() -> None:
         raise RuntimeError(f"after the restart the model picker holds {names}, not {NAME!r}")
     w.model.value = NAME
     w.run()
-    _wait(app, lambda: w._worker is None)
+    _wait_for(app, lambda: w._worker is None, timeout=600)
     out = viewer.layers[-1]
     out.contrast_limits = (0, 120)
     viewer.canvas.grid.enabled = True
