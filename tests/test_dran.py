@@ -210,3 +210,26 @@ def test_overfits_one_real_patch():
     with torch.no_grad():
         final = F.l1_loss(model(noisy), noise).item()
     assert final <= 0.7 * initial, (initial, final)
+
+
+def test_for_inference_folds_batchnorm_exactly_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    net = DRAN(features=16, blocks=2, layers_per_block=2)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from their (0, 1) start
+            net(torch.rand(4, 3, 32, 32) * 2)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.2, 0.2)
+    set_temperature(net, 1.0)
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    folded = net.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == 4
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

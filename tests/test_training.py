@@ -312,3 +312,51 @@ def test_patch_sampler_balances_modalities():
         p, _ = PatchSampler([big, small], 32, balance=balance).sample(np.random.default_rng(0), 2000)
         share = (p[:, 0].mean(axis=(1, 2)) > 0.5).mean()
         assert abs(share - expected) < 0.04, (balance, share)
+
+
+# ------------------------------------------------------------- clipped noise, bf16 autocast
+
+
+def test_clip_fraction_clips_that_share_of_inputs_and_keeps_the_residual_target(pool):
+    r = DenoiseRecipe(pool, config=TINY, val_crop=64, clip_fraction=0.5)
+    x, y = r.sample_batch(np.random.default_rng(5), 200, 32)
+    x, y = x.numpy(), y.numpy()
+    clipped = (x.min(axis=(1, 2, 3)) >= 0) & (x.max(axis=(1, 2, 3)) <= 1)
+    # about half the samples lie in [0, 1]; unclipped samples with noise leave it (real planes
+    # touch 0 or 1 somewhere in most 32² patches, so almost every one does)
+    assert 0.35 < clipped.mean() < 0.75
+    # clipping happened (values pile up at the ends of the range), and the target stays what
+    # the network must remove: the recipe returns the clean patch, so input − clean is exact
+    assert ((x[clipped] == 0) | (x[clipped] == 1)).mean() > 0.001
+    assert not ((x[~clipped] == 0) | (x[~clipped] == 1)).any()
+    with pytest.raises(ValueError, match="clip_fraction"):
+        DenoiseRecipe(pool, config=TINY, clip_fraction=1.5)
+
+
+def test_clipped_validation_reports_both_ways(pool):
+    net = DRAN(**TINY).eval()
+    r = DenoiseRecipe(pool, config=TINY, val_crop=64, val_clipped=True)
+    metrics, _ = r.validate(net)
+    for s in ("15", "25", "50"):
+        assert f"psnr_s{s}" in metrics and f"psnr_c{s}" in metrics
+    both = [metrics[f"psnr_{t}{s}"] for t in "sc" for s in ("15", "25", "50")]
+    assert metrics["psnr"] == pytest.approx(np.mean(both))
+    rows, _ = r.evaluate(net)
+    clipped_inputs = [x["noisy"] for x in r._val if x["clipped"]]
+    assert clipped_inputs and all(a.min() >= 0 and a.max() <= 1 for a in clipped_inputs)
+    # the unclipped rows are the ones a recipe without val_clipped reports
+    plain = DenoiseRecipe(pool, config=TINY, val_crop=64)
+    assert r.summarize(rows, "psnr", 25.0) == pytest.approx(
+        plain.summarize(plain.evaluate(net)[0], "psnr", 25.0))
+
+
+def test_bf16_training_step_learns_and_keeps_fp32_weights(recipe, tmp_path):
+    gen = train(recipe, steps=40, out_dir=tmp_path, val_every=40, ckpt_every=0,
+                precision="bf16", **RUN)
+    events, res = _run(gen)
+    val = [e for e in events if e.kind == "validation"]
+    assert val[-1].metrics["psnr"] > val[0].metrics["psnr"] + 1.0
+    assert all(t.dtype == torch.float32 for t in _tensors(res.last_path).values()
+               if t.is_floating_point())
+    with pytest.raises(ValueError, match="precision"):
+        next(train(recipe, steps=1, out_dir=tmp_path / "x", precision="fp16", **RUN))

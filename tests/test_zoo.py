@@ -231,4 +231,9 @@ def test_inference_module_returns_the_clean_estimate(dirs):
         torch.testing.assert_close(module(x), x - net(x))  # DRAN.forward predicts the noise
     assert zoo.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
     enet, einfo = zoo.load_model("tiny-e")
-    assert zoo.inference_module(enet, einfo) is enet
+    # not a denoiser: the network itself, as the copy its for_inference() gives (BN folded)
+    emodule = zoo.inference_module(enet, einfo)
+    assert type(emodule) is type(enet) and emodule is not enet
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in emodule.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(emodule(x), enet(x))

@@ -87,3 +87,114 @@ def stardist_image(name: str) -> np.ndarray:
     from skimage.io import imread
 
     return imread(folder / name)
+
+
+# ------------------------------------------------------------------ sources added in v0.3
+#: Debian packages of the pool: package -> folder (inside the unpacked .deb) that holds the data.
+DEBS = {
+    "mricron-data": "usr/share/mricron/templates",
+    "insighttoolkit5-examples": "usr/share/doc/insighttoolkit5-examples/examples/Data",
+}
+#: The MNI152 2009 T1 template bundled in nilearn's wheel (read from the wheel, nilearn is not
+#: imported or installed).
+NILEARN = "nilearn==0.14.1"
+MNI152 = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+
+
+def ensure_deb(package: str) -> Path:
+    """Download (``apt-get download``, no root needed) and unpack a Debian package of the pool;
+    returns the folder that holds its data files."""
+    import tempfile
+
+    target = cache_dir() / package
+    folder = target / DEBS[package]
+    if folder.is_dir() and any(folder.iterdir()):
+        return folder
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL)
+        (deb,) = Path(tmp).glob(f"{package}_*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
+    return folder
+
+
+def nifti_zyx(path: Path, frame: int = 0) -> np.ndarray:
+    """A NIfTI volume as a ``Z×Y×X`` array (voxel axes reversed, as the plugin's reader shows
+    it); 4-D files give time point ``frame``. Needs ``nibabel``."""
+    import nibabel as nib
+
+    a = np.asarray(nib.load(str(path)).dataobj)
+    if a.ndim == 4:
+        a = a[..., frame]
+    return np.ascontiguousarray(a.T)
+
+
+def mricron(name: str) -> np.ndarray:
+    """A template of Debian ``mricron-data`` (``ch2better``, ``inia19-t1-brain``) as Z×Y×X."""
+    return nifti_zyx(ensure_deb("mricron-data") / f"{name}.nii.gz")
+
+
+def mni152() -> np.ndarray:
+    """The MNI152 2009 T1 template (197×233×189 at 1 mm) from nilearn's wheel, as Z×Y×X."""
+    folder = cache_dir() / "nilearn"
+    path = folder / MNI152
+    if not path.is_file():
+        wheels = list(cache_dir().glob("nilearn-*.whl"))
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                            str(cache_dir()), NILEARN], check=True)
+            wheels = list(cache_dir().glob("nilearn-*.whl"))
+        with zipfile.ZipFile(wheels[0]) as zf:
+            zf.extract(MNI152, folder)
+    return nifti_zyx(path)
+
+
+def _metaimage(path: Path) -> np.ndarray:
+    """A 2-D/3-D MetaImage (``.mha`` header + raw file) without ITK."""
+    header = dict(
+        (k.strip(), v.strip())
+        for k, v in (line.split("=", 1) for line in path.read_text(errors="replace").splitlines()
+                     if "=" in line)
+    )
+    types = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2",
+             "MET_FLOAT": "f4", "MET_UINT": "u4", "MET_INT": "i4"}
+    big = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")) == "True"
+    dtype = np.dtype(types[header["ElementType"]]).newbyteorder(">" if big else "<")
+    shape = [int(s) for s in header["DimSize"].split()][::-1]
+    raw = path.parent / header["ElementDataFile"]
+    return np.fromfile(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape).astype(
+        dtype.newbyteorder("="))
+
+
+def itk_example(name: str) -> np.ndarray:
+    """A file of ITK's example data (Debian ``insighttoolkit5-examples``): ``.png``, ``.mha``
+    or ``.nii.gz`` (volumes as Z×Y×X)."""
+    path = ensure_deb("insighttoolkit5-examples") / name
+    if name.endswith(".png"):
+        from skimage.io import imread
+
+        return imread(path)
+    if name.endswith(".mha"):
+        return _metaimage(path)
+    return nifti_zyx(path)
+
+
+def pydicom_test_file(name: str) -> np.ndarray:
+    """Pixel data of one of pydicom's own test files (CT in HU, as :func:`dicom_array`)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    a = ds.pixel_array
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if getattr(ds, "Modality", "") == "CT":
+        a = a.astype(np.float32) * slope + intercept
+    return a
+
+
+def nibabel_test_file(name: str, frame: int = 0) -> np.ndarray:
+    """A volume of nibabel's own test data (``example4d.nii.gz``: EPI), Z×Y×X."""
+    import nibabel
+
+    return nifti_zyx(Path(nibabel.__file__).parent / "tests" / "data" / name, frame)

@@ -7,32 +7,47 @@ Every plane is float32 in [0, 1], ``Y×X`` (gray) or ``Y×X×3`` (RGB), named af
 
 Intensities
 -----------
-* Integer data wider than 8 bits (DICOM CT/MR/CR, 16-bit fluorescence): robust percentiles
+* Gray data and data wider than 8 bits (DICOM CT/MR/CR/US, 16-bit fluorescence, NIfTI volumes,
+  8-bit gray slices): robust percentiles
   (0.1, 99.9) of the *whole source* (all planes of a volume together, so planes keep their
   relative brightness), mapped to [0, 1] and clipped. CT keeps its -3024 HU padding, which maps
   to 0 as it does in the inference engine's min/max mapping; the patch sampler skips it.
-* 8-bit data (colour images): / 255.
+* 8-bit colour images: / 255.
+* Everything else (12/16-bit DICOM, float and 8-bit gray volumes, whose 8 bits rarely span
+  their range: Colin27 peaks at 130): robust percentiles, as above.
 
 The split (never the same image in both; planes of one volume only with a gap)
 ------------------------------------------------------------------------------
-========  ===========================================  =========================================
-modality  train                                        validation
-========  ===========================================  =========================================
-CT        693_UNCR (512², HU)                          eCT_Supplemental frame 0 (512² head CT)
-MR        MR2_UNCR (1024²)                             emri_small slices 0-9 (64² each)
-CR        RG1_UNCR (chest, 1955×1841)                  RG3_UNCR (extremity) window rows
-                                                       1222-1477, cols 732-987 (the ankle joint;
-                                                       its centre is a featureless shaft)
-fluor.    nuclei.tif planes 18-44 (cells3d, 256²)      nuclei.tif plane 50 (5-plane gap) and
-                                                       stardist img2d.tif (DSB2018, 512²)
-colour    skimage retina() (fundus), skimage           stardist histo.jpg (H&E, 300×500)
-          immunohistochemistry() (IHC), napari-bio-
-          sample-data skin.tif (H&E, 960×1280)
-========  ===========================================  =========================================
+=============  ============================================  =======================================
+modality       train                                         validation
+=============  ============================================  =======================================
+CT             693_UNCR (512², HU); pydicom CT_small (128²)  eCT_Supplemental frame 0 (512² head CT)
+MR             MR2_UNCR (1024²); MR-SIEMENS-DICOM-With-      emri_small slices 0-9 (64²); pydicom
+               Overlays (484²); Colin27 ch2better (0.5 mm,   MR_small (64²); ITK
+               23 axial planes); macaque inia19 T1 (13       BrainMidSagittalSlice; ITK KmeansTest
+               planes); MNI152 2009 T1 (15 planes); ITK      T1 planes 20, 31, 42; nibabel
+               BrainProtonDensitySlice, BrainT1Slice         example4d EPI planes 6, 12, 18
+               (BrainWeb), FatMRISlice
+CR             RG1_UNCR (chest, 1955×1841)                   RG3_UNCR (extremity) window rows
+                                                             1222-1477, cols 732-987 (ankle joint)
+US             US1_UNCR (480×640, as gray)                   pydicom examples_rgb_color (as gray)
+fluorescence   nuclei.tif planes 18-44 (cells3d, 256²)       nuclei.tif plane 50 (5-plane gap) and
+                                                             stardist img2d.tif (DSB2018, 512²)
+phase contrast skimage cell() rows 0-399                     skimage cell() rows 440-659 (a
+                                                             disjoint window of the one image)
+colour         skimage retina() (fundus), immuno-            stardist histo.jpg (H&E, 300×500);
+               histochemistry() (IHC), skin.tif (H&E),       skimage microaneurysms() (fundus
+               ITK VisibleWomanHeadSlice (cryosection)       detail, 102²)
+=============  ============================================  =======================================
 
 Not used: nuclei.tif planes 0-17 (above the cells: dark and out of focus) and 45-49, 51-59
-(next to the validation plane), eCT_Supplemental frame 1 (the slice next to the validation
-slice).
+(next to the validation plane); eCT_Supplemental frame 1 (next to the validation slice);
+Colin27 ``ch2``/``ch2bet`` (the same subject as ``ch2better``, which trains, so they would be
+neither new training data nor honest validation); pydicom ``examples_overlay`` (a crop of
+MR-SIEMENS-DICOM-WithOverlays); ITK RatLungSlice1/2 (modality not documented).
+
+Gray images stored as RGB (ITK's BrainWeb PNGs) and ultrasound frames are taken as gray (the
+channel mean). Radiology volumes are axial planes of the volume in Z×Y×X order.
 
 The images shipped as the plugin's sample data all come from the *training* side: ``ct_slice``
 = 693_UNCR, ``mr_slice`` = MR2_UNCR, ``nuclei_stack`` = nuclei.tif planes 18-41 and ``ihc_rgb``
@@ -61,31 +76,55 @@ from napari_medenhance.core.training import Plane, Pool  # noqa: E402
 __all__ = ["SPLIT", "load_pool", "normalise"]
 
 #: Bump when the normalisation changes (the split is hashed itself).
-NORMALISATION_VERSION = "1"
+NORMALISATION_VERSION = "2"
 
 #: (split, modality, source, selection). ``source``: ``dicom:<name>``, ``bio:<file>``,
 #: ``stardist:<file>`` or ``skimage:<function>``; ``selection``: ``None`` (the whole 2-D image),
 #: ``{"planes": [...]}`` for the first axis of a volume, ``{"window": [y0, y1, x0, x1]}``.
 SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("train", "CT", "dicom:693_UNCR", None),
+    ("train", "CT", "pydicom:CT_small.dcm", None),
     ("train", "MR", "dicom:MR2_UNCR", None),
+    ("train", "MR", "dicom:MR-SIEMENS-DICOM-WithOverlays", None),
+    ("train", "MR", "mricron:ch2better", {"planes": list(range(50, 271, 10))}),
+    ("train", "MR", "mricron:inia19-t1-brain", {"planes": list(range(16, 113, 8))}),
+    ("train", "MR", "nilearn:mni152", {"planes": list(range(30, 171, 10))}),
+    ("train", "MR", "itk:BrainProtonDensitySlice.png", {"gray": True}),
+    ("train", "MR", "itk:BrainT1Slice.png", {"gray": True}),
+    ("train", "MR", "itk:FatMRISlice.png", {"gray": True}),
     ("train", "CR", "dicom:RG1_UNCR", None),
+    ("train", "US", "dicom:US1_UNCR", {"gray": True}),
     ("train", "fluorescence", "bio:nuclei.tif", {"planes": list(range(18, 45))}),
+    ("train", "phase contrast", "skimage:cell", {"window": [0, 400, 0, 550]}),
     ("train", "colour", "skimage:retina", None),
     ("train", "colour", "skimage:immunohistochemistry", None),
     ("train", "colour", "bio:skin.tif", None),
+    ("train", "colour", "itk:VisibleWomanHeadSlice.png", None),
     ("val", "CT", "dicom:eCT_Supplemental", {"planes": [0]}),
     ("val", "MR", "dicom:emri_small", {"planes": list(range(10))}),
+    ("val", "MR", "pydicom:MR_small.dcm", None),
+    ("val", "MR", "itk:BrainMidSagittalSlice.png", None),
+    ("val", "MR", "itk:KmeansTest_T1UCharRaw.nii.gz", {"planes": [20, 31, 42]}),
+    ("val", "MR", "nibabel:example4d.nii.gz", {"planes": [6, 12, 18]}),
     ("val", "CR", "dicom:RG3_UNCR", {"window": [1222, 1478, 732, 988]}),
+    ("val", "US", "pydicom:examples_rgb_color.dcm", {"gray": True}),
     ("val", "fluorescence", "bio:nuclei.tif", {"planes": [50]}),
     ("val", "fluorescence", "stardist:img2d.tif", None),
+    ("val", "phase contrast", "skimage:cell", {"window": [440, 660, 0, 550]}),
     ("val", "colour", "stardist:histo.jpg", None),
+    ("val", "colour", "skimage:microaneurysms", None),
 ]
+
+#: Modality groups that the ship gates and benchmarks report on.
+GROUPS = {
+    "radiology": ("CT", "MR", "CR", "US"),
+    "microscopy": ("fluorescence", "phase contrast", "colour"),
+}
 
 
 def normalise(a: np.ndarray) -> np.ndarray:
-    """float32 [0, 1]: uint8 / 255; any other dtype by percentiles (0.1, 99.9), clipped."""
-    if a.dtype == np.uint8:
+    """float32 [0, 1]: 8-bit colour / 255; anything else by percentiles (0.1, 99.9), clipped."""
+    if a.dtype == np.uint8 and a.ndim == 3 and a.shape[-1] == 3:
         return a.astype(np.float32) / np.float32(255.0)
     a = a.astype(np.float32)
     lo, hi = np.percentile(a, (0.1, 99.9))
@@ -102,6 +141,16 @@ def _read(source: str) -> np.ndarray:
         return data_pool.bio_sample(name)
     if kind == "stardist":
         return data_pool.stardist_image(name)
+    if kind == "pydicom":
+        return data_pool.pydicom_test_file(name)
+    if kind == "nibabel":
+        return data_pool.nibabel_test_file(name)
+    if kind == "mricron":
+        return data_pool.mricron(name)
+    if kind == "nilearn" and name == "mni152":
+        return data_pool.mni152()
+    if kind == "itk":
+        return data_pool.itk_example(name)
     if kind == "skimage":
         from skimage import data
 
@@ -116,11 +165,16 @@ def _planes(split: str) -> list[tuple[str, str, np.ndarray]]:
     for which, modality, source, sel in SPLIT:
         if which != split:
             continue
-        if source not in cache:
-            cache[source] = normalise(_read(source))
-        a = cache[source]
+        gray = bool(sel and sel.get("gray"))
+        key = f"{source}|gray" if gray else source
+        if key not in cache:
+            raw = _read(source)
+            if gray and raw.ndim >= 3 and raw.shape[-1] == 3:
+                raw = raw.astype(np.float32).mean(axis=-1)
+            cache[key] = normalise(raw)
+        a = cache[key]
         name = source.split(":", 1)[1]
-        if sel is None:
+        if sel is None or set(sel) == {"gray"}:
             out.append((name, modality, a))
         elif "planes" in sel:
             out += [(f"{name}[{z}]", modality, a[z]) for z in sel["planes"]]

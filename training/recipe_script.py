@@ -16,10 +16,63 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.training import train
+
+
+class AdaptiveThreads:
+    """Picks torch's CPU thread count between steps by measuring it, again and again.
+
+    On a machine that also does other work, a training step split over every core waits at
+    each parallel region for the slowest thread, and a core taken by another process makes
+    that thread slow: measured on a 2-core machine, DRAN took 0.55 s a step on 2 threads when
+    quiet but 1.7–6 s while tests ran beside it, where 1 thread takes about 1.1 s either way.
+    So every ``period`` steps the other count is tried for ``window`` steps and the faster
+    one kept (median step time; steps next to a validation or checkpoint are not timed).
+    """
+
+    def __init__(self, counts: Sequence[int], period: int = 200, window: int = 20) -> None:
+        self.counts = sorted(set(int(c) for c in counts if c >= 1), reverse=True)
+        self.period, self.window = int(period), int(window)
+        self.current = self.counts[0]
+        self.times: dict[int, list[float]] = {c: [] for c in self.counts}
+        self.trying: int | None = None
+        self.since = 0
+        self.last: float | None = None
+        torch.set_num_threads(self.current)
+
+    def interrupted(self) -> None:
+        """A validation or checkpoint happened since the last step: do not time across it."""
+        self.last = None
+
+    def step(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            n = self.trying or self.current
+            self.times[n] = (self.times[n] + [now - self.last])[-self.window:]
+        self.last = now
+        self.since += 1
+        if len(self.counts) < 2:
+            return
+        if self.trying is None and self.since >= self.period:
+            self.trying = next(c for c in self.counts if c != self.current)
+            self.times[self.trying] = []
+            self.since = 0
+            torch.set_num_threads(self.trying)
+        elif self.trying is not None and self.since >= self.window:
+            med = {c: float(np.median(t)) for c, t in self.times.items() if t}
+            if med.get(self.trying, float("inf")) < med.get(self.current, float("inf")):
+                self.current = self.trying
+            self.trying, self.since = None, 0
+            self.times = {c: (t if c == self.current else []) for c, t in self.times.items()}
+            torch.set_num_threads(self.current)
+
+    @property
+    def threads(self) -> int:
+        return self.trying or self.current
 
 
 def hardware(device: torch.device) -> str:
@@ -61,21 +114,28 @@ def run_training(
         tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
 
     old_handler = signal.signal(signal.SIGINT, on_sigint)
+    # A machine that is shut down sends SIGTERM: stop at the next step with a checkpoint too.
+    old_term = signal.signal(signal.SIGTERM, on_sigint)
     session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                "hardware": hardware(dev), "torch": torch.__version__}
     gen = train(
         recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
         lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
         seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-        cancel=lambda: stop["requested"],
+        cancel=lambda: stop["requested"], precision=getattr(args, "precision", "fp32"),
     )
     bar = None
     first = None
     t0 = time.perf_counter()
     result = None
+    threads = AdaptiveThreads([torch.get_num_threads(), 1]) if dev.type == "cpu" else None
 
     def show(ev) -> None:
         nonlocal bar, first, t0
+        if threads is not None and ev.kind == "step":
+            threads.step()
+        elif threads is not None:
+            threads.interrupted()
         if bar is None:
             bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
                        unit="step", dynamic_ncols=True)
@@ -84,9 +144,20 @@ def run_training(
                 first, t0 = ev.step, time.perf_counter()
             bar.update(1)
             losses = {k: format(v, fmt) for k, v in ev.losses.items() if shown is None or k in shown}
-            bar.set_postfix({**losses, "lr": f"{ev.lr:.2e}"}, refresh=False)
+            extra = {"threads": threads.threads} if threads is not None else {}
+            bar.set_postfix({**losses, "lr": f"{ev.lr:.2e}", **extra}, refresh=False)
         elif ev.kind == "validation":
             tqdm.write(f"step {ev.step}: {describe(ev.metrics)}" + ("  * best" if ev.path else ""))
+            record_validation(args.out, ev.step, ev.metrics, best=ev.path is not None)
+        elif ev.kind == "checkpoint" and first is not None:
+            # run.json is kept current at every checkpoint, so a run killed without warning
+            # still has its stretch (hardware, steps, speed) on record for the model card.
+            dt = time.perf_counter() - t0
+            session.update(first_step=first, last_step=ev.step,
+                           steps_per_s=round((ev.step - first) / dt, 3) if dt > 0 else None,
+                           batch=args.batch, patch=args.patch,
+                           precision=getattr(args, "precision", "fp32"))
+            upsert_session(args, session)
         elif ev.kind == "cancelled":
             tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
 
@@ -96,21 +167,51 @@ def run_training(
         if bar is not None:
             bar.close()
         signal.signal(signal.SIGINT, old_handler)
+        signal.signal(signal.SIGTERM, old_term)
         if first is not None and result is not None:
             dt = time.perf_counter() - t0
             session.update(first_step=first, last_step=result.steps,
                            steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch)
-            append_session(args, session)
+                           batch=args.batch, patch=args.patch,
+                           precision=getattr(args, "precision", "fp32"))
+            upsert_session(args, session)
     return bool(result is not None and not result.cancelled)
 
 
-def append_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
+def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
+    """Add this session to ``<out>/run.json`` (or update it: same ``started``), atomically."""
     path = args.out / "run.json"
     info = json.loads(path.read_text()) if path.exists() else {}
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    info.setdefault("sessions", []).append(session)
-    path.write_text(json.dumps(info, indent=1))
+    sessions = [s for s in info.get("sessions", []) if s.get("started") != session["started"]]
+    info["sessions"] = [*sessions, dict(session)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
+
+
+#: One JSON line per validation: the curve of a run (``plot_history``), kept across resumes.
+HISTORY = "history.jsonl"
+
+
+def record_validation(out: Path, step: int, metrics: dict[str, float], *, best: bool) -> None:
+    with (Path(out) / HISTORY).open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "best": best, "metrics": metrics}) + "\n")
+
+
+def read_history(out: Path) -> list[dict[str, Any]]:
+    """The validations of a run, by step (a step validated twice, e.g. after a resume, keeps
+    its last record)."""
+    path = Path(out) / HISTORY
+    if not path.exists():
+        return []
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["step"]] = r
+    return [rows[k] for k in sorted(rows)]
 
 
 def as_fp16_then_fp32(net: torch.nn.Module) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "Cancelled",
     "Progress",
     "apply",
+    "cpu_has_bf16",
     "iter_apply",
     "resolve_device",
 ]
@@ -269,9 +270,26 @@ def _plan(
 # network call
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        fn = getattr(torch.cpu, name, None)
+        try:
+            if callable(fn) and fn():
+                return True
+        except RuntimeError:
+            pass
+    return False
+
+
 def _autocast(dev: torch.device, half: bool) -> contextlib.AbstractContextManager:
     if not half:
         return contextlib.nullcontext()
+    if dev.type == "cpu":
+        # bf16, not fp16: CPUs compute bf16 natively (fp16 convolutions are slow there), and its
+        # fp32-sized exponent cannot overflow.
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
     if available is not None and not available(dev.type):
         raise ValueError(f"half=True: fp16 autocast is not available on {dev}; use half=False")
@@ -334,6 +352,7 @@ def iter_apply(
     net_channels: int = 3,
     pad_multiple: int = 1,
     cancel: Callable[[], bool] | None = None,
+    cpu_bf16: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Run ``net`` over every 2-D plane of ``image``, tile by tile; a generator.
 
@@ -352,7 +371,11 @@ def iter_apply(
             it is discarded and the rest cross-faded, so tiling reproduces the whole-plane
             result exactly when the network's receptive-field radius is <= ``overlap // 4``
             (and approximately, without seams, beyond).
-        half: fp16 autocast; None uses it on CUDA only.
+        half: reduced-precision autocast (fp16 on GPUs, bf16 on the CPU); None uses it on CUDA,
+            and on a CPU with native bf16 instructions when ``cpu_bf16`` is set.
+        cpu_bf16: the model was validated in bf16 (its card says what it costs: < 0.05 dB
+            PSNR for the shipped models); with ``half=None`` it then runs in bf16 on CPUs that
+            have bf16 instructions (AVX-512 BF16 / AMX), about 1.5–2× faster there.
         data_range: ``(lo, hi)`` in the image's units mapped to [0, 1]; None uses the array's
             min and max (or [0, 1] for floats already inside it).
         net_channels: input channels of the network, 3 or 1.
@@ -404,7 +427,10 @@ def iter_apply(
     if net_channels not in (1, 3):
         raise ValueError(f"net_channels must be 1 or 3; got {net_channels}")
     dev = resolve_device(device)
-    use_half = dev.type == "cuda" if half is None else bool(half)
+    if half is None:
+        use_half = dev.type == "cuda" or (dev.type == "cpu" and cpu_bf16 and cpu_has_bf16())
+    else:
+        use_half = bool(half)
 
     lo, hi = _intensity_range(arr, has_alpha, data_range, is_dask)
     # A constant image has hi == lo: any span maps it to 0 and the clip maps it back exactly.

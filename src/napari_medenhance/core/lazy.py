@@ -558,6 +558,7 @@ def iter_process_volume(
     tiff_kwargs: dict | None = None,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     cancel: Callable[[], bool] | None = None,
+    cpu_bf16: bool = False,
 ) -> Generator[Progress, None, Path]:
     """Run ``net`` over a volume block by block, writing each block to ``output`` as it is done.
 
@@ -581,7 +582,8 @@ def iter_process_volume(
             dx)``), overriding ``like``'s (voxel 0 stays where ``like`` puts it); with
             ``scale > 1``, Y and X are divided by it (without ``like``, the origin is then
             placed in these units, or in input pixels when no spacing is given).
-        rgb, device, tile, overlap, half, scale, net_channels, pad_multiple: as for the engine.
+        rgb, device, tile, overlap, half, scale, net_channels, pad_multiple, cpu_bf16: as for
+            the engine.
         data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
             for the same range the in-memory engine would use.
         tiff_kwargs: :func:`tifffile.imwrite` keywords that replace the TIFF metadata
@@ -686,7 +688,7 @@ def iter_process_volume(
             job = engine.iter_apply(
                 block, net, scale=scale, rgb=lay.is_rgb, device=device, tile=tile,
                 overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
-                pad_multiple=pad_multiple, cancel=cancel,
+                pad_multiple=pad_multiple, cancel=cancel, cpu_bf16=cpu_bf16,
             )
             while True:
                 try:

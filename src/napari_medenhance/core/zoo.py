@@ -469,10 +469,15 @@ def inference_module(net: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
     """The module the engine runs for a model: image in [0, 1] -> restored image in [0, 1].
 
     The one place that knows a network's output convention, so the engine stays
-    model-agnostic: a denoiser with a ``denoise`` method (DRAN predicts the noise from
+    model-agnostic: a network with a ``for_inference()`` method is replaced by the copy it
+    returns (same function, faster: DRAN folds its BatchNorms); a denoiser with a ``denoise`` method (DRAN predicts the noise from
     ``forward``) is wrapped to return ``net.denoise(x)``; a net whose ``value_range`` is
     (-1, 1) (DPE) gets ``2x - 1`` in and ``(y + 1) / 2`` out; every other net is used as it is.
     """
+    # A network may offer a faster copy of itself for inference (DRAN folds its BatchNorms).
+    prepare = getattr(net, "for_inference", None)
+    if callable(prepare):
+        net = prepare()
     if info.task == "denoise" and callable(getattr(net, "denoise", None)):
         return _DenoiseOutput(net)
     if tuple(getattr(net, "value_range", (0.0, 1.0))) == (-1.0, 1.0):
@@ -485,7 +490,8 @@ def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
 
     ``scale``: the model's upscaling factor (1, or 2 / 4 for SR models: the engine multiplies
     Y and X by it). ``pad_multiple``: the larger of the header's ``pad_multiple`` and the
-    architecture class's own (DPE: 16, one factor 2 per stride-2 level).
+    architecture class's own (DPE: 16, one factor 2 per stride-2 level). ``cpu_bf16``: the
+    header says the model was validated in bf16 at a negligible cost (its card gives it).
     """
     try:
         pad = max(1, int(info.card.get("pad_multiple", 1)))
@@ -495,7 +501,10 @@ def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
         pad = max(pad, int(getattr(ARCHITECTURES.get(info.arch), "pad_multiple", 1)))
     except (TypeError, ValueError):
         pass
-    return {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
+    kw: dict[str, Any] = {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
+    if info.card.get("cpu_bf16") is True:
+        kw["cpu_bf16"] = True
+    return kw
 
 
 # --------------------------------------------------------------------------------------------

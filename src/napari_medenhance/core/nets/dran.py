@@ -52,6 +52,8 @@ Choices and why
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -180,6 +182,31 @@ class DRAN(nn.Module):
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
         """Clean estimate ``x - forward(x)``: B×3×H×W in [0, 1] space, not clipped."""
         return x - self.forward(x)
+
+    def for_inference(self) -> DRAN:
+        """An eval-mode copy with every BatchNorm folded into the dynamic conv before it.
+
+        BatchNorm at inference is a per-channel affine map ``s·(y − μ) + β`` with
+        ``s = γ / √(var + ε)``; applied to a dynamic conv's output it equals the same dynamic
+        conv with every kernel bank scaled by ``s`` and every bank bias replaced by
+        ``s·(b_k − μ) + β`` (exact because the attention weights sum to one). The copy
+        computes the same function as ``self.eval()`` (up to float rounding) with 15 fewer
+        full-resolution passes over the activations. ``self`` is not changed.
+        """
+        folded = copy.deepcopy(self).eval()
+        with torch.no_grad():
+            for block in folded.blocks:
+                layers = list(block.body)
+                for i, (conv, bn) in enumerate(zip(layers, layers[1:])):
+                    if not (isinstance(conv, DynamicConv2d) and isinstance(bn, nn.BatchNorm2d)):
+                        continue
+                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                    conv.weight.mul_(scale[None, :, None, None, None])
+                    if conv.bias is None:
+                        conv.bias = nn.Parameter(torch.zeros(conv.kernels, conv.out_channels))
+                    conv.bias.copy_((conv.bias - bn.running_mean) * scale + bn.bias)
+                    block.body[i + 1] = nn.Identity()
+        return folded
 
 
 def set_temperature(model: nn.Module, t: float) -> int:

@@ -16,6 +16,19 @@ beyond the step and its parameters, which the checkpoint records too.
 Checkpoints are written only between steps, atomically (temp file + rename): a crash, a cancel
 or a closed generator never leaves a half-written ``last.safetensors``.
 
+Runs with a wall-clock budget
+-----------------------------
+``train(..., budget_s=T)`` trains for T seconds instead of a number of steps (a borrowed GPU for
+a few minutes): the cosine learning rate follows the share of the training time that has
+passed (from the first step to the end of the budget: start-up and the baseline validation do
+not use up the schedule), the ``total`` a recipe's ``on_step`` sees is the step count projected
+at the current speed (so its step / total schedules follow the clock too), and the run stops
+after the step whose successor, the final validation and the final checkpoint would no longer
+fit (their durations are measured in the run), then validates and writes ``last.safetensors``
+as a step-based run does at its end. Such a run depends on timing, so it is not reproducible
+bit for bit; step-based runs are unaffected. ``every_s`` adds validations and checkpoints by
+the clock, so a run of unknown speed always has a recent best model on disk.
+
 More than one network
 ---------------------
 A recipe may train extra modules next to its network (a GAN's discriminator: ``build_extras``
@@ -29,8 +42,10 @@ take the single-network path unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Generator
@@ -46,7 +61,7 @@ from ..weights import WeightsError, load_into, read_header, save_weights
 from .checkpoint import CheckpointError, check_identity, load_checkpoint, save_checkpoint
 from .recipes import Recipe, recipe_identity
 
-__all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST"]
+__all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST", "PRECISIONS"]
 
 #: Adam betas of the DRAN paper (REFERENCE.md); shared by every recipe.
 BETAS = (0.9, 0.99)
@@ -55,6 +70,8 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 #: Names the newest run started in a folder (see ``train``: closing an old generator).
 OWNER = ".train-owner"
+#: Arithmetic of the training step's forward passes (``train(precision=...)``).
+PRECISIONS = ("fp32", "bf16")
 #: Weight of the newest value in the running (exponential) average of the step losses.
 _EMA = 0.05
 
@@ -117,7 +134,12 @@ class CosineSchedule:
 
     def lr(self, step: int) -> float:
         """Learning rate of 0-based step ``step``."""
-        t = min(max(step, 0), self.total) / max(self.total, 1)
+        return self.at(min(max(step, 0), self.total) / max(self.total, 1))
+
+    def at(self, fraction: float) -> float:
+        """Learning rate at ``fraction`` (clipped to [0, 1]) of the schedule: 0 → ``base_lr``,
+        1 → ``base_lr * final_fraction`` (budget runs pass the share of their time passed)."""
+        t = min(max(float(fraction), 0.0), 1.0)
         lo = self.base_lr * self.final_fraction
         return lo + 0.5 * (self.base_lr - lo) * (1.0 + math.cos(math.pi * t))
 
@@ -153,6 +175,9 @@ def train(
     resume: bool = True,
     init_weights: str | os.PathLike | None = None,
     cancel: Callable[[], bool] | None = None,
+    precision: str = "fp32",
+    budget_s: float | None = None,
+    every_s: float | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train ``recipe``'s network, yielding :class:`TrainEvent` s; returns a :class:`TrainResult`.
 
@@ -186,6 +211,21 @@ def train(
             checkpoint.
         cancel: polled before every step; when it returns True the checkpoint is written, a
             ``"cancelled"`` event is yielded and the generator returns.
+        precision: ``"fp32"`` or ``"bf16"``: bf16 autocast of the forward passes of a step
+            (weights, Adam moments, the losses' reductions and validation stay fp32). On CPUs with
+            AVX-512 bf16 instructions and on GPUs it trains faster at no measurable cost in
+            validation PSNR (``benchmarks/results_training.md``); a checkpoint does not record
+            it, so a run may resume in the other precision.
+        budget_s: train for this many wall-clock seconds, counted from the call (building,
+            the baseline validation, the final validation and checkpoint included), instead of
+            for ``steps`` (module docstring). ``steps`` is then an upper bound; the learning
+            rate is the cosine of the share of the time from the first step to the end of the
+            budget that has passed; ``recipe.on_step`` and the events get the step count
+            projected at the current speed as ``total`` (so step / total is that share); at
+            least one step is taken. A resumed budget run continues its clock from the
+            checkpoint (and the duration of its latest validation). None: a step-based run.
+        every_s: also validate and write ``last.safetensors`` when this many wall-clock
+            seconds have passed since the last validation (None: only by steps).
 
     Stopping: from a GUI prefer ``cancel``; it stops at the next step boundary with a
     checkpoint and a ``"cancelled"`` event, synchronously. napari's ``worker.quit()`` instead
@@ -207,10 +247,19 @@ def train(
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     steps, batch, patch = int(steps), int(batch), int(patch)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    for name, value in (("budget_s", budget_s), ("every_s", every_s)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 seconds (or None), got {value}")
+    t_call = time.perf_counter()
+    timed = budget_s is not None
+    budget = float(budget_s) if budget_s is not None else math.inf
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / LAST, out / BEST
     dev = resolve_device(device)
+    autocast = _autocast(dev, precision)
     identity = recipe_identity(recipe)
     higher = bool(recipe.higher_is_better)
     metric = str(recipe.primary_metric)
@@ -268,9 +317,50 @@ def train(
                 torch.cuda.set_rng_state_all(ckpt.cuda_rng)
     saved_step = step if ckpt is not None else None
     net.train()
+    # A checkpoint is only ever written below, between steps, where model, optimizer, RNGs and
+    # step agree; ``finished`` stops the GeneratorExit handler from saving twice.
+    finished = False
+    # The clock of a budget run; a resumed one goes on from the time its checkpoint recorded.
+    resumed_s = float(ckpt.loop.get("elapsed_s", 0.0)) if ckpt is not None and timed else 0.0
+    clock0 = t_call - resumed_s
+    # When the budget run's training began (its schedules run from there to the budget's end).
+    train_start = ckpt.loop.get("train_start_s") if ckpt is not None and timed else None
+    # Seconds the latest step, validation and checkpoint took: what must still fit in a budget
+    # (a resumed run knows the validation's from its checkpoint).
+    cost = {"step": 0.0, "val": float(ckpt.loop.get("val_s", 0.0)) if ckpt is not None else 0.0,
+            "ckpt": 0.0}
+    last_check = time.perf_counter()  # end of the latest validation (every_s counts from it)
+
+    def elapsed() -> float:
+        return time.perf_counter() - clock0
+
+    def progress() -> float:
+        """A budget run's share of its training time passed: 0 at the first step, 1 at the end
+        of the budget."""
+        if train_start is None:
+            return 0.0
+        return min(max((elapsed() - train_start) / max(budget - train_start, 1e-9), 0.0), 1.0)
+
+    def total_now() -> int:
+        """``steps``; in a budget run the steps projected at the current speed, so that
+        step / total is :func:`progress`."""
+        if not timed:
+            return steps
+        if finished:  # a budget run that ended: the steps it took
+            return step
+        f = progress()
+        if step <= 0 or f <= 0:
+            return steps
+        return int(min(steps, max(step + 1, round(step / f))))
+
+    def out_of_time() -> bool:
+        # Another step and a final validation and checkpoint (with a 25 % margin) must fit.
+        reserve = cost["step"] + 1.25 * (cost["val"] + cost["ckpt"])
+        return timed and elapsed() + reserve >= budget
 
     def save_last() -> Path:
         nonlocal saved_step
+        t0 = time.perf_counter()
         save_checkpoint(
             last_path,
             net=net,
@@ -281,14 +371,18 @@ def train(
             schedule=schedule.state_dict(),
             numpy_rng=rng.bit_generator.state,
             loop={"best": best, "best_step": best_step, "metric": metric, "ema": ema,
-                  "seed": seed, "batch": batch, "patch": patch},
+                  "seed": seed, "batch": batch, "patch": patch,
+                  **({"budget_s": budget, "elapsed_s": elapsed(), "train_start_s": train_start,
+                      "val_s": cost["val"]} if timed else {})},
             extras={name: (extras[name], extra_opts[name]) for name in extras},
         )
         saved_step = step
+        cost["ckpt"] = time.perf_counter() - t0
         return last_path
 
     def validate() -> TrainEvent:
-        nonlocal best, best_step
+        nonlocal best, best_step, last_check
+        t0 = time.perf_counter()
         net.eval()
         try:
             with torch.no_grad():
@@ -314,19 +408,18 @@ def train(
             new_best = save_weights(
                 best_path, net, arch=identity["arch"], config=identity["config"], meta=meta
             )
-        return TrainEvent("validation", step, steps, metrics=metrics, preview=preview,
+        last_check = time.perf_counter()
+        cost["val"] = last_check - t0
+        return TrainEvent("validation", step, total_now(), metrics=metrics, preview=preview,
                           path=new_best)
 
     def result(cancelled: bool) -> TrainResult:
         return TrainResult(
-            steps=step, total=steps, cancelled=cancelled, metric=metric, best_metric=best,
+            steps=step, total=total_now(), cancelled=cancelled, metric=metric, best_metric=best,
             best_step=best_step, last_path=last_path if last_path.exists() else None,
             best_path=best_path if best_path.exists() else None,
         )
 
-    # A checkpoint is only ever written here, between steps, where model, optimizer, RNGs and
-    # step agree; ``finished`` stops the GeneratorExit handler from saving twice.
-    finished = False
     try:
         if ckpt is None and val_every > 0:
             yield validate()
@@ -335,10 +428,13 @@ def train(
                 if saved_step != step:
                     save_last()
                 finished = True
-                yield TrainEvent("cancelled", step, steps, path=last_path)
+                yield TrainEvent("cancelled", step, total_now(), path=last_path)
                 return result(cancelled=True)
-            recipe.on_step(net, step, steps)
-            lr_now = schedule.lr(step)
+            t_step = time.perf_counter()
+            if timed and train_start is None:
+                train_start = elapsed()
+            recipe.on_step(net, step, total_now())
+            lr_now = schedule.lr(step) if not timed else schedule.at(progress())
             for o in all_opts:
                 for group in o.param_groups:
                     group["lr"] = lr_now
@@ -347,14 +443,18 @@ def train(
             targets = targets.to(dev, non_blocking=True)
             if not extras:
                 opt.zero_grad(set_to_none=True)
-                loss, logs = recipe.loss(net, inputs, targets)
+                with autocast():
+                    loss, logs = recipe.loss(net, inputs, targets)
+                loss = loss.float()
                 _check_finite({"loss": loss}, step, last_path, saved_step)
                 loss.backward()
                 opt.step()
             else:
                 for o in all_opts:
                     o.zero_grad(set_to_none=True)
-                losses, logs = recipe.losses(net, extras, inputs, targets)
+                with autocast():
+                    losses, logs = recipe.losses(net, extras, inputs, targets)
+                losses = {k: v.float() for k, v in losses.items()}
                 unknown = sorted(set(losses) - {"net", *extras})
                 if "net" not in losses or unknown:
                     raise ValueError(
@@ -378,16 +478,21 @@ def train(
             step += 1
             for k, v in logs.items():
                 ema[k] = float(v) if k not in ema else (1 - _EMA) * ema[k] + _EMA * float(v)
-            yield TrainEvent("step", step, steps, losses=dict(ema), lr=lr_now)
-            if (val_every > 0 and step % val_every == 0) or step == steps:
+            cost["step"] = time.perf_counter() - t_step
+            yield TrainEvent("step", step, total_now(), losses=dict(ema), lr=lr_now)
+            final = step == steps or out_of_time()
+            due = every_s is not None and time.perf_counter() - last_check >= every_s
+            if (val_every > 0 and step % val_every == 0) or final or due:
                 yield validate()
-            if (ckpt_every > 0 and step % ckpt_every == 0) or step == steps:
+            if (ckpt_every > 0 and step % ckpt_every == 0) or final or due:
                 save_last()
-                yield TrainEvent("checkpoint", step, steps, path=last_path)
+                yield TrainEvent("checkpoint", step, total_now(), path=last_path)
+            if final:
+                break
         if saved_step != step:  # a resumed run that was already complete
             save_last()
         finished = True
-        yield TrainEvent("done", step, steps, path=best_path if best_path.exists() else None,
+        yield TrainEvent("done", step, total_now(), path=best_path if best_path.exists() else None,
                          metrics={metric: best} if best is not None else {})
         return result(cancelled=False)
     except GeneratorExit:
@@ -402,6 +507,13 @@ def train(
                     stacklevel=2,
                 )
         raise
+
+
+def _autocast(dev: torch.device, precision: str) -> Callable[[], Any]:
+    """A factory of the step's autocast context (a no-op context for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
 
 
 def _check_finite(

@@ -13,6 +13,11 @@ predicts the residual noise and the clean estimate is ``input − net(input)`` (
   of this data), teaching the network to brighten dark areas. At inference the engine maps data
   to [0, 1] by the noisy image's own min and max, so the noise in what the network sees is not
   clipped there either.
+* **Real images are integers, so a share of the inputs is clipped** (``clip_fraction``): an
+  8-bit export, a windowed CT or a dark fluorescence background holds noise cut off at the ends
+  of the range, and a network trained only on unclipped noise loses more there than BM3D does.
+  For those samples the input is ``clip(clean + noise, 0, 1)`` and the target noise is
+  ``input − clean`` (what was actually added), so ``clean = input − net(input)`` stays exact.
 * **Gray planes get the same noise in all three channels.** The engine runs a grayscale image by
   replicating it to three channels, so a noisy gray image arrives with identical noise in each;
   training with independent per-channel noise there would let the network average the channels
@@ -26,6 +31,8 @@ PSNR and SSIM (data range 1, output clipped to [0, 1] as the engine delivers it,
 averaged back to one channel) per σ, averaged first over the planes of each modality and then
 over modalities (so ten small MR slices do not outweigh one CT slice), their mean over σ
 (``psnr``, ``ssim``: ``psnr`` picks the best checkpoint) and the L1 noise loss (``loss``).
+With ``val_clipped`` the same noisy images are validated a second time clipped to [0, 1]
+(``psnr_c15``, ...), and ``psnr``/``ssim`` average both ways.
 """
 
 from __future__ import annotations
@@ -73,6 +80,9 @@ class DenoiseRecipe:
         anneal_fraction: the attention temperature anneals 30 → 1 over this fraction of the
             run's steps (10 % → 10,000 of the paper's 100k steps, DRAN's default), then stays 1.
         preview_sigma: noise level of the preview image (the first validation plane).
+        clip_fraction: share of the training samples whose noisy input is clipped to [0, 1]
+            (module docstring); 0 trains on unclipped noise only.
+        val_clipped: also validate on the noisy images clipped to [0, 1].
     """
 
     task = "denoise"
@@ -94,7 +104,11 @@ class DenoiseRecipe:
         max_tries: int = 20,
         anneal_fraction: float = 0.1,
         preview_sigma: float = 25.0,
+        clip_fraction: float = 0.0,
+        val_clipped: bool = False,
     ) -> None:
+        if not 0.0 <= clip_fraction <= 1.0:
+            raise ValueError(f"clip_fraction must be in [0, 1], got {clip_fraction}")
         if not pool.train:
             raise ValueError("the pool has no training planes")
         if not pool.val:
@@ -113,6 +127,8 @@ class DenoiseRecipe:
         self.max_empty = float(max_empty)
         self.max_tries = int(max_tries)
         self.anneal_fraction = float(anneal_fraction)
+        self.clip_fraction = float(clip_fraction)
+        self.val_clipped = bool(val_clipped)
         self._preview_index = int(np.argmin([abs(s - preview_sigma) for s in self.val_sigmas]))
         self._samplers: dict[int, PatchSampler] = {}
         self._val = self._prepare_validation()
@@ -124,6 +140,8 @@ class DenoiseRecipe:
 
     def anneal_steps(self, total: int) -> int:
         """Steps over which the attention temperature anneals 30 → 1 in a ``total``-step run."""
+        if self.anneal_fraction <= 0:  # a run from trained weights: temperature 1 from step 0
+            return 0
         return max(1, math.ceil(self.anneal_fraction * total))
 
     def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
@@ -146,13 +164,18 @@ class DenoiseRecipe:
         self, rng: np.random.Generator, batch: int, patch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(noisy, clean)``: float32 ``batch×3×patch×patch``; noisy = clean + N(0, σ²),
-        σ ~ U(0, sigma_max)/255 per sample, not clipped (module docstring)."""
+        σ ~ U(0, sigma_max)/255 per sample, clipped to [0, 1] for a ``clip_fraction`` share of
+        the samples (module docstring)."""
         clean, gray = self.sampler(patch).sample(rng, batch)
         sigma = rng.uniform(0.0, self.sigma_max, size=batch).astype(np.float32) / 255.0
         noise = rng.standard_normal(clean.shape, dtype=np.float32)
         noise[gray, 1:] = noise[gray, :1]
         noise *= sigma[:, None, None, None]
-        return torch.from_numpy(clean + noise), torch.from_numpy(clean)
+        noisy = clean + noise
+        if self.clip_fraction > 0:
+            clip = rng.random(batch) < self.clip_fraction
+            noisy[clip] = np.clip(noisy[clip], 0.0, 1.0)
+        return torch.from_numpy(noisy), torch.from_numpy(clean)
 
     def loss(
         self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
@@ -172,17 +195,22 @@ class DenoiseRecipe:
             for i, s in enumerate(self.val_sigmas):
                 n = rng.standard_normal(chw.shape if plane.rgb else chw.shape[1:], dtype=np.float32)
                 noisy[i] = chw + n * np.float32(s / 255.0)
-            inputs = [self._to_plane(noisy[i], plane.rgb) for i in range(len(self.val_sigmas))]
-            items.append(
-                {
-                    "plane": plane,
-                    "clean": clean,
-                    "clean3": np.ascontiguousarray(chw, dtype=np.float32),
-                    "noisy": noisy,
-                    "psnr_input": [_psnr(clean, x, data_range=1.0, rgb=plane.rgb) for x in inputs],
-                    "ssim_input": [_ssim(clean, x, data_range=1.0, rgb=plane.rgb) for x in inputs],
-                }
-            )
+            variants = [(False, noisy)]
+            if self.val_clipped:
+                variants.append((True, np.clip(noisy, 0.0, 1.0)))
+            for clipped, x in variants:
+                inputs = [self._to_plane(x[i], plane.rgb) for i in range(len(self.val_sigmas))]
+                items.append(
+                    {
+                        "plane": plane,
+                        "clipped": clipped,
+                        "clean": clean,
+                        "clean3": np.ascontiguousarray(chw, dtype=np.float32),
+                        "noisy": x,
+                        "psnr_input": [_psnr(clean, y, data_range=1.0, rgb=plane.rgb) for y in inputs],
+                        "ssim_input": [_ssim(clean, y, data_range=1.0, rgb=plane.rgb) for y in inputs],
+                    }
+                )
         return items
 
     @staticmethod
@@ -196,8 +224,9 @@ class DenoiseRecipe:
         """Run the network on the fixed validation set.
 
         Returns:
-            ``(rows, preview)``: one row per plane and σ with ``name, modality, sigma, psnr,
-            ssim, psnr_input, ssim_input, l1`` (dB, [-1, 1], [0, 1] units), and the preview
+            ``(rows, preview)``: one row per plane, σ and input variant with ``name, modality,
+            sigma, clipped, psnr, ssim, psnr_input, ssim_input, l1`` (dB, [-1, 1], [0, 1]
+            units; ``clipped``: the noisy input was clipped to [0, 1]), and the preview
             (float32 [0, 1], denoised first plane at ``preview_sigma``). The network is put in
             eval mode for the call and restored afterwards.
         """
@@ -222,6 +251,7 @@ class DenoiseRecipe:
                                 "name": plane.name,
                                 "modality": plane.modality,
                                 "sigma": s,
+                                "clipped": item["clipped"],
                                 "psnr": float(_psnr(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
                                 "ssim": float(_ssim(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
                                 "psnr_input": float(item["psnr_input"][i]),
@@ -237,11 +267,17 @@ class DenoiseRecipe:
         return rows, preview
 
     @staticmethod
-    def summarize(rows: Sequence[Mapping[str, Any]], key: str, sigma: float | None = None) -> float:
-        """Mean of ``key`` over modalities of the per-modality means (rows at ``sigma``, or all)."""
+    def summarize(
+        rows: Sequence[Mapping[str, Any]], key: str, sigma: float | None = None,
+        clipped: bool | None = False,
+    ) -> float:
+        """Mean of ``key`` over modalities of the per-modality means (rows at ``sigma``, or all;
+        unclipped inputs by default, ``clipped=True`` the clipped ones, None both)."""
         by_mod: dict[str, list[float]] = {}
         for r in rows:
-            if sigma is None or r["sigma"] == sigma:
+            if (sigma is None or r["sigma"] == sigma) and (
+                clipped is None or bool(r.get("clipped", False)) == clipped
+            ):
                 by_mod.setdefault(r["modality"], []).append(float(r[key]))
         return float(np.mean([np.mean(v) for v in by_mod.values()]))
 
@@ -255,8 +291,13 @@ class DenoiseRecipe:
             tag = f"s{s:g}"
             metrics[f"psnr_{tag}"] = self.summarize(rows, "psnr", s)
             metrics[f"ssim_{tag}"] = self.summarize(rows, "ssim", s)
-        metrics["psnr"] = float(np.mean([metrics[f"psnr_s{s:g}"] for s in self.val_sigmas]))
-        metrics["ssim"] = float(np.mean([metrics[f"ssim_s{s:g}"] for s in self.val_sigmas]))
+            if self.val_clipped:
+                metrics[f"psnr_c{s:g}"] = self.summarize(rows, "psnr", s, clipped=True)
+                metrics[f"ssim_c{s:g}"] = self.summarize(rows, "ssim", s, clipped=True)
+        tags = ["s", "c"] if self.val_clipped else ["s"]
+        for key in ("psnr", "ssim"):
+            metrics[key] = float(np.mean([metrics[f"{key}_{t}{s:g}"] for t in tags
+                                          for s in self.val_sigmas]))
         metrics["loss"] = float(np.mean([r["l1"] for r in rows]))
         return metrics, preview
 
@@ -264,7 +305,11 @@ class DenoiseRecipe:
         """What the recipe trains on and how, for the best weights file's header and the card."""
         return {
             "noise": f"additive Gaussian, sigma ~ U(0, {self.sigma_max:g})/255 per sample, "
-            "input not clipped; gray planes: same noise in the 3 replicated channels",
+            + (f"input clipped to [0, 1] for {self.clip_fraction:.0%} of the samples"
+               if self.clip_fraction > 0 else "input not clipped")
+            + "; gray planes: same noise in the 3 replicated channels",
+            "clip_fraction": self.clip_fraction,
+            "val_clipped": self.val_clipped,
             "loss": "L1(predicted noise, true noise)",
             "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
             "val_planes": [f"{p.modality}:{p.name}" for p in self.pool.val],
