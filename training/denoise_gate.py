@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_pool  # noqa: E402
-from pool import GROUPS, SPLIT, load_pool  # noqa: E402
+from pool import GROUPS, load_pool  # noqa: E402
 
 BASELINES = ("nlm", "bm3d", "ffdnet")
 VARIANTS = {False: "unclipped", True: "clipped"}
@@ -90,8 +90,13 @@ def make_recipe(config: dict | None = None):
 
 
 def _cache_key(recipe, methods: Sequence[str]) -> str:
-    key = json.dumps([SPLIT, recipe.val_sigmas, recipe.val_crop, recipe.val_seed, sorted(methods),
-                      "v1"], sort_keys=True).encode()
+    """Identifies the validation set exactly: its planes (names, shapes and a checksum of the
+    pixels), the noise settings and the methods."""
+    planes = [[p.name, p.modality, list(p.data.shape),
+               hashlib.sha256(np.ascontiguousarray(p.data).tobytes()).hexdigest()[:16]]
+              for p in recipe.pool.val]
+    key = json.dumps([planes, recipe.val_sigmas, recipe.val_crop, recipe.val_seed,
+                      sorted(methods), "v1"], sort_keys=True).encode()
     return hashlib.sha256(key).hexdigest()[:12]
 
 

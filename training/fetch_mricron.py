@@ -5,33 +5,22 @@
 
 Real NIfTI volumes for trying the readers/writers, benchmarks and SR pairs at scale. The .deb is
 fetched with ``apt-get download`` (no root needed) and unpacked with ``dpkg-deb`` into
-``$MEDENHANCE_DATA/mricron`` (default ``~/.cache/medenhance-data``), never into the repository.
+``$MEDENHANCE_DATA/mricron-data`` (default ``~/.cache/medenhance-data``), never into the
+repository (``data_pool.ensure_deb``, shared with the training pool).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from data_pool import cache_dir  # noqa: E402
-
-TEMPLATES = "usr/share/mricron/templates"
+from data_pool import ensure_deb  # noqa: E402
 
 
 def ensure_mricron() -> Path:
     """The unpacked templates folder, downloading and unpacking ``mricron-data`` when missing."""
-    target = cache_dir() / "mricron"
-    folder = target / TEMPLATES
-    if (folder / "ch2.nii.gz").is_file():
-        return folder
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", "mricron-data"], cwd=tmp, check=True)
-        (deb,) = Path(tmp).glob("mricron-data*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
-    return folder
+    return ensure_deb("mricron-data")
 
 
 def template(name: str = "ch2") -> Path:

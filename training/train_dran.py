@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-methods", type=lambda v: [m for m in v.split(",") if m],
                    default=["nlm", "bm3d", "ffdnet"],
                    help="baselines of the export's gate table (nlm is the gate, bm3d the target)")
+    p.add_argument("--force", action="store_true",
+                   help="export even when the committed weights validate better")
     p.add_argument("--ship-anyway", action="store_true",
                    help="export to --models-dir even below the ship gate (tests, experiments)")
     p.add_argument("--config", type=json.loads, default={},
@@ -187,6 +189,21 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     dest_dir = args.models_dir if passed or args.ship_anyway else INTERIM_DIR
     dest_dir.mkdir(parents=True, exist_ok=True)
     out = dest_dir / f"{args.name}.safetensors"
+    committed = committed_weights(args.name) if not args.ship_anyway else None
+    if committed is not None and not args.force:
+        # Only a better model replaces the committed one (compared on today's validation set,
+        # which may be wider than the one in the committed card).
+        old_net, _ = load_model_for_eval(committed, dev)
+        old_rows, _ = recipe.evaluate(old_net, dev)
+        old_psnr = recipe.summarize(old_rows, "psnr", clipped=None)
+        new_psnr = recipe.summarize(rows, "psnr", clipped=None)
+        shipped_before = committed.parent.resolve() == args.models_dir.resolve()
+        if new_psnr <= old_psnr or (shipped_before and not passed):
+            print(f"not exported: the committed {committed} ({old_psnr:.3f} dB mean validation "
+                  f"PSNR) is not beaten by this run's best ({new_psnr:.3f} dB)"
+                  + (" or this one is below the ship gate" if shipped_before else ""))
+            return committed
+        print(f"replacing {committed} ({old_psnr:.3f} dB) with this run's best ({new_psnr:.3f} dB)")
     out.write_bytes(staged.read_bytes())
     curve = plot_curve(args.out, dest_dir / f"{args.name}-curve.png", args.name)
     card = dest_dir / f"{args.name}.md"
@@ -196,6 +213,16 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {'fp16' if use16 else 'fp32'}), "
           f"{card}: {where}")
     return out
+
+
+def load_model_for_eval(path: Path, dev: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A DRAN weights file as a network in eval mode (fp32) and its header."""
+    header = read_header(path, expected_arch="dran")
+    from napari_medenhance.core.nets import build
+
+    net = build("dran", **header["config"])
+    load_into(net, path, expected_arch="dran")
+    return net.float().to(dev).eval(), header
 
 
 def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):

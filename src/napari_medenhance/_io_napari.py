@@ -53,9 +53,12 @@ def get_reader(path: str | Sequence[str]) -> Callable[[Any], list] | None:
 def read_layers(path: str | Sequence[str]) -> list[tuple[Any, dict, str]]:
     """Read one volume as napari LayerData: ``[(data, kwargs, "image")]``.
 
-    ``kwargs`` has the physical ``scale`` (spacing), ``translate`` (origin), ``axis_labels``,
-    ``units``, a gray colormap, CT contrast limits, and ``metadata[META_KEY]`` with what the
-    writer needs to write the same kind of file back (e.g. the NIfTI header and affine).
+    ``kwargs`` has the physical ``scale`` (spacing), ``translate`` (origin), for an oblique
+    volume ``rotate`` (or ``affine``, a shear), ``axis_labels``, ``units``, a gray colormap, CT
+    contrast limits, and ``metadata[META_KEY]`` with what the writer needs to write the same
+    kind of file back (e.g. the NIfTI header and affine). Radiology volumes land in patient
+    space (LPS mm, shown radiologically: :mod:`napari_medenhance.core.io.patient`); with a
+    viewer open, its orientation labels (R/L, A/P, S/I) are switched on.
     """
     from .core.io import read_dicom_series, read_volume
 
@@ -64,7 +67,23 @@ def read_layers(path: str | Sequence[str]) -> list[tuple[Any, dict, str]]:
         vol = read_volume(paths[0]) if len(paths) == 1 else read_dicom_series(paths)
     else:
         vol = read_volume(path)
+    if vol.meta.get("patient_space"):
+        _show_orientation_labels()
     return [layer_data(vol)]
+
+
+def _show_orientation_labels() -> None:
+    """Orientation labels on the current viewer, if there is one (a reader gets no viewer)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # noqa: BLE001 - no Qt, no app: a headless read needs no labels
+        return
+    if viewer is not None:
+        from ._widgets._orientation import install_orientation_labels
+
+        install_orientation_labels(viewer)
 
 
 def layer_data(vol: Any) -> tuple[Any, dict, str]:
@@ -83,6 +102,10 @@ def layer_data(vol: Any) -> tuple[Any, dict, str]:
         "rgb": bool(vol.rgb),
         "metadata": {META_KEY: volume_info(vol)},
     }
+    if vol.direction is not None:
+        from .core.io.patient import napari_transform_kwargs
+
+        kwargs.update(napari_transform_kwargs(len(vol.spacing), vol.origin, vol.direction))
     if not vol.rgb:
         kwargs["colormap"] = "gray"
         limits = _contrast_limits(vol)
@@ -102,6 +125,7 @@ def volume_info(vol: Any) -> dict:
         "rgb": bool(vol.rgb),
         "name": vol.name,
         "meta": vol.meta,
+        "direction": vol.direction,
     }
 
 
@@ -130,14 +154,15 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
     rgb = bool(attributes.get("rgb", False))
     ndim = len(data.shape) - int(rgb)
     scale = tuple(float(s) for s in (attributes.get("scale") or (1.0,) * ndim))[-ndim:]
-    translate = tuple(float(t) for t in (attributes.get("translate") or (0.0,) * ndim))[-ndim:]
+    origin, direction = _layer_placement(attributes, ndim)
     labels = attributes.get("axis_labels")
     labels = tuple(str(lab) for lab in labels) if labels is not None and len(labels) == ndim else None
     like = None
     if isinstance(info, dict) and info.get("format"):
         like = Volume(data=None, spacing=info["spacing"], axis_labels=info["axis_labels"],
                       units=info.get("units"), rgb=bool(info.get("rgb")), origin=info["origin"],
-                      format=info["format"], meta=dict(info.get("meta") or {}), name=info.get("name", ""))
+                      format=info["format"], meta=dict(info.get("meta") or {}),
+                      name=info.get("name", ""), direction=info.get("direction"))
     units = like.units if like is not None else _layer_unit(attributes.get("units"))
     spacing_changed = like is None or len(like.spacing) != ndim or any(
         abs(a - b) > 1e-12 * max(abs(a), abs(b), 1.0) for a, b in zip(like.spacing, scale))
@@ -145,9 +170,46 @@ def write_image(path: str, data: Any, attributes: dict) -> list[str]:
         path, data, like,
         # like's own spacing when the layer kept it, so a NIfTI header round-trips untouched
         spacing=scale if spacing_changed else None,
-        origin=translate, units=units, axis_labels=labels, rgb=rgb,
+        origin=origin, units=units, axis_labels=labels, rgb=rgb, direction=direction,
     )
     return [str(out)]
+
+
+def _layer_placement(attributes: dict, ndim: int) -> tuple[tuple[float, ...], Any]:
+    """``(origin, direction)`` of a layer from its napari transform attributes.
+
+    ``origin`` is the world position of data index 0 (napari's ``translate`` unless
+    ``affine`` moves it); ``direction`` is the 3×3 rotation/shear of the last three axes
+    (napari's ``affine · rotate · shear``; ``scale`` stays the spacing), None when the layer
+    has none. So a result layer made with
+    its source's transform (``transform_kwargs``) is written where it is shown.
+    """
+    import numpy as np
+
+    def matrix(key: str, size: int) -> np.ndarray:
+        value = attributes.get(key)
+        if value is None:
+            return np.eye(size)
+        arr = np.asarray(value, dtype=float)
+        return arr if arr.shape == (size, size) else np.eye(size)
+
+    translate = np.asarray(attributes.get("translate") or (0.0,) * ndim, dtype=float)[-ndim:]
+    rotate = matrix("rotate", ndim)
+    shear_arg = attributes.get("shear")
+    shear = np.eye(ndim)
+    if shear_arg is not None:
+        sh = np.asarray(shear_arg, dtype=float)
+        if sh.shape == (ndim, ndim):
+            shear = sh
+        elif sh.size == ndim * (ndim - 1) // 2:  # napari's upper-triangle vector
+            shear[np.triu_indices(ndim, 1)] = sh
+    affine = matrix("affine", ndim + 1)
+    linear = affine[:ndim, :ndim] @ rotate @ shear
+    origin = tuple(float(v) for v in affine[:ndim, :ndim] @ translate + affine[:ndim, ndim])
+    direction = None
+    if ndim >= 3 and not np.allclose(linear, np.eye(ndim), atol=1e-12):
+        direction = linear[-3:, -3:]
+    return origin, direction
 
 
 def _layer_unit(units: Any) -> str | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .patient import lps_to_world, reorient, split_geometry, world_to_lps
 from .volume import DICOM_SUFFIXES, Volume, damaged, output_dtype, rescale, stem
 
 
@@ -310,6 +311,17 @@ def read_dicom_series(files: Sequence[str | os.PathLike], *, lazy: bool = True,
     # napari index (z, y, x, 1) -> patient LPS mm; a 2-D image is the z = 0 plane
     affine = np.eye(4)
     affine[:3, 0], affine[:3, 1], affine[:3, 2], affine[:3, 3] = z_vec, col_cos * ny, row_cos * nx, origin_ipp
+    direction = None
+    if len(ordered) > 1 and positioned and not rgb:
+        # Patient space (module .patient): sagittal or coronal series are turned so that the
+        # slider is the axial axis; an oblique or tilted series keeps a direction.
+        ro, m = reorient(lps_to_world(affine), data.shape[-3:])
+        if not ro.identity:
+            data = ro.apply(data)
+            labels = ("z", "y", "x")
+        spacing, origin, direction = split_geometry(m, [spacing[p] for p in ro.perm])
+        affine = world_to_lps(m)
+        meta.update(reorient=ro.as_meta(), patient_space=True)
     center, width = first.get("WindowCenter"), first.get("WindowWidth")
     window = None
     try:
@@ -333,7 +345,7 @@ def read_dicom_series(files: Sequence[str | os.PathLike], *, lazy: bool = True,
     })
     vol_name = name or (stem(paths[0]) if len(paths) == 1 else paths[0].parent.name)
     return Volume(data=data, spacing=spacing, axis_labels=labels, units="mm", rgb=rgb,
-                  origin=origin, format="dicom", meta=meta, name=vol_name)
+                  origin=origin, format="dicom", meta=meta, name=vol_name, direction=direction)
 
 
 def _pixels(p: Path) -> np.ndarray:

@@ -67,7 +67,7 @@ def read_volume(path: str | os.PathLike, *, lazy: bool = True) -> Volume:
 def write_volume(path: str | os.PathLike, data: Any, like: Volume | None = None, *,
                  spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
                  units: str | None = None, axis_labels: Sequence[str] | None = None,
-                 rgb: bool | None = None) -> Path:
+                 rgb: bool | None = None, direction: Any = None) -> Path:
     """Write ``data`` (napari order ``(..., Z, Y, X[, C])``) to ``path``, format from its suffix.
 
     Parameters
@@ -82,12 +82,17 @@ def write_volume(path: str | os.PathLike, data: Any, like: Volume | None = None,
         * NIfTI → ``.nii``/``.nii.gz``: its header and affine are kept exactly (sform, qform,
           codes, units, description...; only the shape and dtype follow ``data``, and scaling
           is reset since the values are written as they are), the exact inverse of
-          :func:`read_volume` (napari ``(k, j, i)`` → voxel ``(i, j, k)``). A ``spacing`` that
-          differs from ``like.spacing`` scales the affine's voxel columns (voxel 0 stays put).
-        * DICOM → NIfTI: the affine comes from the DICOM geometry (LPS → RAS), as converters do.
+          :func:`read_volume` (the array is turned back to the file's voxel order). A
+          ``spacing`` that differs from ``like.spacing`` scales the affine's voxel columns (the
+          file's voxel 0 stays put).
+        * DICOM and everything else → NIfTI (3-D and more): the affine places the data where
+          its spacing, origin and direction put it in the LPS world, written as RAS (DICOM
+          data gets sform/qform code 1, scanner), so reading it back gives the same geometry.
         * TIFF → TIFF: its resolution/ImageJ keywords are reused when the spacing is unchanged.
-    spacing, origin, units, axis_labels, rgb
-        Override ``like``'s values (napari order; defaults 1.0, 0.0, None, napari defaults).
+    spacing, origin, units, axis_labels, rgb, direction
+        Override ``like``'s values (napari order; defaults 1.0, 0.0, None, napari defaults,
+        no direction). ``direction`` (3×3, the last three axes; see :class:`Volume`) is used
+        by NIfTI files written without a NIfTI ``like``; TIFF and zarr cannot hold it.
 
     Returns
     -------
@@ -127,7 +132,10 @@ def write_volume(path: str | os.PathLike, data: Any, like: Volume | None = None,
     if suffix in (".nii", ".nii.gz"):
         if rgb:
             raise ValueError("NIfTI output of RGB data is not supported; write it as .tif")
-        write_nifti(p, data, like, sp, org, units, spacing is not None)
+        if direction is None and like is not None and len(like.spacing) == n:
+            direction = like.direction
+        write_nifti(p, data, like, sp, org, units, spacing is not None,
+                    direction if n >= 3 else None)
     elif suffix in (".tif", ".tiff"):
         write_tiff(p, data, like, sp, org, units, labels, bool(rgb))
     else:

@@ -1,5 +1,5 @@
-"""NIfTI-1/2 (``.nii``, ``.nii.gz``): napari axes are the voxel axes reversed; header and
-affine are kept for writing back."""
+"""NIfTI-1/2 (``.nii``, ``.nii.gz``): voxels in patient space (LPS world, turned to face it, see
+:mod:`.patient`); header and affine are kept for writing back exactly."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .patient import (Reorientation, consistent_spacing, nifti_to_world, reorient, split_geometry,
+                      world_matrix, world_to_nifti)
 from .streaming import BLOCK_BYTES, atomic_file, iter_blocks, read_block
 from .volume import Volume, damaged, default_labels, output_dtype, stem
 
@@ -93,16 +95,34 @@ def read_nifti(p: Path, lazy: bool) -> Volume:
     xyz_unit, t_unit = hdr.get_xyzt_units()
     affine = np.asarray(img.affine, dtype=np.float64)
     n = len(shape)
-    origin = [0.0] * n
-    for a in range(min(3, n)):  # voxel axis a -> napari axis n-1-a
-        origin[n - 1 - a] = float(affine[a, 3])
+    meta: dict[str, Any] = {
+        "nifti_header": hdr.copy(), "affine": affine,
+        "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
+        "time_unit": {"sec": "s", "msec": "ms", "usec": "µs"}.get(t_unit)}
+    natural_zooms = zooms[::-1]  # napari's natural order: (..., k, j, i)
+    direction = None
+    # qform_code = sform_code = 0 means "no orientation" (the spec's method 1: pixdim only);
+    # nibabel's fallback affine for it flips x (ANALYZE's habit), which would be invented.
+    if n >= 3 and max(int(hdr["qform_code"]), int(hdr["sform_code"])) > 0:
+        ro, m = reorient(nifti_to_world(affine), data.shape[-3:])
+        data = ro.apply(data)
+        lead = n - 3
+        hint = [natural_zooms[lead + p] for p in ro.perm]
+        sp3, org3, direction = split_geometry(m, consistent_spacing(hint, m))
+        spacing = tuple(natural_zooms[:lead]) + sp3
+        origin = (0.0,) * lead + org3
+        meta.update(reorient=ro.as_meta(), patient_space=True)
+    else:
+        spacing = natural_zooms
+        origin_l = [0.0] * n
+        for a in range(min(3, n)):  # voxel axis a -> napari axis n-1-a
+            origin_l[n - 1 - a] = float(affine[a, 3])
+        origin = tuple(origin_l)
     return Volume(
-        data=data, spacing=zooms[::-1], axis_labels=default_labels(n),
+        data=data, spacing=spacing, axis_labels=default_labels(n),
         # The NIfTI world is in mm by convention; many writers leave the unit 'unknown'.
-        units=_NIFTI_UNITS.get(xyz_unit, "mm"), rgb=False, origin=tuple(origin), format="nifti",
-        meta={"nifti_header": hdr.copy(), "affine": affine, "nifti_version": 2 if isinstance(img, nib.Nifti2Image) else 1,
-              "time_unit": {"sec": "s", "msec": "ms", "usec": "µs"}.get(t_unit)},
-        name=stem(p),
+        units=_NIFTI_UNITS.get(xyz_unit, "mm"), rgb=False, origin=origin, format="nifti",
+        meta=meta, name=stem(p), direction=direction,
     )
 
 
@@ -142,7 +162,11 @@ _UNIT_TO_NIFTI = {"mm": "mm", "µm": "micron", "m": "meter"}
 
 
 def write_nifti(p: Path, data: Any, like: Volume | None, sp: tuple[float, ...],
-                 org: tuple[float, ...], units: str | None, spacing_given: bool) -> None:
+                org: tuple[float, ...], units: str | None, spacing_given: bool,
+                direction: Any = None) -> None:
+    """Write ``data`` (napari order) as NIfTI: ``like``'s header when it came from a NIfTI file
+    (the array turned back to the file's voxel order), else an affine from ``sp``, ``org`` and
+    ``direction`` (the world of :mod:`.patient`, LPS, written as RAS)."""
     import nibabel as nib
 
     dtype = np.dtype(data.dtype)
@@ -153,11 +177,18 @@ def write_nifti(p: Path, data: Any, like: Volume | None, sp: tuple[float, ...],
     if dtype.newbyteorder("=") not in _NIFTI_STORABLE:
         raise ValueError(f"NIfTI cannot store {dtype} voxels; cast the data to int16, uint16, "
                          "int32 or float32 first")
+    n = len(data.shape)
+    header = like.meta.get("nifti_header") if like is not None and like.format == "nifti" else None
+    turned = Reorientation.from_meta(like.meta.get("reorient")) if header is not None else None
+    if turned is not None and not turned.identity:
+        if n >= 3:  # back to the file's voxel order, so its header and affine hold as they are
+            data = turned.undo(data)
+            sp = turned.to_natural(sp)
+        else:  # a plane of a turned volume: the header's affine does not describe it
+            header = None
     shape = tuple(int(s) for s in data.shape)
     nifti_shape = shape[::-1]
-    n = len(shape)
     zooms = list(sp[::-1])
-    header = like.meta.get("nifti_header") if like is not None and like.format == "nifti" else None
     if header is not None:
         hdr = header.copy()
         old = [float(z) for z in hdr.get_zooms()]
@@ -188,7 +219,7 @@ def write_nifti(p: Path, data: Any, like: Volume | None, sp: tuple[float, ...],
         hdr = nib.Nifti1Header()
         hdr.set_data_shape(nifti_shape)
         hdr.set_data_dtype(dtype.newbyteorder("="))
-        affine, code = _nifti_affine(like, shape, zooms, org)
+        affine, code = _nifti_affine(like, shape, zooms, sp, org, direction)
         hdr.set_sform(affine, code=code)
         hdr.set_qform(affine, code=code)
         hdr.set_zooms(zooms)
@@ -218,13 +249,23 @@ def write_nifti(p: Path, data: Any, like: Volume | None, sp: tuple[float, ...],
 
 
 def _nifti_affine(like: Volume | None, shape: tuple[int, ...], zooms: list[float],
-                  org: tuple[float, ...]) -> tuple[np.ndarray, int]:
-    """(4x4 affine for NIfTI voxel (i, j, k), sform/qform code) when there is no NIfTI header."""
+                  sp: tuple[float, ...], org: tuple[float, ...],
+                  direction: Any) -> tuple[np.ndarray, int]:
+    """(4x4 affine for NIfTI voxel (i, j, k), sform/qform code) when there is no NIfTI header.
+
+    3-D and more: the data's place in the LPS world (``sp``, ``org``, ``direction``, napari
+    order) written as RAS, so reading the file back gives the same array and geometry (ITK
+    writes NIfTI the same way). Code 1 (scanner) for data from DICOM, else 2 (aligned).
+    """
     n = len(shape)
+    if n >= 3:
+        affine = world_to_nifti(world_matrix(sp[-3:], org[-3:], direction))
+        return affine, 1 if like is not None and like.format == "dicom" else 2
     m = min(n, 3)
     if (like is not None and like.format == "dicom" and "affine_lps" in like.meta
             and len(like.spacing) == m and m >= 2):
-        a = np.asarray(like.meta["affine_lps"], dtype=np.float64)  # napari (z, y, x) -> LPS
+        # a single DICOM image: the z = 0 plane of its napari (z, y, x) -> LPS map
+        a = np.asarray(like.meta["affine_lps"], dtype=np.float64)
         for c in range(3 - m, 3):  # napari spacing may have changed (super-resolution...)
             old, new = like.spacing[c - (3 - m)], zooms[2 - c]
             if old > 0:

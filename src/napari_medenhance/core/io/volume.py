@@ -28,6 +28,9 @@ class Volume:
     unit (``"mm"``, ``"µm"``...) or None when unknown. ``format`` is ``"tiff"``, ``"nifti"``,
     ``"dicom"`` or ``"zarr"``; ``meta`` holds what :func:`write_volume` needs to write the same
     kind of file back (NIfTI header, TIFF keywords, DICOM geometry); ``name`` is a layer name.
+    ``direction`` (3×3, rows and columns in napari order, or None for the identity) turns the
+    last three axes: ``world = origin + direction @ diag(spacing) @ index`` (ITK's convention;
+    an oblique or gantry-tilted radiology volume, see :mod:`.patient`).
     """
 
     data: Any
@@ -39,11 +42,17 @@ class Volume:
     format: str = "tiff"
     meta: dict = field(default_factory=dict)
     name: str = ""
+    direction: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)
         self.origin = tuple(float(o) for o in self.origin) or (0.0,) * len(self.spacing)
         self.axis_labels = tuple(self.axis_labels)
+        if self.direction is not None:
+            d = np.asarray(self.direction, dtype=np.float64)
+            if d.shape != (3, 3) or len(self.spacing) < 3:
+                raise ValueError(f"direction must be 3×3 and the volume 3-D or more; got {d.shape}")
+            self.direction = tuple(tuple(float(v) for v in row) for row in d)
 
 
 def supported_suffixes() -> tuple[str, ...]:

@@ -1,0 +1,126 @@
+"""The CPU training script for the shipped `dran`: runs survive interruptions and sessions.
+
+``training/train_dran.py`` on a tiny DRAN and a small pool of the shipped sample images (the
+real pool is fetched from package registries and too large for a test): the export goes to
+``training/checkpoints`` below the ship gate and to ``models/`` above it, a new run whose folder
+is gone starts from the committed weights, the card and the run record say what happened, and
+the adaptive thread count picks the faster setting.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import recipe_script  # noqa: E402
+import train_dran  # noqa: E402
+
+from napari_medenhance.core.training import Plane, Pool  # noqa: E402
+from napari_medenhance.core.weights import read_header  # noqa: E402
+from napari_medenhance.sample_data import load  # noqa: E402
+
+TINY = json.dumps({"features": 8, "blocks": 1, "layers_per_block": 1})
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    ct, mr, nuc = _norm(load("ct_slice")), _norm(load("mr_slice")), _norm(load("nuclei_stack"))
+    pool = Pool(
+        train=[Plane("ct", "CT", ct[:, :384]), Plane("mr", "MR", mr[:600]),
+               Plane("nuc", "fluorescence", nuc[5])],
+        val=[Plane("ct-v", "CT", ct[100:164, 384:448]), Plane("mr-v", "MR", mr[700:764, 300:364]),
+             Plane("nuc-v", "fluorescence", nuc[20][:64, :64])],
+    )
+    monkeypatch.setattr(train_dran, "load_pool", lambda: pool)
+    monkeypatch.setattr(train_dran, "INTERIM_DIR", tmp_path / "checkpoints")
+    monkeypatch.setenv("MEDENHANCE_DATA", str(tmp_path / "cache"))
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setattr(train_dran, "ROOT", tmp_path)  # committed_weights() looks in ROOT/models
+
+    def run(out: str, *extra: str) -> int:
+        return train_dran.main([
+            "--steps", "12", "--batch", "2", "--patch", "32", "--lr", "1e-3",
+            "--val-every", "6", "--ckpt-every", "6", "--config", TINY, "--device", "cpu",
+            "--out", str(tmp_path / out), "--models-dir", str(models), "--gate-methods", "nlm",
+            *extra,
+        ])
+
+    return tmp_path, models, run
+
+
+def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(setup, capsys):
+    tmp, models, run = setup
+    assert run("run1") == 0
+    interim = tmp / "checkpoints" / "dran.safetensors"
+    assert interim.is_file() and not (models / "dran.safetensors").exists()  # 12 steps < NLM
+    card = (tmp / "checkpoints" / "dran.md").read_text()
+    assert "Interim, not shipped" in card and "Ship gate" in card and "nlm" in card
+    assert "clipped" in card.lower() and "| started | hardware |" in card
+    meta = read_header(interim, expected_arch="dran")["meta"]
+    assert meta["storage"] in ("fp16", "fp32") and isinstance(meta["cpu_bf16"], bool)
+    assert {"psnr_s25", "psnr_c25", "psnr"} <= set(meta["metrics"])
+    # the run left its curve and its stretch on record while it ran
+    hist = recipe_script.read_history(tmp / "run1")
+    assert [h["step"] for h in hist] == [0, 6, 12]
+    sessions = json.loads((tmp / "run1" / "run.json").read_text())["sessions"]
+    assert sessions[-1]["last_step"] == 12 and sessions[-1]["precision"] == "bf16"
+    assert (tmp / "checkpoints" / "dran-curve.png").is_file()
+
+    # a new session on a fresh machine: the run folder is gone, the committed weights are not
+    capsys.readouterr()
+    assert run("run2", "--no-export") == 0
+    assert f"starting from the committed {interim}" in capsys.readouterr().out
+    args = json.loads((tmp / "run2" / "run.json").read_text())["args"]
+    assert args["init_weights"] == str(interim) and args["anneal_fraction"] == 0.0
+    first = recipe_script.read_history(tmp / "run2")[0]["metrics"]["psnr"]
+    assert first == pytest.approx(meta["metrics"]["psnr"], abs=0.05)  # continues, not scratch
+
+
+def test_export_never_replaces_better_committed_weights(setup, capsys):
+    tmp, models, run = setup
+    assert run("good", "--steps", "30") == 0
+    interim = tmp / "checkpoints" / "dran.safetensors"
+    before = interim.read_bytes()
+    capsys.readouterr()
+    assert run("worse", "--steps", "1", "--scratch") == 0  # one step from random weights
+    assert "not exported" in capsys.readouterr().out
+    assert interim.read_bytes() == before
+
+
+def test_ship_anyway_writes_the_models_folder(setup):
+    tmp, models, run = setup
+    assert run("r", "--ship-anyway") == 0
+    assert (models / "dran.safetensors").is_file() and (models / "dran.md").is_file()
+
+
+def test_adaptive_threads_keeps_the_faster_count():
+    torch_threads = torch.get_num_threads()
+    try:
+        pick = recipe_script.AdaptiveThreads([2, 1], period=4, window=3)
+        for _ in range(40):
+            time.sleep(0.002 if torch.get_num_threads() == 1 else 0.01)
+            pick.step()
+        assert pick.current == 1  # one thread was faster here
+        pick = recipe_script.AdaptiveThreads([2, 1], period=4, window=3)
+        for _ in range(40):
+            time.sleep(0.01 if torch.get_num_threads() == 1 else 0.002)
+            pick.step()
+        assert pick.current == 2
+    finally:
+        torch.set_num_threads(torch_threads)
