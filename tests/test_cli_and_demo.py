@@ -42,3 +42,19 @@ def test_demo_opens_napari_with_widget_and_saves_screenshot(tmp_path, qapp):
     img = imread(path)
     assert img.ndim == 3 and img.shape[0] > 600 and img.shape[1] > 1000  # the whole window, docks included
     assert img[..., :3].std() > 10  # not a blank frame
+
+
+def test_demo_input_is_noisy_and_its_fallback_output_says_what_it_is(isolated_models, nuclei):
+    from napari_medenhance._demo import DEMO_SIGMA, noisy_copy, restore
+    from napari_medenhance.metrics import psnr
+
+    clean = nuclei[10:12]
+    noisy = noisy_copy(clean)
+    assert noisy.dtype == clean.dtype and noisy.shape == clean.shape
+    span = float(clean.max()) - float(clean.min())
+    resid = noisy.astype(float) - clean.astype(float)
+    assert abs(resid.std() / span - DEMO_SIGMA / 255) < 0.1 * DEMO_SIGMA / 255
+    assert np.array_equal(noisy, noisy_copy(clean))  # seeded: the same demo every time
+    out, name = restore(noisy)  # no dran in an isolated models folder
+    assert "NLM baseline" in name and "no dran" in name
+    assert psnr(clean, out, data_range=span) > psnr(clean, noisy, data_range=span) + 3

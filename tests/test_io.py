@@ -119,10 +119,20 @@ def test_nifti_axes_spacing_and_lazy_read(nifti_file, nuclei_small):
     zooms = nib.load(nifti_file).header.get_zooms()
     assert vol.spacing == tuple(float(z) for z in zooms[::-1])
     assert vol.spacing == pytest.approx((0.9, 0.3, 0.26), rel=1e-6)
-    assert vol.origin == (7.0, 30.25, -12.5)
+    # origin: voxel 0 in the patient world, LPS in napari order (z, y, x) = (z, -y, -x) of RAS
+    assert vol.origin == (7.0, -30.25, 12.5)
+    assert vol.direction is not None and vol.meta["patient_space"]  # oblique: a direction
     assert vol.data.dtype == np.uint16
     np.testing.assert_array_equal(np.asarray(vol.data[3]), nuclei_small[3])  # one plane only
     np.testing.assert_array_equal(read_volume(nifti_file, lazy=False).data, nuclei_small)
+    # turned to face the world (as napari shows it): this affine's i points right and j
+    # anterior, so x and y are reversed
+    turned = read_volume(nifti_file, orient=True)
+    assert turned.meta["reorient"] == {"perm": [0, 1, 2], "flip": [False, True, True]}
+    assert turned.spacing == vol.spacing
+    ras0 = nib.affines.apply_affine(nib.load(nifti_file).affine, [55, 39, 0])  # its voxel 0
+    assert turned.origin == pytest.approx((ras0[2], -ras0[1], -ras0[0]), abs=1e-9)
+    np.testing.assert_array_equal(np.asarray(turned.data), nuclei_small[:, ::-1, ::-1])
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
@@ -444,19 +454,22 @@ def test_reader_hook_claims_only_its_files(tmp_path, nifti_file):
     assert get_reader(str(tmp_path / "ct")) is not None
 
 
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing")  # the oblique file's 10° tilt
 def test_napari_opens_and_saves_with_geometry(make_napari_viewer, tmp_path, nifti_file, nuclei_small):
     viewer = make_napari_viewer()
     (layer,) = viewer.open(nifti_file, plugin="napari-medenhance")
-    vol = read_volume(nifti_file)
+    vol = read_volume(nifti_file, orient=True)  # napari shows volumes in patient space
     assert tuple(layer.scale) == pytest.approx(vol.spacing, rel=1e-12)
     assert tuple(layer.translate) == pytest.approx(vol.origin)
     assert tuple(layer.axis_labels) == ("z", "y", "x") and str(layer.units[0]) == "micrometer"
-    np.testing.assert_array_equal(np.asarray(layer.data), nuclei_small)
+    # patient space: turned as in test_nifti_axes_spacing_and_lazy_read
+    np.testing.assert_array_equal(np.asarray(layer.data), nuclei_small[:, ::-1, ::-1])
 
     # saved through the plugin's writer: header and affine come back unchanged
     viewer.layers.save(str(tmp_path / "saved.nii.gz"), selected=False, plugin="napari-medenhance")
     saved, src = nib.load(tmp_path / "saved.nii.gz"), nib.load(nifti_file)
     assert np.array_equal(saved.affine, src.affine)
+    np.testing.assert_array_equal(np.asanyarray(saved.dataobj), np.asanyarray(src.dataobj))
     np.testing.assert_array_equal(read_volume(tmp_path / "saved.nii.gz", lazy=False).data, nuclei_small)
 
     # a CT series: HU contrast limits, scale = spacing; saved as TIFF, read back identical

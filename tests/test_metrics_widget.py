@@ -69,6 +69,11 @@ def test_reference_adds_psnr_ssim_and_delta_e(viewer_widget, qtbot, nuclei):
     for label in ("PSNR vs ref", "SSIM vs ref"):
         assert label in text
     assert set(widget.current_values) == {"lassim", "ssim", "psnr", "ssim_ref", "delta_e"}
+    # each number says what it means on the canvas (default), and not once unticked
+    assert "higher is better" in text and "1 = all input structure kept" in text
+    widget.explain.value = False
+    qtbot.waitUntil(lambda: "higher is better" not in text_overlay(viewer).text, timeout=10_000)
+    assert "PSNR vs ref" in text_overlay(viewer).text
 
 
 def test_whole_stack_plot_and_csv(viewer_widget, qtbot, tmp_path, nuclei, nuclei_smoothed):

@@ -227,3 +227,90 @@ def test_placement_with_shear_affine_and_planes():
             np.testing.assert_allclose(out.data_to_world((k, i, j)), expect, atol=1e-9)
     with pytest.raises(ValueError, match="offset needs 1"):
         roi_output_affine(i2w, roi, f, offset=(1, 2))
+
+
+# ------------------------------------------------------------------------------ flips, permutations
+
+# In-plane flips and axis swaps, as a file's voxel grid can have them relative to the world
+# (rows running right to left, columns running from the feet...). Each is applied after the
+# anisotropic scale and before the translate.
+FLIPS_AND_PERMUTATIONS = {
+    "flip y": [[-1, 0], [0, 1]],
+    "flip x": [[1, 0], [0, -1]],
+    "flip both": [[-1, 0], [0, -1]],
+    "swap y and x": [[0, 1], [1, 0]],
+    "swap and flip": [[0, -1], [1, 0]],
+    "swap and flip both": [[0, -1], [-1, 0]],
+}
+
+
+def _flipped_image(name: str, shape=(60, 80)) -> Image:
+    aff = np.eye(3)
+    aff[:2, :2] = np.asarray(FLIPS_AND_PERMUTATIONS[name], dtype=float) @ np.diag(SCALE)
+    aff[:2, 2] = TRANSLATE
+    return Image(np.zeros(shape, np.float32), affine=aff)
+
+
+@pytest.mark.parametrize("name", list(FLIPS_AND_PERMUTATIONS))
+@pytest.mark.parametrize("factor", [2, 4])
+def test_rois_and_outputs_under_flips_and_permutations(name, factor):
+    """A region drawn in world over the pixel edges of a flipped or axis-swapped image gives
+    exactly those pixels, and the SR output of the ROI lies exactly over them: every output
+    pixel centre at its source sub-pixel position, the outer corners on the ROI's corners."""
+    image = _flipped_image(name)
+    i2w = _matrix(image)
+    roi = ROI(11, 24, 30, 47)
+    drawn = _apply(i2w, _edges(*roi.as_tuple()))  # a Shapes layer with no transform: world
+    (got,) = rois_from_shapes([drawn], (60, 80), shapes_to_world=np.eye(3), image_to_world=i2w,
+                              shape_types=["rectangle"])
+    assert got == roi
+    out = Image(np.zeros((factor * 13, factor * 17)), affine=roi_output_affine(i2w, roi, factor))
+    o2w = _matrix(out)
+    ii, jj = np.meshgrid(np.arange(factor * 13), np.arange(factor * 17), indexing="ij")
+    centres = np.c_[ii.ravel(), jj.ravel()].astype(float)
+    src = np.c_[roi.y0 - 0.5 + (centres[:, 0] + 0.5) / factor,
+                roi.x0 - 0.5 + (centres[:, 1] + 0.5) / factor]
+    np.testing.assert_allclose(_apply(o2w, centres), _apply(i2w, src), atol=1e-9)
+    np.testing.assert_allclose(_apply(o2w, _edges(0, factor * 13, 0, factor * 17)),
+                               _apply(i2w, _edges(*roi.as_tuple())), atol=1e-9)
+    # the output is flipped / swapped like its source: its first row runs where the ROI's does
+    np.testing.assert_allclose(out.data_to_world((0, 0)), image.data_to_world(src[0]), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", list(FLIPS_AND_PERMUTATIONS))
+def test_labels_and_planes_under_flips_and_permutations(name):
+    """A half-resolution Labels layer that is *not* flipped, over a stack whose slices run
+    towards the feet and whose planes are flipped or swapped: each label pixel covers 2×2 image
+    pixels, so the ROI is exactly the image pixels under the label's box, and the output of
+    plane 4 lies exactly on image plane 4."""
+    flip = np.asarray(FLIPS_AND_PERMUTATIONS[name], dtype=float)
+    iso = 0.6  # a swap maps rows to columns: whole pixels only line up when they are square
+    plane = np.eye(4)
+    plane[1:3, 1:3] = flip * iso
+    plane[0, 0] = -2.5  # slices run towards the feet
+    plane[:3, 3] = (40.0, *TRANSLATE)
+    stack = Image(np.zeros((6, 60, 80), np.float32), affine=plane)
+    i2w = _matrix(stack)
+    # labels -> image index: z kept, (a, b) -> 2·flip⁻¹·(a, b) + shift, half-integer shifts so
+    # that label pixel edges fall on image pixel edges, and reversed axes start at the far end
+    g = np.eye(4)
+    g[1:3, 1:3] = 2 * np.linalg.inv(flip)
+    g[1:3, 3] = [size - 1.5 if row.sum() < 0 else 0.5 for row, size in zip(g[1:3, 1:3], (60, 80))]
+    labels = Labels(np.zeros((6, 30, 30), np.uint8), affine=i2w @ g)
+    l2w = _matrix(labels)
+    assert np.allclose(np.diag(l2w)[1:3], 2 * iso)  # the labels' plane is not flipped in world
+    lab = np.zeros((6, 30, 30), np.uint8)
+    lab[4, 10:15, 3:6] = 7
+    ((value, roi),) = rois_from_labels(lab, (60, 80), labels_to_world=l2w, image_to_world=i2w,
+                                       index=(4,))
+    edges = (g @ np.c_[np.full(4, 4.0), _edges(10, 15, 3, 6), np.ones(4)].T).T[:, 1:3]
+    lo, hi = edges.min(axis=0), edges.max(axis=0)
+    assert value == 7
+    assert roi.as_tuple() == (int(lo[0] + 0.5), int(hi[0] + 0.5), int(lo[1] + 0.5), int(hi[1] + 0.5))
+    assert roi.shape in ((10, 6), (6, 10))  # 5 × 3 label pixels, each 2 × 2 image pixels
+    index, offset = select_planes((6,), "current", current=(4,))
+    out = Image(np.zeros((1, 4 * roi.shape[0], 4 * roi.shape[1])),
+                affine=roi_output_affine(i2w, roi, 4, offset=offset))
+    for i, j in ((0, 0), (4 * roi.shape[0] - 1, 4 * roi.shape[1] - 1), (13, 8)):
+        expect = stack.data_to_world((4, roi.y0 - 0.5 + (i + 0.5) / 4, roi.x0 - 0.5 + (j + 0.5) / 4))
+        np.testing.assert_allclose(out.data_to_world((0, i, j)), expect, atol=1e-9)

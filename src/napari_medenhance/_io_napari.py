@@ -64,9 +64,10 @@ def read_layers(path: str | Sequence[str]) -> list[tuple[Any, dict, str]]:
 
     if isinstance(path, (list, tuple)):
         paths = [os.fspath(p) for p in path]
-        vol = read_volume(paths[0]) if len(paths) == 1 else read_dicom_series(paths)
+        vol = (read_volume(paths[0], orient=True) if len(paths) == 1
+               else read_dicom_series(paths, orient=True))
     else:
-        vol = read_volume(path)
+        vol = read_volume(path, orient=True)
     if vol.meta.get("patient_space"):
         _show_orientation_labels()
     return [layer_data(vol)]
@@ -81,7 +82,7 @@ def _show_orientation_labels() -> None:
     except Exception:  # noqa: BLE001 - no Qt, no app: a headless read needs no labels
         return
     if viewer is not None:
-        from ._widgets._orientation import install_orientation_labels
+        from ._widgets.orientation_widget import install_orientation_labels
 
         install_orientation_labels(viewer)
 

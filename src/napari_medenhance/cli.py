@@ -9,7 +9,7 @@
                   [--planes all|Z|Z0:Z1] [--device auto] [--tile N]
     medenhance sr IN_DIR OUT_DIR --scale {2,4} ...   every file whole; the folder options above
     medenhance models [--task denoise] [--add FILE.safetensors --name NAME [--overwrite]]
-    medenhance demo [--screenshot out/demo.png]
+    medenhance demo [--screenshot out/demo.png] [--model dran]
 """
 
 from __future__ import annotations
@@ -511,10 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--overwrite", action="store_true", help="with --add, replace a user model of that name")
     ls.set_defaults(func=_models)
 
-    d = sub.add_parser("demo", help="open napari with a sample stack and the widgets docked")
+    d = sub.add_parser("demo", help="open napari on a noisy sample stack beside its denoised result")
     d.add_argument("--screenshot", default=None, help="save a PNG of the window here and exit")
+    d.add_argument("--model", default="dran", help="denoising model (name or .safetensors path)")
     d.set_defaults(func=lambda a: __import__("napari_medenhance._demo", fromlist=["main"]).main(
-        [] if a.screenshot is None else ["--screenshot", a.screenshot]))
+        ([] if a.screenshot is None else ["--screenshot", a.screenshot]) + ["--model", a.model]))
     return parser
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -48,6 +48,14 @@ LABELS = {
     "ssim_ref": "SSIM vs ref",
     "delta_e": "ΔE2000 vs ref",
 }
+#: What a number means, shown beside it on the canvas while "explain" is ticked.
+EXPLAIN = {
+    "lassim": "1 = all input structure kept",
+    "ssim": "1 = output unchanged",
+    "psnr": "higher is better; +6 dB = half the error",
+    "ssim_ref": "1 = same as reference",
+    "delta_e": "colour error; < 2.3 hard to see",
+}
 
 
 class QualityMetricsWidget(QWidget):
@@ -72,7 +80,10 @@ class QualityMetricsWidget(QWidget):
                                   tooltip="Optional clean reference: adds PSNR, SSIM and ΔE of output vs reference")
         self.level = SpinBox(label="LaSSIM level", value=3, min=0, max=8,
                              tooltip="Laplacian-pyramid level l; the band is at 1/2^l resolution")
-        self.pickers = Container(widgets=[self.input, self.output, self.reference, self.level])
+        self.explain = CheckBox(text="explain the numbers on the canvas", value=True,
+                                tooltip="Say beside each number what it measures and which way is better")
+        self.pickers = Container(widgets=[self.input, self.output, self.reference, self.level,
+                                          self.explain])
         if len(self.input.choices) > 1:
             self.output.value = self.input.choices[-1]
 
@@ -192,10 +203,12 @@ class QualityMetricsWidget(QWidget):
             overlay.text = f"Quality metrics: {values}"
             self.status.setText(str(values))
             return
-        text = header + "\n" + "\n".join(
-            f"{LABELS[k]}: {v:.4f}" if k != "psnr" else f"{LABELS[k]}: {v:.2f}" for k, v in values.items()
-        )
-        overlay.text = text
+        lines = [f"{LABELS[k]}: {v:.4f}" if k != "psnr" else f"{LABELS[k]}: {v:.2f}"
+                 for k, v in values.items()]
+        text = header + "\n" + "\n".join(lines)
+        if self.explain.value:
+            lines = [f"{line}   ← {EXPLAIN[k]}" for line, k in zip(lines, values)]
+        overlay.text = header + "\n" + "\n".join(lines)
         self.status.setText(text)
         self.current_values = values
         if self.results and idx:

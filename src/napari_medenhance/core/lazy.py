@@ -495,7 +495,10 @@ def upscaled_like(vol: Volume, roi: Any, factor: int, z0: int = 0, drop_z: bool 
         offset[-1] = float(z0)  # planes are taken along Z, the last leading axis
     local = roi_output_affine(np.eye(n + 1), roi, factor, offset)  # output index → source index
     spacing = tuple(s * local[a, a] for a, s in enumerate(vol.spacing))
-    origin = tuple(o + s * local[a, n] for a, (o, s) in enumerate(zip(vol.origin, vol.spacing)))
+    shift = np.array([s * local[a, n] for a, s in enumerate(vol.spacing)])
+    if vol.direction is not None:  # an oblique volume: the shift turns with its axes
+        shift[-3:] = np.asarray(vol.direction) @ shift[-3:]
+    origin = tuple(float(o + d) for o, d in zip(vol.origin, shift))
     meta = dict(vol.meta)
     meta.pop("tiff_kw", None)  # the input's resolution tags: write_tiff would reuse them
     header = meta.get("nifti_header") if vol.format == "nifti" else None
@@ -524,7 +527,7 @@ def upscaled_like(vol: Volume, roi: Any, factor: int, z0: int = 0, drop_z: bool 
         spacing, origin = spacing[1:], origin[1:]
         labels = vol.axis_labels[1:] if len(vol.axis_labels) == 3 else ()
         return dataclasses.replace(vol, spacing=spacing, origin=origin, axis_labels=labels,
-                                   meta=meta)
+                                   meta=meta, direction=None)
     return dataclasses.replace(vol, spacing=spacing, origin=origin, meta=meta)
 
 

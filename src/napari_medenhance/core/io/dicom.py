@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .patient import lps_to_world, reorient, split_geometry, world_to_lps
+from .patient import Reorientation, lps_to_world, reorient, split_geometry, world_to_lps
 from .volume import DICOM_SUFFIXES, Volume, damaged, output_dtype, rescale, stem
 
 
@@ -164,13 +164,17 @@ def _slices_of(ds: Any, p: Path) -> list[_Slice]:
 
 
 def read_dicom_series(files: Sequence[str | os.PathLike], *, lazy: bool = True,
-                      name: str | None = None) -> Volume:
+                      name: str | None = None, orient: bool = False) -> Volume:
     """Read DICOM files that make up one series (or one multi-frame file) as a volume.
 
     Slices are sorted by their position along the slice normal (``ImagePositionPatient`` ·
     (row × column direction cosines)); without positions, by InstanceNumber. Pixels become
     physical values (``raw * RescaleSlope + RescaleIntercept``, HU for CT; dtype rule in the
     module docstring). One file with one frame gives a 2-D ``(Y, X)`` volume.
+
+    The geometry of a positioned series is its place in the patient world (LPS, napari order;
+    ``spacing``, ``origin``, ``direction``: :mod:`.patient`); ``orient=True`` also turns the
+    array so that axial slices are on axis 0 (a sagittal or coronal series is transposed).
 
     Raises ``ValueError`` for files of several series, slices of different sizes or
     orientations, two slices at one position, non-DICOM files, files without pixels.
@@ -315,7 +319,8 @@ def read_dicom_series(files: Sequence[str | os.PathLike], *, lazy: bool = True,
     if len(ordered) > 1 and positioned and not rgb:
         # Patient space (module .patient): sagittal or coronal series are turned so that the
         # slider is the axial axis; an oblique or tilted series keeps a direction.
-        ro, m = reorient(lps_to_world(affine), data.shape[-3:])
+        m0 = lps_to_world(affine)
+        ro, m = reorient(m0, data.shape[-3:]) if orient else (Reorientation(), m0)
         if not ro.identity:
             data = ro.apply(data)
             labels = ("z", "y", "x")

@@ -15,7 +15,7 @@ from .volume import (DICOM_SUFFIXES, WRITE_SUFFIXES, Volume, default_labels, fit
 from .zarr_store import read_zarr, write_zarr
 
 
-def read_volume(path: str | os.PathLike, *, lazy: bool = True) -> Volume:
+def read_volume(path: str | os.PathLike, *, lazy: bool = True, orient: bool = False) -> Volume:
     """Read an image file (or a DICOM series folder) with its spacing, origin and units.
 
     Parameters
@@ -27,12 +27,18 @@ def read_volume(path: str | os.PathLike, *, lazy: bool = True) -> Volume:
     lazy
         True: pixels are read on demand (``np.memmap`` for uncompressed TIFF/NIfTI, a dask
         array otherwise, one chunk per DICOM file). False: a numpy array in memory.
+    orient
+        Radiology volumes (NIfTI with an orientation, positioned DICOM series): True turns the
+        array (views, no copy) to face the patient world, axial slices on axis 0, as napari
+        shows them; False (default) keeps the file's own planes (what plane-by-plane
+        processing wants: the acquisition planes). The geometry is the patient position
+        either way (``spacing``, ``origin``, ``direction``; module docstring).
 
     Returns
     -------
     Volume
         ``data`` in napari order ``(..., Z, Y, X[, C])``; see the module docstring for how each
-        format's axes map to it (NIfTI: voxel axes reversed, no flips).
+        format's axes map to it (radiology volumes: turned to face the patient world).
 
     Raises
     ------
@@ -53,13 +59,13 @@ def read_volume(path: str | os.PathLike, *, lazy: bool = True) -> Volume:
         if not files:
             raise ValueError(f"folder {p} holds no DICOM files (.dcm or files with the 'DICM' "
                              f"marker); {formats_hint()}")
-        return read_dicom_series(files, lazy=lazy, name=p.name)
+        return read_dicom_series(files, lazy=lazy, name=p.name, orient=orient)
     if suffix in (".tif", ".tiff"):
         return read_tiff(p, lazy)
     if suffix in (".nii", ".nii.gz"):
-        return read_nifti(p, lazy)
+        return read_nifti(p, lazy, orient)
     if suffix in DICOM_SUFFIXES or has_dicom_marker(p):
-        return read_dicom_series([p], lazy=lazy, name=stem(p))
+        return read_dicom_series([p], lazy=lazy, name=stem(p), orient=orient)
     raise ValueError(f"cannot read {p.name!r}: unknown file type {suffix or '(no suffix)'!r}; "
                      f"{formats_hint()}")
 

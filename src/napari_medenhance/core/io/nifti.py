@@ -39,7 +39,9 @@ class _ScaledProxy:
         return np.asarray(self.proxy[index]).astype(self.dtype, copy=False)
 
 
-def read_nifti(p: Path, lazy: bool) -> Volume:
+def read_nifti(p: Path, lazy: bool, orient: bool = False) -> Volume:
+    """A NIfTI file as a :class:`Volume` (conventions: :mod:`napari_medenhance.core.io`);
+    ``orient`` turns the array to face the patient world (:mod:`.patient`)."""
     import nibabel as nib
 
     gz = p.name.lower().endswith(".gz")
@@ -104,7 +106,8 @@ def read_nifti(p: Path, lazy: bool) -> Volume:
     # qform_code = sform_code = 0 means "no orientation" (the spec's method 1: pixdim only);
     # nibabel's fallback affine for it flips x (ANALYZE's habit), which would be invented.
     if n >= 3 and max(int(hdr["qform_code"]), int(hdr["sform_code"])) > 0:
-        ro, m = reorient(nifti_to_world(affine), data.shape[-3:])
+        m0 = nifti_to_world(affine)
+        ro, m = reorient(m0, data.shape[-3:]) if orient else (Reorientation(), m0)
         data = ro.apply(data)
         lead = n - 3
         hint = [natural_zooms[lead + p] for p in ro.perm]

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "AXIS_CODES",
     "Reorientation",
     "consistent_spacing",
     "lps_to_world",
@@ -52,9 +51,6 @@ __all__ = [
     "world_to_lps",
     "world_to_nifti",
 ]
-
-#: (negative end, positive end) of the world axes z, y, x.
-AXIS_CODES = (("I", "S"), ("A", "P"), ("R", "L"))
 
 # Reverses (x, y, z) <-> (z, y, x) in homogeneous coordinates; its own inverse.
 _REV = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
