@@ -237,3 +237,26 @@ def test_inference_module_returns_the_clean_estimate(dirs):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in emodule.modules())
     with torch.no_grad():
         torch.testing.assert_close(emodule(x), enet(x))
+
+
+def test_model_info_repr_is_one_line_without_the_card(dirs):
+    _, user = dirs
+    user.mkdir()
+    make_weights(user / "tiny.safetensors")
+    info = zoo.get_model("tiny")
+    assert isinstance(info.card, dict)
+    text = repr(info)
+    assert "\n" not in text and len(text) < 250
+    assert text.startswith("ModelInfo(name='tiny', task='denoise', arch='dran'")
+    assert "source='user'" in text and "tiny.safetensors" in text
+
+
+def test_device_picker_offers_only_what_this_machine_has():
+    from napari_medenhance.core.engine import device_choices
+
+    values = [v for _, v in device_choices()]
+    assert values[:2] == ["auto", "cpu"]
+    assert ("cuda" in " ".join(values)) == torch.cuda.is_available()
+    assert "mps" not in values or torch.backends.mps.is_available()
+    label = dict((v, k) for k, v in device_choices())["auto"]
+    assert str(zoo.resolve_device("auto").type).upper() in label.upper()

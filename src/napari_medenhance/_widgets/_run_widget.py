@@ -30,7 +30,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medenhance.core import zoo
+from napari_medenhance.core.engine import device_choices
 
+from ._bioimageio import ask_export_path, export_button, start_export
 from ._layers import (
     current_plane_index,
     plane_axes,
@@ -83,8 +85,9 @@ class RunModelWidget(QWidget):
         self.model = ComboBox(label="model", choices=self._model_choices,
                               tooltip=f"Installed {self.NOUN} models (shipped and your own) and "
                                       "files picked with Browse…")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto",
-                               tooltip="auto: CUDA GPU, then Apple MPS, then CPU")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto",
+                               tooltip="Devices this machine has; auto picks a CUDA GPU, then "
+                                       "Apple MPS, then the CPU (the one in use is in brackets)")
         self.tile = SpinBox(label="tile (px)", value=0, min=0, max=16384, step=64,
                             tooltip="Tile edge in pixels. 0 = auto: whole planes up to 1024×1024, "
                                     "else 512-pixel tiles. Smaller tiles use less (GPU) memory.")
@@ -101,6 +104,8 @@ class RunModelWidget(QWidget):
         self.btn_refresh.setToolTip("Look for newly installed models again")
         self.btn_browse = QPushButton("Browse…")
         self.btn_browse.setToolTip("Use a .safetensors weights file that is not installed")
+        self.btn_export = export_button(self.export_model)
+        self._export_worker = None
         self.btn_run = QPushButton("Run")
         self.btn_run.setToolTip(f"{self.VERB} in the background; the result is added as a new layer")
         self.btn_cancel = QPushButton("Cancel")
@@ -116,6 +121,7 @@ class RunModelWidget(QWidget):
         models = QHBoxLayout()
         models.addWidget(self.btn_refresh)
         models.addWidget(self.btn_browse)
+        models.addWidget(self.btn_export)
         self._layout.addLayout(models)
         run = QHBoxLayout()
         run.addWidget(self.btn_run)
@@ -208,6 +214,20 @@ class RunModelWidget(QWidget):
         self.model.value = key
         self.status.setText(f"Using {info.path}")
         return True
+
+    def export_model(self, out: str | Path | None = None) -> Any:
+        """Export the picked model as a BioImage.IO package (asks where when ``out`` is None);
+        runs in a thread worker, which is returned (None when nothing started)."""
+        model = self.model.value
+        if model is None:
+            self._fail(self.no_model_message())
+            return None
+        if out is None:
+            out = ask_export_path(self, Path(str(model)).stem)
+            if out is None:
+                return None
+        self._export_worker = start_export(model, Path(out), self.status.setText)
+        return self._export_worker
 
     def _ask_model_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

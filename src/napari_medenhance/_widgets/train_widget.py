@@ -29,10 +29,12 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_medenhance.core import zoo
+from napari_medenhance.core.engine import device_choices
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST, TrainEvent
 from napari_medenhance.core.training.user_data import check_pair_shapes
 
+from ._bioimageio import ask_export_path, export_button, start_export
 from ._layers import surface_runtime_errors
 
 if TYPE_CHECKING:
@@ -201,8 +203,9 @@ class TrainWidget(QWidget):
         self.val_every = SpinBox(label="validate every", value=200, min=1, max=1_000_000,
                                  step=50, tooltip="Validate (and checkpoint) every this many "
                                                   "steps; also at step 0 and at the end")
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda", "mps"], value="auto",
-                               tooltip="auto: CUDA GPU, then Apple MPS, then CPU")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto",
+                               tooltip="Devices this machine has; auto picks a CUDA GPU, then "
+                                       "Apple MPS, then the CPU (the one in use is in brackets)")
         self.name = LineEdit(label="name", value=self._default_name,
                              tooltip="Run name (its folder holds the checkpoints: Start with "
                                      "the same name resumes) and the saved model's name")
@@ -230,6 +233,10 @@ class TrainWidget(QWidget):
         self.btn_save.setToolTip("Save the best validated model under 'name'; it appears in "
                                  "every widget's model picker")
         self.btn_save.setEnabled(False)
+        self.btn_export = export_button(self.export_model)
+        self.btn_export.setEnabled(False)
+        self._saved: zoo.ModelInfo | None = None
+        self._export_worker = None
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.metrics_label = QLabel("")
@@ -254,6 +261,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.plot)
         row = QHBoxLayout()
         row.addWidget(self.btn_save)
+        row.addWidget(self.btn_export)
         row.addWidget(self.overwrite.native)
         layout.addLayout(row)
         layout.addStretch(1)
@@ -424,11 +432,13 @@ class TrainWidget(QWidget):
         self._worker = worker
         self._running = True
         self._run_dir = run_dir
+        self._saved = None  # a new run: what was saved before is not this run's model
         self.validations = []
         self.plot.clear()
         self.metrics_label.setText("")
         self.pickers.enabled = False
-        for b in (self.btn_start, self.btn_save, self.btn_hq_folder, self.btn_lq_folder):
+        for b in (self.btn_start, self.btn_save, self.btn_export, self.btn_hq_folder,
+                  self.btn_lq_folder):
             b.setEnabled(False)
         self.btn_stop.setEnabled(True)
         what = "Resuming" if resuming else "Starting"
@@ -515,7 +525,9 @@ class TrainWidget(QWidget):
             b.setEnabled(True)
         self._on_mode_changed()
         self.btn_stop.setEnabled(False)
-        self.btn_save.setEnabled(self._run_dir is not None and (self._run_dir / BEST).is_file())
+        has_best = self._run_dir is not None and (self._run_dir / BEST).is_file()
+        self.btn_save.setEnabled(has_best)
+        self.btn_export.setEnabled(has_best)
 
     def save(self) -> zoo.ModelInfo | None:
         """Save the last run's best model under 'name' into the user models folder."""
@@ -531,7 +543,25 @@ class TrainWidget(QWidget):
         self.status.setText(f"Saved '{info.name}' ({info.path}); it is in the {info.task} "
                             "widget's model picker, with its model card next to it.")
         show_info(f"Saved model '{info.name}'")
+        self._saved = info
         return info
+
+    def export_model(self, out: str | Path | None = None) -> Any:
+        """Export the saved model (else the run's best one) as a BioImage.IO package; asks
+        where when ``out`` is None. Runs in a thread worker, which is returned."""
+        if self._saved is not None and self._saved.path.is_file():
+            model, label = self._saved.path, self._saved.name
+        elif self._run_dir is not None and (self._run_dir / BEST).is_file():
+            model, label = self._run_dir / BEST, self.name.value.strip() or "model"
+        else:
+            self._fail("Nothing to export yet: train (and save) a model first.")
+            return None
+        if out is None:
+            out = ask_export_path(self, label)
+            if out is None:
+                return None
+        self._export_worker = start_export(model, Path(out), self.status.setText)
+        return self._export_worker
 
     def closeEvent(self, event: Any) -> None:  # noqa: N802 (Qt name)
         self._stop_requested = True  # a running job stops at its next step, checkpointed

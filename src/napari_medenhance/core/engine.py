@@ -41,6 +41,7 @@ __all__ = [
     "Progress",
     "apply",
     "cpu_has_bf16",
+    "device_choices",
     "iter_apply",
     "resolve_device",
 ]
@@ -125,6 +126,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise ValueError(
         f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
     )
+
+
+def device_choices() -> list[tuple[str, str]]:
+    """``(label, value)`` for a device picker: ``auto`` (saying what it resolves to), the CPU,
+    and only the accelerators this machine has (each CUDA device by index and name, MPS)."""
+    auto = resolve_device("auto")
+    if auto.type == "cuda":
+        what = f"CUDA: {torch.cuda.get_device_name(0)}"
+    elif auto.type == "mps":
+        what = "Apple MPS"
+    else:
+        what = "CPU" + (", bf16" if cpu_has_bf16() else "")
+    out = [(f"auto ({what})", "auto"), ("cpu", "cpu")]
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        out += [(f"cuda:{i} ({torch.cuda.get_device_name(i)})", f"cuda:{i}" if n > 1 else "cuda")
+                for i in range(n)]
+    if _mps_available():
+        out.append(("mps (Apple)", "mps"))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

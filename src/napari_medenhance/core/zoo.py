@@ -118,6 +118,12 @@ class ModelInfo:
     path: Path
     card: dict = field(hash=False, compare=False)
 
+    def __repr__(self) -> str:
+        # One line: the card (validation tables, training history) is in ``card``, not here.
+        extra = f", scale={self.scale}" if self.scale != 1 else ""
+        return (f"ModelInfo(name={self.name!r}, task={self.task!r}, arch={self.arch!r}{extra}, "
+                f"source={self.source!r}, path={str(self.path)!r})")
+
 
 # --------------------------------------------------------------------------------------------
 # folders
