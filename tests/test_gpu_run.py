@@ -108,12 +108,19 @@ def test_a_budget_run_ends_in_time_with_its_schedule_on_the_clock(pool, tmp_path
     recipe = DenoiseRecipe(pool, config={"features": 8, "blocks": 1, "layers_per_block": 1},
                            val_crop=64)
     t0 = time.perf_counter()
-    events = list(train(recipe, steps=10**6, out_dir=tmp_path, batch=2, patch=32, lr=1e-3,
-                        device="cpu", val_every=10**9, ckpt_every=0, budget_s=6.0, every_s=1.0))
-    wall = time.perf_counter() - t0
+    events, stamps = [], [t0]
+    for e in train(recipe, steps=10**6, out_dir=tmp_path, batch=2, patch=32, lr=1e-3,
+                   device="cpu", val_every=10**9, ckpt_every=0, budget_s=6.0, every_s=1.0):
+        events.append(e)
+        stamps.append(time.perf_counter())
+    wall = stamps[-1] - t0
     steps = [e for e in events if e.kind == "step"]
     shown = [(e.kind, e.step, e.total, e.lr) for e in events]
-    assert wall < 6.0 + 2.0 and len(steps) >= 3, (wall, shown)
+    # The run may overrun its budget by at most the final validation and checkpoint it plans
+    # for, plus one event's misestimate (on a machine other work slows down, one step can take
+    # seconds): the longest gap between two events bounds both.
+    longest = max(b - a for a, b in zip(stamps, stamps[1:]))
+    assert wall < 6.0 + 2.0 + 2 * longest and len(steps) >= 3, (wall, longest, shown)
     assert events[-1].kind == "done" and events[-1].total == steps[-1].step
     # The rate falls with the clock from its base at the first step; the checkpoint records
     # the clock: the rate at the end of the run is below the last step's.

@@ -75,6 +75,47 @@ class AdaptiveThreads:
         return self.trying or self.current
 
 
+#: The repository root; committed weights live under it.
+ROOT = Path(__file__).resolve().parents[1]
+#: Interim weights (below a model's ship gate), committed so that the next run starts from them.
+INTERIM_DIR = ROOT / "training" / "checkpoints"
+
+
+def add_cpu_args(p: argparse.ArgumentParser) -> None:
+    """The options every training script shares for long CPU runs across sessions."""
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
+                   help="bf16 autocast of the training step (default; fp32 master weights)")
+    p.add_argument("--scratch", action="store_true",
+                   help="start a new run from random weights even if weights are committed")
+
+
+def committed_weights(file_stem: str, root: Path | None = None,
+                      interim: Path | None = None) -> Path | None:
+    """The newest committed weights ``<file_stem>.safetensors``: the interim checkpoint (below
+    the ship gate, ``training/checkpoints/``) or the shipped model (``models/``); None if
+    neither exists. A run whose folder is gone starts from these, so no CPU hour is lost
+    between sessions."""
+    for folder in (interim or INTERIM_DIR, (root or ROOT) / "models"):
+        path = folder / f"{file_stem}.safetensors"
+        if path.is_file():
+            return path
+    return None
+
+
+def resolve_start(args: argparse.Namespace, file_stem: str, **where: Path) -> bool:
+    """Set ``args.init_weights`` to the committed weights when the run folder has no checkpoint
+    (and none was given, and not ``--scratch``); True when the run starts from trained weights."""
+    from napari_medenhance.core.training import LAST
+
+    fresh = not (args.out / LAST).exists() or not args.resume
+    if (fresh and args.init_weights is None and not getattr(args, "scratch", False)
+            and not getattr(args, "export", False)):
+        args.init_weights = committed_weights(file_stem, **where)
+        if args.init_weights is not None:
+            print(f"no checkpoint in {args.out}: starting from the committed {args.init_weights}")
+    return args.init_weights is not None
+
+
 def hardware(device: torch.device) -> str:
     """A one-line description of the machine torch runs on."""
     cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"

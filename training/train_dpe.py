@@ -74,7 +74,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(tests and smoke runs only)")
     p.add_argument("--disc-config", type=json.loads, default={},
                    help="discriminator config overrides as JSON (smoke runs only)")
-    p.add_argument("--init-weights", type=Path, default=None, help="fine-tune from these weights")
+    p.add_argument("--init-weights", type=Path, default=None,
+                   help="start a new run from these weights (default, when the run folder has no "
+                        "checkpoint: the committed interim or shipped weights, if any)")
+    recipe_script.add_cpu_args(p)
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
@@ -295,6 +298,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, rows: list[dict], ablation_
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
+    recipe_script.resolve_start(args, args.name)
     t = time.perf_counter()
     pool = load_pool()
     recipe = make_recipe(args, pool)

@@ -34,8 +34,7 @@ from pool import SPLIT, load_pool  # noqa: E402
 from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
-from napari_medenhance.core.training import BEST, LAST, CheckpointError, DenoiseRecipe  # noqa: E402
-from napari_medenhance.core.training.loop import PRECISIONS  # noqa: E402
+from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +44,7 @@ FP16_MAX_LOSS_DB = 0.01
 #: than this much validation PSNR (dB) at every σ, clipped and unclipped.
 BF16_MAX_LOSS_DB = 0.05
 #: Interim weights (below the ship gate): committed so that the next run starts from them.
-INTERIM_DIR = ROOT / "training" / "checkpoints"
+INTERIM_DIR = recipe_script.INTERIM_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,8 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=PRECISIONS, default="bf16",
-                   help="bf16 autocast of the training step (default; fp32 master weights)")
+    recipe_script.add_cpu_args(p)
     p.add_argument("--clip-fraction", type=float, default=0.25,
                    help="share of training inputs clipped to [0, 1] like real integer data")
     p.add_argument("--anneal-fraction", type=float, default=None,
@@ -80,8 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (default, when the run folder has no "
                         "checkpoint: the committed interim or shipped weights, if any)")
-    p.add_argument("--scratch", action="store_true",
-                   help="start a new run from random weights even if weights are committed")
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
@@ -125,16 +121,8 @@ def evaluate_bf16_cost(recipe: DenoiseRecipe, net: torch.nn.Module,
 
 
 def committed_weights(name: str) -> Path | None:
-    """The newest committed weights of ``name``: an interim checkpoint (below the ship gate,
-    ``training/checkpoints/``) or the shipped model (``models/``); None when neither exists.
-
-    A run whose folder is gone starts from these, so no CPU hour is lost between sessions.
-    """
-    for folder in (INTERIM_DIR, ROOT / "models"):
-        path = folder / f"{name}.safetensors"
-        if path.is_file():
-            return path
-    return None
+    """The committed weights a run starts from (``recipe_script.committed_weights``)."""
+    return recipe_script.committed_weights(name, root=ROOT, interim=INTERIM_DIR)
 
 
 def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -> Path:
@@ -406,13 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
     t = time.perf_counter()
-    fresh = not (args.out / LAST).exists() or not args.resume
-    if fresh and args.init_weights is None and not args.scratch and not args.export:
-        args.init_weights = committed_weights(args.name)
-        if args.init_weights is not None:
-            print(f"no checkpoint in {args.out}: starting from the committed {args.init_weights}")
+    from_weights = recipe_script.resolve_start(args, args.name, root=ROOT, interim=INTERIM_DIR)
     if args.anneal_fraction is None:
-        args.anneal_fraction = 0.0 if args.init_weights is not None else 0.1
+        args.anneal_fraction = 0.0 if from_weights else 0.1
     pool = load_pool()
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
                            val_clipped=True, anneal_fraction=args.anneal_fraction)
