@@ -346,3 +346,21 @@ def test_sr_roi_on_a_turned_volume_lands_at_scanner_positions(tmp_path, voxels, 
         kji = (to_natural @ src)[:3]
         ras = nib.affines.apply_affine(affine, kji[::-1])
         np.testing.assert_allclose(world, _lps_to_world(ras * [-1, -1, 1]), atol=1e-4)
+
+
+def test_4d_volume_turns_its_spatial_axes_only_and_writes_back(tmp_path, voxels):
+    """(i, j, k, t) LIA: the time axis stays first, the three spatial axes turn as in 3-D."""
+    series = np.stack([voxels, voxels[::-1] // 2, voxels // 3], axis=-1)  # (i, j, k, t)
+    affine = ORIENTATIONS["LIA"]
+    img = nib.Nifti1Image(np.asfortranarray(series), affine)
+    img.header.set_qform(affine, code=1)
+    img.header.set_zooms((*ZOOMS, 2.5))
+    nib.save(img, tmp_path / "t.nii.gz")
+    vol = read_volume(tmp_path / "t.nii.gz", lazy=False, orient=True)
+    three = read_volume(_nifti(tmp_path / "v.nii.gz", voxels, affine), lazy=False, orient=True)
+    assert vol.data.shape == (3, *three.data.shape) and vol.axis_labels == ("t", "z", "y", "x")
+    assert vol.spacing == (2.5, *three.spacing) and vol.origin[1:] == pytest.approx(three.origin)
+    np.testing.assert_array_equal(vol.data[0], three.data)
+    out = write_volume(tmp_path / "copy.nii.gz", vol.data, like=vol)
+    assert nib.load(out).header.binaryblock == nib.load(tmp_path / "t.nii.gz").header.binaryblock
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), series)

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QButtonGroup, QCheckBox, QComboBox, QHBoxLayout, QLabel, QPushButton, \
-    QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_medenhance.core.orientation import CONVENTIONS, VIEWS, camera_orientation, \
-    edge_labels, view_axes
+from napari_medenhance.core.orientation import (
+    CONVENTIONS,
+    VIEWS,
+    camera_orientation,
+    edge_labels,
+    view_axes,
+)
 
 if TYPE_CHECKING:
     import napari

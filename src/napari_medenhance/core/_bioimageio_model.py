@@ -93,26 +93,30 @@ class MedEnhanceModel(nn.Module):
         self.eval()
 
     def _network(self, x01: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x01.shape
+        # Sizes come from the tensors themselves (no Python arithmetic on them where it can
+        # be avoided), so a traced copy of this module works for every input size.
+        c = x01.shape[1]
+        h, w = x01.shape[2], x01.shape[3]
         ph = (self.pad_multiple - h % self.pad_multiple) % self.pad_multiple
         pw = (self.pad_multiple - w % self.pad_multiple) % self.pad_multiple
-        if ph > 0 or pw > 0:
+        padded = ph > 0 or pw > 0
+        if padded:
             x01 = F.pad(x01, [0, pw, 0, ph], mode="reflect")
-        hp, wp = h + ph, w + pw
         if self.net_channels == 3 and c == 1:
-            y = self.run(x01.expand(b, 3, hp, wp)).mean(dim=1, keepdim=True)
+            y = self.run(x01.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
         elif self.net_channels == 1 and c != 1:  # colour channels as a batch of gray planes
-            y = self.run(x01.reshape(b * c, 1, hp, wp))
-            y = y.reshape(b, c, hp * self.scale, wp * self.scale)
+            y = self.run(x01.flatten(0, 1).unsqueeze(1))
+            y = y.reshape(x01.shape[0], c, y.shape[2], y.shape[3])
         else:
             y = self.run(x01)
-        return y[:, :, : h * self.scale, : w * self.scale]
+        if padded:
+            y = y[:, :, : h * self.scale, : w * self.scale]
+        return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        flat = x.reshape(b, -1)
-        lo = flat.min(dim=1).values.reshape(b, 1, 1, 1)
-        hi = flat.max(dim=1).values.reshape(b, 1, 1, 1)
+        flat = x.flatten(1)
+        lo = flat.min(dim=1).values[:, None, None, None]
+        hi = flat.max(dim=1).values[:, None, None, None]
         unit = (lo >= 0.0) & (hi <= 1.0)  # already in the networks' range: used as it is
         lo = torch.where(unit, torch.zeros_like(lo), lo)
         hi = torch.where(unit, torch.ones_like(hi), hi)

@@ -21,8 +21,9 @@ Reorienting a grid
 ------------------
 napari slices a layer along its *data* axes; a layer whose transform permutes axes (a
 FreeSurfer LIA volume, a sagittal DICOM series) would show sagittal slices on the "axial"
-slider. So a reader turns the voxel array (a transpose and flips: views, no copy) until data
-axis ``a`` is the voxel axis nearest to world axis ``a`` and points the same way
+slider. So for napari (``read_volume(..., orient=True)``) the reader turns the voxel array (a
+transpose and flips: views, no copy) until data axis ``a`` is the voxel axis nearest to world
+axis ``a`` and points the same way
 (:func:`nibabel.orientations.io_orientation`), and keeps what remains of the affine as the
 volume's ``spacing``, ``origin`` (the world position of data voxel 0) and ``direction``: the
 residual rotation of an oblique acquisition (under 45°), or a shear (a tilted CT gantry), with

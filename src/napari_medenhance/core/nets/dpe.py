@@ -199,4 +199,6 @@ class DPE(nn.Module):
             if i >= 1:
                 f = self.decs[i - 1](f)
         out = torch.tanh(self.tail(f) + xp)
-        return out[..., :h, :w]
+        if out.shape[-2] != h or out.shape[-1] != w:  # only when padded, so that a traced
+            out = out[..., :h, :w]  # copy (BioImage.IO export) keeps no fixed size
+        return out
