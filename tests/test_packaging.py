@@ -60,10 +60,14 @@ def test_wheel_ships_manifest_and_sample_data(tmp_path):
     for f in ("ct_slice.tif", "mr_slice.tif", "nuclei_stack.tif", "ihc_rgb.tif", "samples.json", "NOTICE.md"):
         assert f"napari_medenhance/sample_data/{f}" in names
     # shipped weights and their cards live in the top-level models/ (symlinked into the package)
-    shipped = [f.name for f in (ROOT / "models").iterdir() if f.is_file()]
+    shipped = [f.relative_to(ROOT / "models").as_posix() for f in (ROOT / "models").rglob("*")
+               if f.is_file() and "__pycache__" not in f.parts]
     assert "README.md" in shipped
     for f in shipped:
         assert f"napari_medenhance/models/{f}" in names, f
+    # PyPI refuses files over 100 MB (its default limit): the wheel with every model must fit
+    size = wheel.stat().st_size
+    assert size < 100 * 1000**2, f"{wheel.name} is {size / 1e6:.1f} MB, over PyPI's 100 MB limit"
     # installed from the wheel (not the editable tree), npe2 reads the manifest from the package
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],

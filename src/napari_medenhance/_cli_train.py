@@ -47,8 +47,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lq", nargs="+", metavar="PATH",
                    help="low-quality images for --mode paired / unpaired")
     p.add_argument("--from", dest="start", default="shipped", metavar="MODEL",
-                   help="model to fine-tune: 'shipped' (default), a model name, a .safetensors "
-                        "file, or 'scratch' for a new network")
+                   help="model to fine-tune: 'shipped' (default: the task's shipped model, "
+                        "while one ships), a model name, a .safetensors file, or 'scratch' for "
+                        "a new network")
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps (default 2000)")
     p.add_argument("--batch", type=int, default=8, help="patches per step (default 8)")
     p.add_argument("--patch", type=int, default=64,
@@ -80,6 +81,24 @@ def _fail(msg: object) -> int:
     return 2
 
 
+def _no_shipped_model(task: str, start: str) -> str | None:
+    """The command-line message for ``--from shipped`` when nothing ships for ``task`` (the
+    core's message is worded for every caller); None when there is a shipped model or
+    ``start`` names something else."""
+    from napari_medenhance.core import zoo
+
+    if start != "shipped":
+        return None
+    name = zoo.DEFAULT_MODEL[task]
+    if any(m.name == name and m.source == "shipped" for m in zoo.list_models(task)):
+        return None
+    mine = [m.name for m in zoo.list_models(task) if m.source == "user"]
+    yours = (f"--from NAME to fine-tune one of your {task} models ({', '.join(mine)})" if mine
+             else "--from FILE.safetensors to fine-tune weights of your own")
+    return (f"--from shipped (the default) fine-tunes the shipped {name!r} model, which is "
+            f"not bundled yet; pass --from scratch to train a new network, or {yours}")
+
+
 def _data(paths: list[str] | None) -> Any:
     if paths is None:
         return None
@@ -102,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             if taken:  # say so now, not after hours of training
                 return _fail(f"a user model called {args.name!r} already exists "
                              f"({taken[0].path}); pass --overwrite or another --name")
+        problem = _no_shipped_model(args.task, args.start)
+        if problem:
+            return _fail(problem)
         job = ft.iter_finetune(
             args.task, args.mode, _data(args.data), lq=_data(args.lq), start=args.start,
             steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,

@@ -11,6 +11,11 @@
     medenhance models [--task denoise] [--add FILE.safetensors|PACKAGE.zip --name NAME [--overwrite]]
     medenhance export-bioimageio MODEL OUT.zip [--author "Name (Affiliation)"] [--license ID]
     medenhance demo [--screenshot out/demo.png] [--model dran]
+    medenhance --version
+
+Every command reads inputs through :func:`napari_medenhance.core.io.read_volume` (PNG/JPEG, which
+it does not read, through scikit-image), reports an error as one line on stderr, ``medenhance
+COMMAND: message``, and exits with ``EXIT_*`` below; a missing output folder is created and said.
 """
 
 from __future__ import annotations
@@ -20,23 +25,58 @@ import csv
 import sys
 from pathlib import Path
 
+# One convention for every command (documented in `medenhance --help` and the README): errors
+# are one line on stderr, ``medenhance COMMAND: message``, and the exit status says what kind.
+EXIT_OK = 0
+EXIT_FAILED_FILES = 1  # folder mode: some files failed (listed); the others are written
+EXIT_BAD_INPUT = 2  # bad input, usage, model or device: nothing written (argparse uses 2 too)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, what shells report for an interrupted command)
+
+_EPILOG = (
+    "Exit status (every command): 0 done; 1 a folder batch finished but some files failed "
+    "(listed at the end); 2 bad input, usage, model or device (nothing written); 130 "
+    "interrupted (Ctrl-C). Errors are one line on stderr: 'medenhance COMMAND: message'. A "
+    "missing output folder is created, and a line on stderr says so."
+)
+
+
+class _InputError(ValueError):
+    """An input file the command cannot use (printed as one line, exit status 2)."""
+
 
 def _read(path: str):
-    import tifffile
-
+    """INPUT / OUTPUT / --reference of ``medenhance metrics``: the same reader as every other
+    command (TIFF memory-mapped, NIfTI / DICOM / zarr lazily), PNG and JPEG read whole."""
     p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"medenhance: no such file: {path}")
-    try:
-        return tifffile.memmap(p) if p.suffix.lower() in (".tif", ".tiff") else _read_other(p)
-    except ValueError:  # compressed TIFFs cannot be memory-mapped
-        return tifffile.imread(p)
+    if not p.exists():
+        raise _InputError(f"no such file: {path}")
+    if _io_reads(p):
+        from napari_medenhance.core.io import read_volume
+
+        return read_volume(p, lazy=True).data  # its ValueError names the file and the problem
+    return _read_other(p)
 
 
 def _read_other(p: Path):
+    """PNG, JPEG...: formats core.io does not read (no geometry); small images, read whole."""
     from skimage.io import imread
 
-    return imread(p)
+    try:
+        return imread(p)
+    except Exception as err:  # imageio raises ValueError, OSError or its own errors per backend
+        from napari_medenhance.core.io.volume import formats_hint
+
+        raise _InputError(f"cannot read {p.name!r} ({type(err).__name__}: {err}); "
+                          f"{formats_hint()}, PNG and JPEG") from err
+
+
+def _prepare_output_folder(task: str, folder: Path) -> None:
+    """Create a missing output folder and say so on stderr: a typo in OUTPUT should not leave
+    the results somewhere the user did not expect without a word (files and folders alike)."""
+    if folder.is_dir() or str(folder) in ("", "."):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"medenhance {task}: created the output folder {folder}", file=sys.stderr)
 
 
 def _metrics(args: argparse.Namespace) -> int:
@@ -44,8 +84,11 @@ def _metrics(args: argparse.Namespace) -> int:
 
     from napari_medenhance.metrics import iter_stack_metrics
 
-    inp, out = _read(args.input), _read(args.output)
-    ref = _read(args.reference) if args.reference else None
+    try:
+        inp, out = _read(args.input), _read(args.output)
+        ref = _read(args.reference) if args.reference else None
+    except (ValueError, OSError) as err:  # missing, unknown or corrupt file: nothing scored
+        return _fail("metrics", err)
     rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
     rows = []
     try:
@@ -56,14 +99,15 @@ def _metrics(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.update(1)
                 rows.append({"slice": "/".join(map(str, index)) if index else "0", **values})
-    except ValueError as err:
-        print(f"medenhance metrics: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:  # shapes differ, NaN, a lazy read hits bad bytes
+        # The core names its keyword (level=1); here the option is --level.
+        return _fail("metrics", str(err).replace("level=", "--level "))
     keys = [k for k in rows[0] if k != "slice"]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     for k in keys:
         print(f"{k:>9}: {mean[k]:.6f}" + (f"  (mean of {len(rows)} slices)" if len(rows) > 1 else ""))
     if args.csv:
+        _prepare_output_folder("metrics", Path(args.csv).parent)
         with open(args.csv, "w", newline="", encoding="utf-8") as fh:
             w = csv.DictWriter(fh, fieldnames=["slice", *keys])
             w.writeheader()
@@ -89,8 +133,10 @@ def _one_dicom_series(folder: Path, args: argparse.Namespace) -> bool:
 
 
 def _fail(task: str, msg: object) -> int:
+    """The one error convention of every command: ``medenhance TASK: message`` on stderr (one
+    line, no traceback), exit status 2 (bad input, usage, model or device)."""
     print(f"medenhance {task}: {msg}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 def _restore_file(args: argparse.Namespace) -> int:
@@ -121,7 +167,7 @@ def _restore_file(args: argparse.Namespace) -> int:
             data = _read_other(src)
             job = lazy.iter_process_volume(data, loaded.module, dst, rgb=rgb, device=device,
                                            tile=tile, **loaded.engine_kwargs)
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        _prepare_output_folder(task, dst.parent)
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
         return _fail(task, err)
     code, _ = _drive_with_bar(task, job)
@@ -160,7 +206,7 @@ def _drive_with_bar(task: str, job, unit: str = "tile") -> tuple[int, object]:
     except KeyboardInterrupt:
         close_bar()
         print(f"medenhance {task}: cancelled; nothing written", file=sys.stderr)
-        return 130, None
+        return EXIT_INTERRUPTED, None
     close_bar()
     return 0, result
 
@@ -190,11 +236,21 @@ def _restore_folder(args: argparse.Namespace) -> int:
     if args.workers is not None and args.scheduler != "local":
         return _fail(task, "--workers applies to --scheduler local (a remote cluster has its own)")
     rgb = {"auto": None, "yes": True, "no": False}[args.rgb]
+    # The batch creates OUTPUT once the model and device are checked (a bad --model leaves no
+    # empty folder behind); say so, as for a file's missing folder.
+    missing = {"out": not dst.exists()}
+
+    def announce() -> None:
+        if missing["out"] and dst.is_dir():
+            missing["out"] = False
+            print(f"medenhance {task}: created the output folder {dst}", file=sys.stderr)
+
     bar = None
 
     def show(event) -> None:
         nonlocal bar
         if bar is None:
+            announce()
             bar = tqdm(desc=task, unit="file", total=event.total)
         bar.set_postfix_str(f"{event.input.name}: {event.status}", refresh=False)
         if event.status == "failed":
@@ -220,12 +276,13 @@ def _restore_folder(args: argparse.Namespace) -> int:
         close_bar()
         print(f"medenhance {task}: cancelled; finished files are kept, run again to resume",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     close_bar()
+    announce()
     print(summary.format())
     if summary.total == 0:
         print(f"no files in {src} match {args.pattern or ', '.join(DEFAULT_PATTERNS)}")
-    return 0 if summary.ok else 1
+    return 0 if summary.ok else EXIT_FAILED_FILES
 
 
 # -------------------------------------------------------------------------- super-resolution
@@ -354,6 +411,7 @@ def _sr(args: argparse.Namespace) -> int:
     if not rois:
         rois = [check_roi((0, plane_shape[0], 0, plane_shape[1]), plane_shape)]
     try:
+        _prepare_output_folder(task, dst.parent)
         for k, (r, out) in enumerate(zip(rois, outputs), start=1):
             path = _roi_path(dst, k, len(rois))
             like = lazy.upscaled_like(vol, r, args.scale, z0, drop_z)
@@ -412,13 +470,15 @@ def _models(args: argparse.Namespace) -> int:
                                        overwrite=args.overwrite)
             print(f"added {info.task} model {info.name!r} as {info.path}")
         models = zoo.list_models(args.task)
-    except ValueError as err:
-        print(f"medenhance models: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as err:  # bad file or name, user folder not writable
+        return _fail("models", err)
     if not models:
         what = f"{args.task} models" if args.task else "models"
+        task = args.task or "denoise"
         print(f"no {what} installed; user models folder: {zoo.user_models_dir()}\n"
-              "add one with: medenhance models --add FILE.safetensors --name NAME")
+              "add one with: medenhance models --add FILE.safetensors --name NAME\n"
+              f"or train one with: medenhance train --task {task} --data YOUR_IMAGES "
+              "--from scratch --name NAME")
         return 0
     rows = [("name", "task", "source", "path")] + [(m.name, m.task, m.source, str(m.path)) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -431,12 +491,15 @@ def _export_bioimageio(args: argparse.Namespace) -> int:
     """``medenhance export-bioimageio``: a model as a BioImage.IO package (zip)."""
     from napari_medenhance.core.bioimageio import export_package
 
+    folder = Path(args.output).parent
+    missing = not folder.exists()
     try:
         result = export_package(args.model, args.output, authors=args.author,
                                 license=args.license, name=args.name)
     except (ValueError, OSError) as err:  # unknown model, not exportable, disk full...
-        print(f"medenhance export-bioimageio: {err}", file=sys.stderr)
-        return 2
+        return _fail("export-bioimageio", err)
+    if missing and folder.is_dir():  # the export made it, once the model was checked
+        print(f"medenhance export-bioimageio: created the output folder {folder}", file=sys.stderr)
     print(f"wrote {result.path} ({', '.join(result.files)}); on its test image the package's "
           f"network differs from the plugin's engine by at most {result.engine_max_abs_diff:.3g} "
           f"(image values {result.input_range[0]:.4g} to {result.input_range[1]:.4g})")
@@ -497,11 +560,17 @@ def _add_folder_options(n: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medenhance", description="Medical image restoration and quality metrics.")
+    from napari_medenhance import __version__
+
+    parser = argparse.ArgumentParser(prog="medenhance", description="Medical image restoration and quality metrics.",
+                                     epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("metrics", help="LaSSIM/SSIM of OUTPUT vs INPUT, and PSNR/SSIM/ΔE vs a reference",
-                       description="Scores every 2-D plane of two same-shaped images (TIFF or PNG/JPEG).")
+                       description="Scores every 2-D plane of two same-shaped images, read as "
+                                   "every command reads them (TIFF, NIfTI, zarr, a DICOM series "
+                                   "folder; PNG/JPEG too).", epilog=_EPILOG)
     m.add_argument("input", help="image before restoration")
     m.add_argument("output", help="restored image, same shape as INPUT")
     m.add_argument("--reference", help="clean reference image (adds PSNR, SSIM and CIEDE2000 ΔE)")
@@ -524,10 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import _cli_train  # argparse only at import: torch loads when a run starts
 
-    _cli_train.add_parser(sub)
+    _cli_train.add_parser(sub).epilog = _EPILOG
 
     ls = sub.add_parser("models", help="list the installed models, or add your own",
-                        description="Lists shipped and user models (name, task, source, path).")
+                        description="Lists shipped and user models (name, task, source, path).",
+                        epilog=_EPILOG)
     ls.add_argument("--task", choices=["denoise", "enhance", "sr"], help="only models for this task")
     ls.add_argument("--add", metavar="FILE",
                     help="copy this .safetensors file, or the model of a BioImage.IO package "
@@ -557,7 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     bx.add_argument("--name", default=None, help="the package's name (default from the model)")
     bx.set_defaults(func=_export_bioimageio)
 
-    d = sub.add_parser("demo", help="open napari on a noisy sample stack beside its denoised result")
+    d = sub.add_parser("demo", help="open napari on a noisy sample stack beside its denoised result",
+                       epilog=_EPILOG)
     d.add_argument("--screenshot", default=None, help="save a PNG of the window here and exit")
     d.add_argument("--model", default="dran", help="denoising model (name or .safetensors path)")
     d.set_defaults(func=lambda a: __import__("napari_medenhance._demo", fromlist=["main"]).main(
@@ -566,8 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``medenhance`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status
+    (``EXIT_*``: 0 done, 1 some files of a folder failed, 2 bad input, 130 interrupted)."""
+    import logging
+
+    # tifffile logs its own line about a corrupt file before raising; the command's one-line
+    # error already names the file and the problem.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # commands that do not handle it themselves (metrics, models...)
+        print(f"medenhance {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -15,16 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QFileDialog,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -45,6 +47,10 @@ if TYPE_CHECKING:
     import napari
 
     from napari_medenhance.core.engine import Progress
+
+#: Smallest height of a widget's scrolling form (pixels): docked together, napari shares the
+#: height between widgets, and below this one of them shrinks to a couple of lines.
+MIN_SCROLL_HEIGHT = 240
 
 #: ``job(image, model, *, rgb, device, tile, plane)`` -> generator of Progress, returning the result.
 Job = Callable[..., Generator["Progress", None, np.ndarray]]
@@ -91,11 +97,20 @@ class RunModelWidget(QWidget):
         self.tile = SpinBox(label="tile (px)", value=0, min=0, max=16384, step=64,
                             tooltip="Tile edge in pixels. 0 = auto: whole planes up to 1024×1024, "
                                     "else 512-pixel tiles. Smaller tiles use less (GPU) memory.")
+        # "0" alone does not say it means automatic (superqt's spin box has no special-value
+        # text): a note beside it says what 0 does, and nothing once a size is set.
+        self.tile_note = Label(value="", tooltip="0 = auto: whole planes up to 1024×1024, "
+                                                  "else 512-pixel tiles")
+        self.tile_row = Container(widgets=[self.tile, self.tile_note], layout="horizontal",
+                                  labels=False, label="tile (px)")
+        self.tile_row.margins = (0, 0, 0, 0)
+        self.tile.changed.connect(self._on_tile_changed)
+        self._on_tile_changed()
         self.plane_only = CheckBox(text="current plane only", value=False,
                                    tooltip=f"{self.VERB} only the plane the viewer shows (a quick "
                                            "preview), with the same intensity mapping as the whole "
                                            "stack; unchecked: every plane")
-        self.pickers = Container(widgets=[self.layer, self.model, self.device, self.tile,
+        self.pickers = Container(widgets=[self.layer, self.model, self.device, self.tile_row,
                                           self.plane_only])
 
         self.help = QLabel(self.HELP)
@@ -115,7 +130,21 @@ class RunModelWidget(QWidget):
         self.status.setWordWrap(True)
         self.status.setToolTip("What the widget is doing, or why it could not")
 
-        self._layout = QVBoxLayout(self)
+        # Docked beside other widgets the dock gets short: the form scrolls instead of squashing
+        # its labels until they are unreadable.
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # Text wraps to the dock's width rather than scrolling sideways; and each widget keeps
+        # a readable height when napari shares the dock area between several of them.
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setMinimumHeight(MIN_SCROLL_HEIGHT)
+        body = QWidget()
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll)
+        self._layout = QVBoxLayout(body)
         self._layout.addWidget(self.help)
         self._layout.addWidget(self.pickers.native)
         models = QHBoxLayout()
@@ -162,18 +191,26 @@ class RunModelWidget(QWidget):
         shaped like ``source_data`` or like its plane ``index``.
         """
 
+    def _on_tile_changed(self, _value: Any = None) -> None:
+        self.tile_note.value = "auto" if self.tile.value == 0 else ""
+
     def add_section(self, widget: QWidget) -> None:
         """Put a subclass's own widget below the status line (above the bottom stretch)."""
         self._layout.insertWidget(self._layout.count() - 1, widget)
+
+    def default_model_name(self) -> str:
+        """The shipped model this widget would use (named when it is missing)."""
+        return zoo.DEFAULT_MODEL[self.TASK]
 
     def no_model_message(self) -> str:
         """What to tell the user when no model of this task is installed."""
         return (
             f"No {self.NOUN} model is installed yet (the shipped "
-            f"{zoo.DEFAULT_MODEL[self.TASK].upper()} weights are not bundled yet). "
+            f"{self.default_model_name().upper()} weights are not bundled yet). "
             "Pick a .safetensors weights file with 'Browse…', or add one for every session with "
             "`medenhance models --add FILE.safetensors --name NAME` (it is copied to "
-            f"{zoo.user_models_dir()}) and press ↻."
+            f"{zoo.user_models_dir()}) and press ↻, or train one on your images in the Train "
+            "widget."
         )
 
     # ---------------------------------------------------------------- pickers

@@ -19,6 +19,7 @@ from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.transforms import CompositeAffine
+from qtpy.QtWidgets import QPushButton
 
 from napari_medenhance.api import iter_super_resolve
 from napari_medenhance.core import zoo
@@ -79,7 +80,10 @@ class SuperResolveWidget(RunModelWidget):
                               visible=False, tooltip="The range ends before this plane")
         self.margin = SpinBox(label="label margin (px)", value=8, min=0, max=4096,
                               tooltip="Image pixels added around each label's bounding box "
-                                      "(Labels ROI layers only)")
+                                      "(Labels ROI layers only: a shape is its own ROI)")
+        self.btn_new_roi = QPushButton("New ROI layer")
+        self.btn_new_roi.setToolTip("Add a Shapes layer over the image (same units and "
+                                    "placement) and start drawing rectangles")
         # The base's "current plane only" is replaced by the planes choice.
         self.plane_only.visible = False
         for i, w in enumerate((self.roi_layer, self.factor), start=1):
@@ -89,7 +93,12 @@ class SuperResolveWidget(RunModelWidget):
             self.pickers.insert(at + i, w)
         self.factor.changed.connect(self.refresh_models)
         self.planes.changed.connect(self._on_planes_mode)
+        self.roi_layer.changed.connect(self._on_options_apply)
+        self.layer.changed.connect(self._on_options_apply)
+        self.btn_new_roi.clicked.connect(self.add_roi_layer)
+        self.add_section(self.btn_new_roi)
         self.refresh_models()  # the base listed models before the factor existed
+        self._on_options_apply()
 
     def job(self) -> Job:
         return iter_super_resolve
@@ -110,8 +119,44 @@ class SuperResolveWidget(RunModelWidget):
         choices += [(label, path) for path, label in self._files.items()]
         return choices
 
+    def default_model_name(self) -> str:
+        """The shipped model of the chosen factor (``msgan-x2`` for ×2)."""
+        factor = self.factor.value if hasattr(self, "factor") else None
+        return zoo.default_model_name(self.TASK, factor)
+
     def _on_planes_mode(self, mode: str) -> None:
-        self.z_start.visible = self.z_stop.visible = mode == "range"
+        image = self.layer.value
+        stack = isinstance(image, Image) and plane_axes(image) > 0
+        self.z_start.visible = self.z_stop.visible = mode == "range" and stack
+
+    def _on_options_apply(self, _value: Any = None) -> None:
+        """Enable only the options that apply: the label margin to a Labels ROI layer, the
+        planes to a stack (a 2-D image has one plane)."""
+        self.margin.enabled = isinstance(self.roi_layer.value, Labels)
+        image = self.layer.value
+        self.planes.enabled = isinstance(image, Image) and plane_axes(image) > 0
+        self._on_planes_mode(self.planes.value)
+
+    def add_roi_layer(self) -> Shapes | None:
+        """Add a Shapes layer for ROIs over the picked image, in its units and placement (no
+        'Inconsistent units' warning over a NIfTI layer in mm), pick it and start drawing."""
+        image = self.layer.value
+        if not isinstance(image, Image):
+            self._fail("Pick the image layer first; the ROI layer is placed over it.")
+            return None
+        shapes = self.viewer.add_shapes(
+            ndim=image.ndim, name=f"{image.name} ROI", units=image.units,
+            axis_labels=image.axis_labels, scale=image.scale, translate=image.translate,
+            rotate=image.rotate, shear=image.shear, affine=image.affine,
+            edge_color="yellow", face_color="transparent",
+            edge_width=max(1.0, 0.004 * max(image.data.shape[-3 if image.rgb else -2:])),
+        )
+        self.roi_layer.reset_choices()
+        self.roi_layer.value = shapes
+        shapes.mode = "add_rectangle"
+        self.status.setText(f"Draw rectangles (or polygons) over the lesions in '{shapes.name}', "
+                            "then Run.")
+        return shapes
 
     # -------------------------------------------------------------------- run
     def _rois(self, image: Image, roi_layer: Shapes | Labels) -> list[tuple[str, ROI]]:

@@ -9,6 +9,11 @@ folder, where every widget's model picker finds it (they refresh as soon as it i
 
 Stop ends the run at the next step with a checkpoint and keeps the best model; Start with the
 same run name resumes it (also after a crash).
+
+How long a run takes is said before and during it: 'Estimate time' times a few real steps with
+the chosen settings on the chosen device (:func:`napari_medenhance.core.eta.iter_time_steps`)
+and the line above Start turns that into the time the chosen steps take; while training, the
+status shows steps per second and the time left (:class:`~napari_medenhance.core.eta.StepRate`).
 """
 
 from __future__ import annotations
@@ -25,17 +30,28 @@ from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_medenhance.core import zoo
-from napari_medenhance.core.engine import device_choices
+from napari_medenhance.core.engine import device_choices, resolve_device
+from napari_medenhance.core.eta import StepRate, format_duration, iter_time_steps
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST, TrainEvent
 from napari_medenhance.core.training.user_data import check_pair_shapes
 
 from ._bioimageio import ask_export_path, export_button, start_export
 from ._layers import surface_runtime_errors
+from ._run_widget import MIN_SCROLL_HEIGHT
 
 if TYPE_CHECKING:
     import napari
@@ -244,15 +260,42 @@ class TrainWidget(QWidget):
         self.metrics_label.setToolTip("Validation on the held-out part of your data: 'before' "
                                       "is the starting model, then the latest validation")
         self.plot = TrainPlot()
+        self.estimate = QLabel("")
+        self.estimate.setWordWrap(True)
+        self.estimate.setToolTip("An estimate from timing a few steps on this machine; the "
+                                 "rate changes with what else the machine is doing")
+        self.btn_estimate = QPushButton("Estimate time")
+        self.btn_estimate.setToolTip("Time a few training steps with these settings on this "
+                                     "device (reads the data; takes seconds to a minute)")
+        self._rate = StepRate()
+        self._timings: dict[tuple, float] = {}  # settings -> measured seconds per step
+        self._estimate_worker = None
+        self._run_key: tuple = ()
 
-        layout = QVBoxLayout(self)
+        # Docked beside other widgets the dock gets short: the form scrolls instead of
+        # squashing its labels (the plot keeps its minimum height).
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # Text wraps to the dock's width rather than scrolling sideways; and each widget keeps
+        # a readable height when napari shares the dock area between several of them.
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.scroll.setMinimumHeight(MIN_SCROLL_HEIGHT)
+        body = QWidget()
+        self.scroll.setWidget(body)
+        outer.addWidget(self.scroll)
+        layout = QVBoxLayout(body)
         layout.addWidget(self.help)
         layout.addWidget(self.pickers.native)
         row = QHBoxLayout()
         for b in (self.btn_hq_folder, self.btn_lq_folder, self.btn_refresh):
             row.addWidget(b)
         layout.addLayout(row)
+        layout.addWidget(self.estimate)
         row = QHBoxLayout()
+        row.addWidget(self.btn_estimate)
         row.addWidget(self.btn_start)
         row.addWidget(self.btn_stop)
         layout.addLayout(row)
@@ -262,8 +305,8 @@ class TrainWidget(QWidget):
         row = QHBoxLayout()
         row.addWidget(self.btn_save)
         row.addWidget(self.btn_export)
-        row.addWidget(self.overwrite.native)
         layout.addLayout(row)
+        layout.addWidget(self.overwrite.native)  # its own line: beside the buttons it is too wide
         layout.addStretch(1)
 
         self.task.changed.connect(self._on_task_changed)
@@ -274,12 +317,17 @@ class TrainWidget(QWidget):
         self.btn_start.clicked.connect(self.start_training)
         self.btn_stop.clicked.connect(self.stop)
         self.btn_save.clicked.connect(self.save)
+        self.btn_estimate.clicked.connect(self.estimate_time)
+        for w in (self.task, self.mode, self.hq, self.lq, self.start, self.steps, self.batch,
+                  self.patch, self.device):
+            w.changed.connect(self._show_estimate)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.models_changed.connect(self._refresh_start)
         zoo.on_models_changed(self._emit_models_changed)
         self._on_mode_changed()
+        self._show_estimate()
 
     def _emit_models_changed(self) -> None:
         self.models_changed.emit()
@@ -407,13 +455,14 @@ class TrainWidget(QWidget):
 
     def start_training(self) -> None:
         """Start (or resume) the run named in 'name' in a thread worker."""
-        if self._worker is not None:
+        if self._worker is not None or self._estimate_worker is not None:
             return
         try:
             kw = self._settings()
         except ValueError as err:
             self._fail(str(err))
             return
+        self._run_key = self._estimate_key()
         run_dir = ft.run_folder(kw["name"])
         resuming = (run_dir / LAST).is_file()
         kw = {**kw, **self.options}
@@ -434,11 +483,12 @@ class TrainWidget(QWidget):
         self._run_dir = run_dir
         self._saved = None  # a new run: what was saved before is not this run's model
         self.validations = []
+        self._rate = StepRate()
         self.plot.clear()
         self.metrics_label.setText("")
         self.pickers.enabled = False
         for b in (self.btn_start, self.btn_save, self.btn_export, self.btn_hq_folder,
-                  self.btn_lq_folder):
+                  self.btn_lq_folder, self.btn_estimate):
             b.setEnabled(False)
         self.btn_stop.setEnabled(True)
         what = "Resuming" if resuming else "Starting"
@@ -459,9 +509,10 @@ class TrainWidget(QWidget):
         if ev.kind == "step":
             loss = _loss_of(ev.losses)
             self.plot.add_loss(ev.step, loss)
+            self._rate.update(ev.step)
             if not self._stop_requested:
                 self.status.setText(f"Step {ev.step}/{ev.total}: loss {loss:.4g}, "
-                                    f"learning rate {ev.lr:.2e}")
+                                    f"learning rate {ev.lr:.2e}" + self._speed_text(ev.total))
         elif ev.kind == "validation":
             self._on_validation(ev)
         elif ev.kind == "cancelled":
@@ -516,15 +567,102 @@ class TrainWidget(QWidget):
             message += " Lower 'batch' or 'patch (px)', or set device to 'cpu'."
         self._fail(message)
 
+    def _speed_text(self, total: int) -> str:
+        """``' · 1.3 steps/s, about 24 min left'`` once the rate is known, else ``''``."""
+        rate = self._rate.steps_per_second
+        if rate is None:
+            return ""
+        speed = f"{rate:.2g} steps/s" if rate >= 1 else f"{1 / rate:.2g} s per step"
+        left = self._rate.seconds_left(total)
+        return f" · {speed}, about {format_duration(left)} left" if left else f" · {speed}"
+
+    # ------------------------------------------------------------- estimate
+    def _device_words(self) -> str:
+        try:
+            dev = resolve_device(self.device.value)
+        except ValueError:
+            return "this device"
+        return {"cpu": "this CPU", "mps": "Apple MPS"}.get(dev.type, f"this GPU ({dev})")
+
+    def _estimate_key(self) -> tuple:
+        """What the time per step depends on (not the number of steps)."""
+        def ident(v: Any) -> Any:
+            return v.unique_id if isinstance(v, Image) else v
+
+        return (self.task.value, self.mode.value, ident(self.hq.value), ident(self.lq.value),
+                self.start.value, self.batch.value, self.patch.value, self.device.value,
+                repr(sorted(self.options.items())))
+
+    def _show_estimate(self, _value: Any = None) -> None:
+        """The line above Start: how long the chosen steps take here, or how to find out."""
+        steps, where = self.steps.value, self._device_words()
+        per_step = self._timings.get(self._estimate_key())
+        if per_step is not None:
+            text = (f"Estimate: {steps:,} steps ≈ {format_duration(steps * per_step)} on "
+                    f"{where} ({per_step:.2g} s per step, timed here with these settings; "
+                    "validations add to it).")
+        else:
+            text = f"{steps:,} steps: press 'Estimate time' to time a few steps on {where}"
+            if where == "this CPU":
+                text += "; on a CPU, thousands of steps can take hours"
+            text += "."
+        self.estimate.setText(text)
+
+    def estimate_time(self) -> Any:
+        """Time a few real training steps with the current settings in a thread worker (in a
+        temporary run folder); the line above Start then says how long the steps take."""
+        if self._worker is not None or self._estimate_worker is not None:
+            return None
+        try:
+            kw = self._settings()
+        except ValueError as err:
+            self._fail(str(err))
+            return None
+        key = self._estimate_key()
+        kw = {**kw, **self.options}
+        task, mode, data = kw.pop("task"), kw.pop("mode"), kw.pop("data")
+        kw.pop("name")
+        worker = create_worker(surface_runtime_errors, iter_time_steps, task, mode, data,
+                               cancel=lambda: self._stop_requested, _ignore_errors=True, **kw)
+
+        def done(per_step: float | None) -> None:
+            if per_step is not None:
+                self._timings[key] = per_step
+            self._show_estimate()
+
+        def failed(err: Exception) -> None:
+            self._fail(f"Could not time the steps: {err}")
+
+        def finished() -> None:
+            self._estimate_worker = None
+            self.btn_start.setEnabled(True)
+            self.btn_estimate.setEnabled(True)
+
+        worker.returned.connect(done)
+        worker.errored.connect(failed)
+        worker.finished.connect(finished)
+        self._estimate_worker = worker
+        self._stop_requested = False
+        self.btn_start.setEnabled(False)
+        self.btn_estimate.setEnabled(False)
+        self.estimate.setText(f"Timing a few steps on {self._device_words()} (reading the data "
+                              "first)…")
+        worker.start()
+        return worker
+
     def _on_finished(self) -> None:
         self._running = False
         self._worker = None
         self.plot.redraw()
         self.pickers.enabled = True
-        for b in (self.btn_start, self.btn_hq_folder, self.btn_refresh):
+        for b in (self.btn_start, self.btn_hq_folder, self.btn_refresh, self.btn_estimate):
             b.setEnabled(True)
         self._on_mode_changed()
         self.btn_stop.setEnabled(False)
+        rate = self._rate.steps_per_second
+        if rate:  # the run's own rate is the best estimate for these settings next time
+            self._timings[self._run_key] = 1 / rate
+        self._show_estimate()
         has_best = self._run_dir is not None and (self._run_dir / BEST).is_file()
         self.btn_save.setEnabled(has_best)
         self.btn_export.setEnabled(has_best)

@@ -329,11 +329,35 @@ def _looks_like_path(x: str | os.PathLike) -> bool:
     return s.lower().endswith(SUFFIX) or any(sep in s for sep in seps)
 
 
-def _how_to_add() -> str:
+def _how_to_add(task: str | None = None) -> str:
+    train = f"--task {task}" if task else "--task denoise|enhance|sr"
     return (
         f"add one with `medenhance models --add FILE.safetensors --name NAME` (it is copied to "
-        f"{user_models_dir()}), or pass the path of a .safetensors weights file"
+        f"{user_models_dir()}), train one on your images with `medenhance train {train} "
+        f"--data IMAGES --from scratch --name NAME` (or the Train widget), or pass the path of a "
+        f".safetensors weights file"
     )
+
+
+def default_model_name(task: str, scale: int | None = None) -> str:
+    """The shipped model a task uses when none is named: ``DEFAULT_MODEL[task]``, and for
+    ``"sr"`` the one for ``scale`` (``msgan-x2`` for 2; None: the task's default, ×4)."""
+    if task == "sr" and scale is not None:
+        return f"msgan-x{int(scale)}"
+    return DEFAULT_MODEL[task]
+
+
+def _shipped_default_for(name: str, task: str | None) -> list[str]:
+    """The shipped default(s) a failed lookup of ``name`` should say are missing: ``name``
+    itself when it is one (``msgan-x2`` is the ×2 default, not ``msgan-x4``), else the task's."""
+    defaults = set(DEFAULT_MODEL.values()) | {default_model_name("sr", s) for s in (2, 4)}
+    if name in defaults and (task is None or _default_task(name) == task):
+        return [name]
+    return [DEFAULT_MODEL[task]] if task else []
+
+
+def _default_task(name: str) -> str:
+    return "sr" if name.startswith("msgan-x") else next(t for t, d in DEFAULT_MODEL.items() if d == name)
 
 
 def _unknown(name: str, task: str | None) -> ValueError:
@@ -345,12 +369,11 @@ def _unknown(name: str, task: str | None) -> ValueError:
     )
     msg = f"unknown {what} {name!r}; {listing}"
     shipped = {m.name for m in _scan(shipped_models_dir(), "shipped")}
-    wanted = [DEFAULT_MODEL[task]] if task else [d for d in DEFAULT_MODEL.values() if d == name]
-    missing = [d for d in wanted if d not in shipped]
+    missing = [d for d in _shipped_default_for(name, task) if d not in shipped]
     if missing:
         names = " / ".join(repr(d) for d in missing)
         msg += f". The shipped {names} weights are not bundled yet"
-    return ValueError(f"{msg}. To use your own, {_how_to_add()}.")
+    return ValueError(f"{msg}. To use your own, {_how_to_add(task)}.")
 
 
 def get_model(name_or_path: str | os.PathLike, task: str | None = None) -> ModelInfo:
