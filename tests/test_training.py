@@ -360,3 +360,27 @@ def test_bf16_training_step_learns_and_keeps_fp32_weights(recipe, tmp_path):
                if t.is_floating_point())
     with pytest.raises(ValueError, match="precision"):
         next(train(recipe, steps=1, out_dir=tmp_path / "x", precision="fp16", **RUN))
+
+
+def test_intensity_aug_moves_clean_patches_across_the_range_and_keeps_the_noise(pool):
+    plain = DenoiseRecipe(pool, config=TINY, val_crop=64)
+    moved = DenoiseRecipe(pool, config=TINY, val_crop=64, intensity_aug=1.0)
+    _, y0 = plain.sample_batch(np.random.default_rng(4), 256, 32)
+    x1, y1 = moved.sample_batch(np.random.default_rng(4), 256, 32)
+    # the same patches (drawn first from the same seed), each mapped by a·y + b, inverted or not
+    a0, a1 = y0.numpy().reshape(256, -1), y1.numpy().reshape(256, -1)
+    slopes = []
+    for u, v in zip(a0, a1):
+        if u.std() < 1e-3:
+            continue
+        k, c = np.polyfit(u, v, 1)
+        assert np.allclose(v, k * u + c, atol=1e-5)
+        slopes.append(k)
+    slopes = np.array(slopes)
+    assert np.all((np.abs(slopes) >= 0.25 - 1e-4) & (np.abs(slopes) <= 1 + 1e-4))
+    assert 0.3 < (slopes < 0).mean() < 0.7  # about half inverted
+    assert y1.min() >= 0 and y1.max() <= 1
+    # noise is added after the move: its σ is still the drawn one (≤ 50/255 per sample)
+    assert (x1 - y1).std(dim=(1, 2, 3)).max() < 60 / 255
+    with pytest.raises(ValueError, match="intensity_aug"):
+        DenoiseRecipe(pool, config=TINY, intensity_aug=-0.1)

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe_script.add_cpu_args(p)
     p.add_argument("--clip-fraction", type=float, default=0.25,
                    help="share of training inputs clipped to [0, 1] like real integer data")
+    p.add_argument("--intensity-aug", type=float, default=0.5,
+                   help="share of training patches moved to a random place in [0, 1] (half of "
+                        "them inverted): CT tissue near 1 after its padding, dark fluorescence")
     p.add_argument("--anneal-fraction", type=float, default=None,
                    help="fraction of the steps over which the attention temperature anneals 30 → 1 "
                         "(default: 0.1 from scratch, 0 when starting from trained weights)")
@@ -133,7 +136,8 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     header = read_header(best, expected_arch="dran")
     if header["config"] != recipe.config:
         recipe = DenoiseRecipe(recipe.pool, config=header["config"], clip_fraction=recipe.clip_fraction,
-                               val_clipped=recipe.val_clipped, anneal_fraction=recipe.anneal_fraction)
+                               val_clipped=recipe.val_clipped, anneal_fraction=recipe.anneal_fraction,
+                               intensity_aug=recipe.intensity_aug)
     net = recipe.build()
     load_into(net, best, expected_arch="dran")
     net.to(dev)
@@ -272,6 +276,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            f"--lr {run_args.get('lr', args.lr)} --seed {run_args.get('seed', args.seed)} "
            f"--precision {run_args.get('precision', args.precision)} "
            f"--clip-fraction {run_args.get('clip_fraction', args.clip_fraction)} "
+           f"--intensity-aug {run_args.get('intensity_aug', args.intensity_aug)} "
            f"--anneal-fraction {run_args.get('anneal_fraction', args.anneal_fraction)}"
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
@@ -327,6 +332,10 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         f"is clipped to [0, 1] for {recipe.clip_fraction:.0%} of the samples (real images are "
         "integers: their noise is cut off at the ends of the range), the target is always "
         "input − clean; gray planes get the same noise in their three replicated channels",
+        f"- intensities: {recipe.intensity_aug:.0%} of the clean patches are moved to a random "
+        "place in [0, 1] (gain 0.25–1, offset, half of them inverted) before the noise, because "
+        "the engine maps each image by its own min and max: a CT whose padding is the minimum "
+        "arrives with its tissue in a narrow band near 1",
         "- loss: L1(predicted noise, true noise); Adam β = (0.9, 0.99), cosine decay to 1 % of "
         "the initial rate; bf16 autocast on the CPU (fp32 weights, Adam state, loss and "
         "validation)",
@@ -399,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         args.anneal_fraction = 0.0 if from_weights else 0.1
     pool = load_pool()
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
-                           val_clipped=True, anneal_fraction=args.anneal_fraction)
+                           val_clipped=True, anneal_fraction=args.anneal_fraction,
+                           intensity_aug=args.intensity_aug)
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}")
     if not args.export:

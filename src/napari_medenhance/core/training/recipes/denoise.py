@@ -18,6 +18,11 @@ predicts the residual noise and the clean estimate is ``input − net(input)`` (
   of the range, and a network trained only on unclipped noise loses more there than BM3D does.
   For those samples the input is ``clip(clean + noise, 0, 1)`` and the target noise is
   ``input − clean`` (what was actually added), so ``clean = input − net(input)`` stays exact.
+* **Intensities are placed anywhere in [0, 1]** (``intensity_aug``): the engine maps an image
+  by its own min and max, so a CT whose padding is the minimum arrives with all its tissue in
+  a narrow band near 1, a dark fluorescence image near 0. For that share of the samples the
+  clean patch becomes ``a·clean + b`` (a ~ U(0.25, 1), b ~ U(0, 1 − a)) and, half the time,
+  ``1 − that``; the noise is added afterwards, so the σ stays what it says.
 * **Gray planes get the same noise in all three channels.** The engine runs a grayscale image by
   replicating it to three channels, so a noisy gray image arrives with identical noise in each;
   training with independent per-channel noise there would let the network average the channels
@@ -83,6 +88,8 @@ class DenoiseRecipe:
         clip_fraction: share of the training samples whose noisy input is clipped to [0, 1]
             (module docstring); 0 trains on unclipped noise only.
         val_clipped: also validate on the noisy images clipped to [0, 1].
+        intensity_aug: share of the training samples whose clean patch is moved to a random
+            place in [0, 1] (and half of them inverted) before the noise (module docstring).
     """
 
     task = "denoise"
@@ -106,6 +113,7 @@ class DenoiseRecipe:
         preview_sigma: float = 25.0,
         clip_fraction: float = 0.0,
         val_clipped: bool = False,
+        intensity_aug: float = 0.0,
     ) -> None:
         if not 0.0 <= clip_fraction <= 1.0:
             raise ValueError(f"clip_fraction must be in [0, 1], got {clip_fraction}")
@@ -129,6 +137,9 @@ class DenoiseRecipe:
         self.anneal_fraction = float(anneal_fraction)
         self.clip_fraction = float(clip_fraction)
         self.val_clipped = bool(val_clipped)
+        if not 0.0 <= intensity_aug <= 1.0:
+            raise ValueError(f"intensity_aug must be in [0, 1], got {intensity_aug}")
+        self.intensity_aug = float(intensity_aug)
         self._preview_index = int(np.argmin([abs(s - preview_sigma) for s in self.val_sigmas]))
         self._samplers: dict[int, PatchSampler] = {}
         self._val = self._prepare_validation()
@@ -167,6 +178,14 @@ class DenoiseRecipe:
         σ ~ U(0, sigma_max)/255 per sample, clipped to [0, 1] for a ``clip_fraction`` share of
         the samples (module docstring)."""
         clean, gray = self.sampler(patch).sample(rng, batch)
+        if self.intensity_aug > 0:
+            pick = rng.random(batch) < self.intensity_aug
+            gain = rng.uniform(0.25, 1.0, size=batch).astype(np.float32)
+            offset = (rng.random(batch) * (1.0 - gain)).astype(np.float32)
+            invert = rng.random(batch) < 0.5
+            moved = clean * gain[:, None, None, None] + offset[:, None, None, None]
+            moved[invert] = 1.0 - moved[invert]
+            clean[pick] = moved[pick]
         sigma = rng.uniform(0.0, self.sigma_max, size=batch).astype(np.float32) / 255.0
         noise = rng.standard_normal(clean.shape, dtype=np.float32)
         noise[gray, 1:] = noise[gray, :1]
@@ -309,6 +328,7 @@ class DenoiseRecipe:
                if self.clip_fraction > 0 else "input not clipped")
             + "; gray planes: same noise in the 3 replicated channels",
             "clip_fraction": self.clip_fraction,
+            "intensity_aug": self.intensity_aug,
             "val_clipped": self.val_clipped,
             "loss": "L1(predicted noise, true noise)",
             "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
