@@ -125,9 +125,9 @@ def describe_metrics(m: dict[str, float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny networks and few steps")
-    ap.add_argument("--steps", type=int, default=25, help="timed steps per case (+ warm-up)")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--quality-steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=12, help="timed steps per case (+ warm-up)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--quality-steps", type=int, default=200)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_training.md")
     a = ap.parse_args(argv)
