@@ -221,9 +221,12 @@ def test_widget_buttons_export_the_picked_and_the_trained_model(
 
     train = TrainWidget(viewer)
     # next to Save model, and only once there is a model to export
-    rows = [train.layout().itemAt(i).layout() for i in range(train.layout().count())]
-    (row,) = [r for r in rows if r is not None
-              and any(r.itemAt(j).widget() is train.btn_save for j in range(r.count()))]
+    # (the widget's form sits in a scroll area: look for the row wherever it is)
+    from qtpy.QtWidgets import QLayout
+
+    rows = train.findChildren(QLayout)
+    (row,) = [r for r in rows
+              if any(r.itemAt(j).widget() is train.btn_save for j in range(r.count()))]
     assert train.btn_export in [row.itemAt(j).widget() for j in range(row.count())]
     assert train.btn_export.text() == EXPORT_TEXT and not train.btn_export.isEnabled()
     run = tmp_path / "run"

@@ -298,8 +298,8 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         + f"; fp16 is used when below {FP16_MAX_LOSS_DB} dB at every σ) |",
         f"| CPU inference | BatchNorm folded into the convolutions; bf16 on CPUs with bf16 "
         f"instructions: {'yes' if cpu_bf16 else 'no'} (PSNR cost "
-        + ", ".join(f"{k[0].replace('s', 'unclipped ').replace('c', 'clipped ')}σ{k[1:]} "
-                    f"{v:+.3f} dB" for k, v in bf16_cost.items())
+        + ", ".join(f"{ {'s': 'unclipped', 'c': 'clipped'}[k[0]]} σ{k[1:]} {v:+.3f} dB"
+                    for k, v in bf16_cost.items())
         + f"; allowed below {BF16_MAX_LOSS_DB} dB everywhere) |",
         f"| architecture | `dran`, config `{json.dumps(header['config'], sort_keys=True)}`, "
         f"{params:,} parameters |",
