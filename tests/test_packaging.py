@@ -82,6 +82,23 @@ def test_wheel_ships_manifest_and_sample_data(tmp_path):
     first, second = out.stdout.strip().splitlines()
     assert first.startswith(str(target))
     assert second == "MedEnhance 4"
+    # the installed package alone (run outside the source tree) denoises a bundled sample with
+    # its shipped model, keeping the sample's dtype
+    code = (
+        "import sys, numpy as np, tifffile; from napari_medenhance.cli import main;"
+        "from napari_medenhance.core import zoo; import napari_medenhance.sample_data as sd;"
+        "info = zoo.get_model('dran'); print(info.source, info.path);"
+        "src = sd.__path__[0] + '/ct_slice.tif';"
+        "rc = main(['denoise', src, 'out.tif']); a, b = tifffile.imread(src), tifffile.imread('out.tif');"
+        "print(rc, a.dtype == b.dtype, a.shape == b.shape)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    source, path = lines[0].split(" ", 1)
+    assert source == "shipped" and path.startswith(str(target)), lines
+    assert lines[-1] == "0 True True", lines
 
 
 QT_OR_NAPARI = ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "vispy")
