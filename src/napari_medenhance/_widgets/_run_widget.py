@@ -52,6 +52,25 @@ if TYPE_CHECKING:
 #: height between widgets, and below this one of them shrinks to a couple of lines.
 MIN_SCROLL_HEIGHT = 240
 
+
+def scrolling_form(widget: QWidget) -> tuple[QScrollArea, QVBoxLayout]:
+    """Give ``widget`` a vertically scrolling body; returns (the scroll area, the body's layout).
+
+    Text wraps to the dock's width rather than scrolling sideways, and the widget keeps a
+    readable height when napari shares the dock area between several of them.
+    """
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setMinimumHeight(MIN_SCROLL_HEIGHT)
+    body = QWidget()
+    scroll.setWidget(body)
+    outer.addWidget(scroll)
+    return scroll, QVBoxLayout(body)
+
 #: ``job(image, model, *, rgb, device, tile, plane)`` -> generator of Progress, returning the result.
 Job = Callable[..., Generator["Progress", None, np.ndarray]]
 
@@ -132,19 +151,7 @@ class RunModelWidget(QWidget):
 
         # Docked beside other widgets the dock gets short: the form scrolls instead of squashing
         # its labels until they are unreadable.
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        # Text wraps to the dock's width rather than scrolling sideways; and each widget keeps
-        # a readable height when napari shares the dock area between several of them.
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setMinimumHeight(MIN_SCROLL_HEIGHT)
-        body = QWidget()
-        self.scroll.setWidget(body)
-        outer.addWidget(self.scroll)
-        self._layout = QVBoxLayout(body)
+        self.scroll, self._layout = scrolling_form(self)
         self._layout.addWidget(self.help)
         self._layout.addWidget(self.pickers.native)
         models = QHBoxLayout()

@@ -30,17 +30,8 @@ from matplotlib.figure import Figure
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (
-    QFileDialog,
-    QFrame,
-    QHBoxLayout,
-    QLabel,
-    QPushButton,
-    QScrollArea,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_medenhance.core import zoo
 from napari_medenhance.core.engine import device_choices, resolve_device
@@ -51,7 +42,7 @@ from napari_medenhance.core.training.user_data import check_pair_shapes
 
 from ._bioimageio import ask_export_path, export_button, start_export
 from ._layers import surface_runtime_errors
-from ._run_widget import MIN_SCROLL_HEIGHT
+from ._run_widget import scrolling_form
 
 if TYPE_CHECKING:
     import napari
@@ -274,19 +265,7 @@ class TrainWidget(QWidget):
 
         # Docked beside other widgets the dock gets short: the form scrolls instead of
         # squashing its labels (the plot keeps its minimum height).
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        self.scroll = QScrollArea()
-        self.scroll.setWidgetResizable(True)
-        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
-        # Text wraps to the dock's width rather than scrolling sideways; and each widget keeps
-        # a readable height when napari shares the dock area between several of them.
-        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.scroll.setMinimumHeight(MIN_SCROLL_HEIGHT)
-        body = QWidget()
-        self.scroll.setWidget(body)
-        outer.addWidget(self.scroll)
-        layout = QVBoxLayout(body)
+        self.scroll, layout = scrolling_form(self)
         layout.addWidget(self.help)
         layout.addWidget(self.pickers.native)
         row = QHBoxLayout()
