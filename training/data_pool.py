@@ -149,33 +149,14 @@ def mni152() -> np.ndarray:
     return nifti_zyx(path)
 
 
-def _metaimage(path: Path) -> np.ndarray:
-    """A 2-D/3-D MetaImage (``.mha`` header + raw file) without ITK."""
-    header = dict(
-        (k.strip(), v.strip())
-        for k, v in (line.split("=", 1) for line in path.read_text(errors="replace").splitlines()
-                     if "=" in line)
-    )
-    types = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_USHORT": "u2", "MET_SHORT": "i2",
-             "MET_FLOAT": "f4", "MET_UINT": "u4", "MET_INT": "i4"}
-    big = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")) == "True"
-    dtype = np.dtype(types[header["ElementType"]]).newbyteorder(">" if big else "<")
-    shape = [int(s) for s in header["DimSize"].split()][::-1]
-    raw = path.parent / header["ElementDataFile"]
-    return np.fromfile(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape).astype(
-        dtype.newbyteorder("="))
-
-
 def itk_example(name: str) -> np.ndarray:
-    """A file of ITK's example data (Debian ``insighttoolkit5-examples``): ``.png``, ``.mha``
-    or ``.nii.gz`` (volumes as Z×Y×X)."""
+    """A file of ITK's example data (Debian ``insighttoolkit5-examples``): ``.png`` or
+    ``.nii.gz`` (volumes as Z×Y×X)."""
     path = ensure_deb("insighttoolkit5-examples") / name
     if name.endswith(".png"):
         from skimage.io import imread
 
         return imread(path)
-    if name.endswith(".mha"):
-        return _metaimage(path)
     return nifti_zyx(path)
 
 

@@ -33,6 +33,7 @@ import recipe_script  # noqa: E402
 from pool import SPLIT, load_pool  # noqa: E402
 from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 
+from napari_medenhance.core import zoo  # noqa: E402
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
 from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
@@ -185,7 +186,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     if committed is not None and not args.force:
         # Only a better model replaces the committed one (compared on today's validation set,
         # which may be wider than the one in the committed card).
-        old_net, _ = load_model_for_eval(committed, dev)
+        old_net, _ = zoo.load_model(str(committed), device=dev, task="denoise")
         old_rows, _ = recipe.evaluate(old_net, dev)
         old_psnr = recipe.summarize(old_rows, "psnr", clipped=None)
         new_psnr = recipe.summarize(rows, "psnr", clipped=None)
@@ -205,16 +206,6 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {'fp16' if use16 else 'fp32'}), "
           f"{card}: {where}")
     return out
-
-
-def load_model_for_eval(path: Path, dev: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A DRAN weights file as a network in eval mode (fp32) and its header."""
-    header = read_header(path, expected_arch="dran")
-    from napari_medenhance.core.nets import build
-
-    net = build("dran", **header["config"])
-    load_into(net, path, expected_arch="dran")
-    return net.float().to(dev).eval(), header
 
 
 def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
