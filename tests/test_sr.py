@@ -216,10 +216,38 @@ def test_lr_is_aligned_with_the_bicubic_enlargement():
     assert abs(float(err.mean())) < 1e-5 < float(err.abs().max())
     flat = torch.full((1, 3, 8, 8), 0.3)
     torch.testing.assert_close(blur3(flat), flat)
-    assert not torch.equal(downsample(ramp + torch.rand_like(ramp), 4, blur=True),
-                           downsample(ramp + torch.rand_like(ramp), 4))
+    noisy = ramp + torch.rand_like(ramp)
+    assert not torch.equal(downsample(noisy, 4, kernel="blur3"), downsample(noisy, 4))
     with pytest.raises(ValueError, match="multiples of 4"):
         downsample(torch.zeros(1, 3, 10, 12), 4)
+    with pytest.raises(ValueError, match="unknown LR kernel 'box'"):
+        downsample(ramp, 4, kernel="box")
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_the_gaussian_kernel_is_scikit_images_antialiased_resize(mr, factor):
+    """The 'gaussian' LR kernel is what a user's `skimage.transform.resize(..., anti_aliasing=True)`
+    makes, plane by plane, and it keeps the grid of the other kernels: on a ramp, LR pixel i is
+    centred on HR coordinate f·i + (f − 1)/2."""
+    from skimage.transform import resize
+
+    hr = np.ascontiguousarray(mr[400:464, 300:364], np.float32)  # the humeral head: structure
+    assert hr.std() > 0.05
+    t = torch.from_numpy(np.stack([hr, hr[::-1], hr.T]))[None]
+    lr = downsample(t, factor, kernel="gaussian")
+    assert lr.shape == (1, 3, 64 // factor, 64 // factor) and lr.dtype == torch.float32
+    for c, plane in enumerate((hr, hr[::-1], hr.T)):
+        ref = resize(plane, (64 // factor, 64 // factor), anti_aliasing=True)
+        np.testing.assert_allclose(lr[0, c].numpy(), ref, atol=1e-6)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    ramp = (0.004 * yy + 0.009 * xx)[None, None]
+    c = torch.arange(64.0 / factor) * factor + (factor - 1) / 2
+    expect = 0.004 * c[:, None] + 0.009 * c[None, :]
+    inner = slice(4 // factor + 1, -(4 // factor + 1))
+    torch.testing.assert_close(downsample(ramp, factor, kernel="gaussian")[0, 0][inner, inner],
+                               expect[inner, inner], atol=1e-5, rtol=0)
+    # a different kernel: same grid, different blur
+    assert float((downsample(t, factor) - lr).abs().max()) > 1e-3
 
 
 # ------------------------------------------------------------------------------ sampling
@@ -301,12 +329,49 @@ def test_batches_are_aligned_lr_hr_pairs(ct_pool):
         r.sample_batch(np.random.default_rng(0), 2, 30)
     assert r.objective["lr"] == "bicubic-antialias/4" and r.build_extras() == {}
     blurred = SRRecipe(ct_pool, mode="srresnet", config={"features": 8, "blocks": 1},
-                       val_crop=64, blur=True)
+                       val_crop=64, kernels=("blur3",))
     assert blurred.objective != r.objective
+    with pytest.raises(ValueError, match="kernels must be a non-empty subset"):
+        SRRecipe(ct_pool, mode="srresnet", kernels=("bicubic", "nearest"))
     with pytest.raises(ValueError, match="unknown mode"):
         SRRecipe(ct_pool, mode="esrgan")
     with pytest.raises(ValueError, match="trains at ×4"):
         SRRecipe(ct_pool, config={"output_scale": 2}, critic_config=TINY_C)
+
+
+def test_a_kernel_mix_draws_each_kernel_per_patch_and_validates_each(ct_pool):
+    """With several kernels every LR patch is its own HR patch downsampled by ONE of them (all
+    of them used over a batch), and validation reports every kernel, on the windows and, with
+    ``whole=True``, on the whole planes too."""
+    kernels = ("bicubic", "gaussian", "blur3")
+    r = SRRecipe(ct_pool, mode="srresnet", config={"features": 8, "blocks": 1}, val_crop=64,
+                 kernels=kernels)
+    assert r.objective["lr"].count("|") == 2
+    lr, hr = r.sample_batch(np.random.default_rng(1), 12, 32)
+    inner = (..., slice(2, -2), slice(2, -2))
+    used = []
+    for i in range(12):
+        err = {k: float((downsample(hr[i : i + 1], 4, kernel=k)[inner] - lr[i : i + 1][inner])
+                        .abs().max()) for k in kernels}
+        best = min(err, key=err.get)
+        assert err[best] < 2e-3 < min(v for k, v in err.items() if k != best), err
+        used.append(best)
+    assert set(used) == set(kernels)
+    rows, _ = r.evaluate(r.build(), whole=True)
+    assert {(x["kernel"], x["region"]) for x in rows} == {(k, g) for k in kernels
+                                                          for g in ("window", "plane")}
+    bic = r.baselines(whole=True)
+    assert len(bic) == 2 * len(rows)  # ×2 and ×4 rows for bicubic, ×4 only for srresnet
+    # the untrained network is bicubic: equal on every kernel and region
+    for k in kernels:
+        for g in ("window", "plane"):
+            assert r.summarize(rows, "psnr", scale=4, kernel=k, region=g) == pytest.approx(
+                r.summarize(bic, "psnr", scale=4, kernel=k, region=g), abs=1e-5)
+    plane_rows = [x for x in rows if x["region"] == "plane"]
+    assert plane_rows and all(x["name"] == "ct[:, 256:]" for x in plane_rows)
+    m, _ = r.validate(r.build())
+    assert {f"psnr_{k}" for k in kernels} <= set(m)
+    assert m["psnr"] == pytest.approx(np.mean([m[f"psnr_{k}"] for k in kernels]), abs=1e-9)
 
 
 def test_tiny_srresnet_run_beats_bicubic_on_validation(ct_pool, tmp_path):

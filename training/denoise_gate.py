@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import data_pool  # noqa: E402
-from pool import GROUPS, load_pool  # noqa: E402
+from pool import GROUPS, group_mean, load_pool  # noqa: E402
 
 BASELINES = ("nlm", "bm3d", "ffdnet")
 VARIANTS = {False: "unclipped", True: "clipped"}
@@ -145,15 +145,6 @@ def model_rows(recipe, weights: str | Path, device: str = "cpu") -> tuple[list[d
     out += [{**{k: r[k] for k in keys}, "method": "noisy", "psnr": r["psnr_input"],
              "ssim": r["ssim_input"]} for r in rows]
     return out, dt
-
-
-def group_mean(rows: Sequence[dict], key: str, mods: Sequence[str], **where) -> float:
-    """Mean over the modalities ``mods`` of the per-modality means of ``key`` (rows matching
-    ``where``); NaN when none match."""
-    sel = [r for r in rows if all(r[k] == v for k, v in where.items())]
-    per_mod = [np.mean([r[key] for r in sel if r["modality"] == m]) for m in mods
-               if any(r["modality"] == m for r in sel)]
-    return float(np.mean(per_mod)) if per_mod else float("nan")
 
 
 def verdict(rows: Sequence[dict], against: str) -> list[dict]:

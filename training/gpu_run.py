@@ -139,6 +139,7 @@ def make_recipe(name: str, pool: Any, config: dict[str, Any], *, tiny: bool = Fa
     """
     from napari_medenhance.core.training import DenoiseRecipe, EnhanceRecipe
     from napari_medenhance.core.training.recipes import SRRecipe
+    from napari_medenhance.core.training.recipes.sr import KERNELS
 
     spec = MODELS[name]
     extra = dict(spec.tiny_extra) if tiny else {}
@@ -150,7 +151,8 @@ def make_recipe(name: str, pool: Any, config: dict[str, Any], *, tiny: bool = Fa
                              **val_crop)
     if name == "msgan":
         cfg = {k: v for k, v in config.items() if k not in ("output_scale", "scale")}  # fixed ×4
-        return SRRecipe(pool, mode="msgan", config=cfg, critic_config=extra, blur=False, **val_crop)
+        return SRRecipe(pool, mode="msgan", config=cfg, critic_config=extra, kernels=KERNELS,
+                        **val_crop)
     if name == "dpe":
         return EnhanceRecipe(pool, config=config, loss="full", disc_config=extra,
                              acceptance_samples=20 if tiny else 200, **val_crop)

@@ -63,7 +63,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ import data_pool  # noqa: E402
 
 from napari_medenhance.core.training import Plane, Pool  # noqa: E402
 
-__all__ = ["SPLIT", "load_pool", "normalise"]
+__all__ = ["GROUPS", "SPLIT", "group_mean", "load_pool", "normalise"]
 
 #: Bump when the normalisation changes (the split is hashed itself).
 NORMALISATION_VERSION = "2"
@@ -120,6 +120,15 @@ GROUPS = {
     "radiology": ("CT", "MR", "CR", "US"),
     "microscopy": ("fluorescence", "phase contrast", "colour"),
 }
+
+
+def group_mean(rows: Sequence[dict], key: str, mods: Sequence[str], **where) -> float:
+    """Mean over the modalities ``mods`` of the per-modality means of ``key`` (rows matching
+    ``where``); NaN when none match."""
+    sel = [r for r in rows if all(r[k] == v for k, v in where.items())]
+    per_mod = [np.mean([r[key] for r in sel if r["modality"] == m]) for m in mods
+               if any(r["modality"] == m for r in sel)]
+    return float(np.mean(per_mod)) if per_mod else float("nan")
 
 
 def normalise(a: np.ndarray) -> np.ndarray:

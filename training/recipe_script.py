@@ -224,6 +224,9 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
     path = args.out / "run.json"
     info = json.loads(path.read_text()) if path.exists() else {}
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    if getattr(args, "init_weights", None) and "init_weights" not in info:
+        # The weights the run started from (a stage's predecessor), kept across resumes.
+        info["init_weights"] = str(Path(args.init_weights).resolve())
     sessions = [s for s in info.get("sessions", []) if s.get("started") != session["started"]]
     info["sessions"] = [*sessions, dict(session)]
     tmp = path.with_suffix(".tmp")

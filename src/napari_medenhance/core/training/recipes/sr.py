@@ -4,19 +4,25 @@
 Training pairs
 --------------
 HR = a ``patch``² window of a real plane, drawn by :class:`LesionPatchSampler` (below), one of
-the 8 flips / rotations, replicated to three channels when gray. LR = HR downsampled ×4:
+the 8 flips / rotations, replicated to three channels when gray. LR = HR downsampled ×4 by one
+of the recipe's ``kernels``, drawn per patch (a user's low-resolution image was not made by any
+one known kernel, so the shipped models train on a mix and are validated on each):
 
-* **bicubic**: antialiased bicubic (``F.interpolate(..., mode="bicubic", antialias=True)``:
+* ``"bicubic"``: antialiased bicubic (``F.interpolate(..., mode="bicubic", antialias=True)``:
   Keys' cubic with a = −0.5 stretched by the factor, as MATLAB's ``imresize`` and PIL do; the
-  usual way SR benchmarks make LR images). The window is cut with a 12-pixel margin that is
-  downsampled with it and then cropped away, so every LR pixel sees real neighbours, never a
-  patch border.
-* **blur** (flag ``blur``, default **off**): the author's later code blurs with a 3×3 Gaussian
-  before downsampling; that kernel is applied here as the binomial [1 2 1]/4 (what OpenCV's
-  ``GaussianBlur(img, (3, 3), 0)`` uses). Off by default because the paper only says "LR images
-  were simulated by downsampling", the antialiased bicubic kernel (16 HR pixels wide at ×4)
-  already low-passes, and the reported numbers should describe the paper's setting; the flag is
-  recorded in the objective (a checkpoint made with one setting is refused by the other).
+  usual way SR benchmarks make LR images).
+* ``"gaussian"``: a Gaussian blur of σ = (factor − 1) / 2 then decimation with linear
+  interpolation at the LR pixel centres: scikit-image's ``resize(..., anti_aliasing=True)``,
+  which this calls (what many users' pipelines do).
+* ``"blur3"``: the author's later code: a 3×3 Gaussian blur, applied here as the binomial
+  [1 2 1]/4 (what OpenCV's ``GaussianBlur(img, (3, 3), 0)`` uses), then the antialiased
+  bicubic.
+
+The library default is ``("bicubic",)`` (the paper says only "LR images were simulated by
+downsampling"); ``training/train_sr.py`` trains the shipped models on all three. The kernels
+are part of the objective (a checkpoint made with one set is refused by another). The window
+is cut with a 12-pixel margin that is downsampled with it and then cropped away, so every LR
+pixel sees real neighbours, never a patch border.
 * **×2 target** of MS-GAN (the paper's I_dr, "the ×2 down-sampled version of I_hr"): the HR
   patch bicubic-downsampled ×2 (antialiased, no blur: a clean half-resolution target).
 * **Per-volume min–max normalisation**: before anything else the planes of each source volume
@@ -71,16 +77,19 @@ A fixed set, lesion-focused as the paper evaluates ("only the ROIs were evaluate
 validation plane the ≤ ``val_crop``² window (sides multiples of 4) with the most structure —
 the largest mean gradient magnitude among the windows at most ``max_background`` background,
 chosen once, deterministically (on flat, noisy regions bicubic is already near the best any
-model can do, so whole-plane numbers mostly measure noise). ×4: LR = HR↓4 (the training
-degradation) → the model's ×4 output and a bicubic ×4 enlargement, each against HR. ×2: LR =
-HR↓2 → the ×2 head (MS-GAN) and bicubic ×2, against HR. That is how ``msgan-x2`` is used (on
-an image at its native resolution), although its head was trained on HR↓4 inputs (towards
-HR↓2): the ×2 rows measure that transfer honestly, not the training task.
+model can do). ``evaluate(..., whole=True)`` adds the **whole planes** (cropped to multiples of
+4; the ship gate needs both). For every kernel: ×4: LR = HR↓4 → the model's ×4 output and a
+bicubic ×4 enlargement, each against HR. ×2: LR = HR↓2 → the ×2 head (MS-GAN) and bicubic ×2,
+against HR. That is how ``msgan-x2`` is used (on an image at its native resolution), although
+its head was trained on HR↓4 inputs (towards HR↓2): the ×2 rows measure that transfer
+honestly, not the training task.
 Metrics (outputs clipped to [0, 1], gray outputs averaged back to one channel): PSNR, SSIM
-(data range 1), LaSSIM (level 3, or the deepest that fits) of output vs HR, and the MSE.
-``validate`` reports the model's ``psnr``/``ssim``/``lassim``/``loss`` (×4, ``loss`` = MSE)
-and ``psnr_x2``/``ssim_x2``/``lassim_x2`` (MS-GAN only); :meth:`SRRecipe.baselines` the bicubic
-rows, computed once. Values are averaged over the planes of a modality, then over modalities.
+(data range 1), LaSSIM (level 3, or the deepest that fits) of output vs HR, and the MSE. Rows
+carry ``kernel`` and ``region`` (``"window"`` / ``"plane"``). ``validate`` reports the model's
+``psnr``/``ssim``/``lassim``/``loss`` (×4 windows, mean over kernels; ``loss`` = MSE),
+``psnr_<kernel>`` (×4 windows) and ``psnr_x2``/``ssim_x2``/``lassim_x2`` (MS-GAN only);
+:meth:`SRRecipe.baselines` the bicubic rows, computed once. Values are averaged over the
+planes of a modality, then over modalities.
 """
 
 from __future__ import annotations
@@ -110,6 +119,7 @@ __all__ = [
     "SRRecipe",
     "VGG_LAYER",
     "VGG_WEIGHT",
+    "KERNELS",
     "blur3",
     "downsample",
     "volume_minmax",
@@ -127,6 +137,8 @@ ADVERSARIAL_WEIGHT = 1e-3
 GP_WEIGHT = 10.0
 #: HR pixels cut around a training patch so the LR is made from real neighbours (multiple of 4).
 MARGIN = 12
+#: The LR kernels a recipe can train and validate with (module docstring).
+KERNELS = ("bicubic", "gaussian", "blur3")
 #: The LaSSIM level reported (lowered for crops too small for it).
 LASSIM_LEVEL = 3
 #: (generator arch, default extra weights: mse2, vgg, adversarial) per mode.
@@ -156,8 +168,8 @@ def blur3(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=x.shape[1])
 
 
-def downsample(x: torch.Tensor, factor: int, *, blur: bool = False) -> torch.Tensor:
-    """LR simulation: optional :func:`blur3`, then antialiased bicubic ÷ ``factor``.
+def downsample(x: torch.Tensor, factor: int, *, kernel: str = "bicubic") -> torch.Tensor:
+    """LR simulation with one of :data:`KERNELS` (module docstring).
 
     B×C×H×W (H, W multiples of ``factor``) → B×C×(H/factor)×(W/factor), float.
     """
@@ -165,10 +177,36 @@ def downsample(x: torch.Tensor, factor: int, *, blur: bool = False) -> torch.Ten
         raise ValueError(
             f"downsample needs sides that are multiples of {factor}; got {tuple(x.shape[-2:])}"
         )
-    if blur:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown LR kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    if kernel == "gaussian":
+        from skimage.transform import resize
+
+        a = x.detach().cpu().numpy()
+        shape = (*a.shape[:2], a.shape[2] // factor, a.shape[3] // factor)
+        out = resize(a, shape, order=1, mode="reflect", anti_aliasing=True)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device, x.dtype)
+    if kernel == "blur3":
         x = blur3(x)
     return F.interpolate(x, scale_factor=1.0 / factor, mode="bicubic", antialias=True,
                          align_corners=False)
+
+
+_KERNEL_IDS = {"bicubic": "bicubic-antialias", "gaussian": "gaussian-antialias+linear",
+               "blur3": "blur3 + bicubic-antialias"}
+
+
+_KERNEL_TEXT = {
+    "bicubic": "antialiased bicubic (torch, Keys a=-0.5)",
+    "gaussian": "Gaussian blur sigma=(factor-1)/2 then linear decimation "
+                "(skimage resize, anti_aliasing=True)",
+    "blur3": "3x3 Gaussian blur [1 2 1]/4 then antialiased bicubic",
+}
+
+
+def _lr_identity(kernels: Sequence[str]) -> str:
+    """The objective's ``lr`` entry (one kernel: as recipes without a mix recorded it)."""
+    return " | ".join(_KERNEL_IDS[k] for k in kernels) + f"/{SCALE}"
 
 
 def _bicubic_up(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -404,7 +442,8 @@ class SRRecipe:
         vgg_layer: VGG16 layer of the feature loss (``"pool4"``).
         features: the feature network (default ``VGG16Features((vgg_layer,))``, loaded only
             when ``vgg_weight > 0``).
-        blur: 3×3 Gaussian blur before the ×4 downsampling (default off).
+        kernels: the LR kernels (:data:`KERNELS`), one drawn per training patch; validation
+            reports each (default ``("bicubic",)``).
         masks: lesion masks ``{training plane name: Y×X}`` for the sampler.
         background_level, max_background, structure_quantile: the sampler's (module docstring).
         val_crop: validation crops are at most this many HR pixels per side (multiple of 4).
@@ -427,7 +466,7 @@ class SRRecipe:
         gp_weight: float = GP_WEIGHT,
         vgg_layer: str = VGG_LAYER,
         features: torch.nn.Module | None = None,
-        blur: bool = False,
+        kernels: Sequence[str] = ("bicubic",),
         masks: Mapping[str, np.ndarray] | None = None,
         background_level: float = 0.02,
         max_background: float = 0.5,
@@ -470,7 +509,10 @@ class SRRecipe:
 
             features = VGG16Features((self.vgg_layer,))
         self.features = features if self.vgg_weight > 0 else None
-        self.blur = bool(blur)
+        self.kernels: tuple[str, ...] = tuple(dict.fromkeys(str(k) for k in kernels))
+        if not self.kernels or any(k not in KERNELS for k in self.kernels):
+            raise ValueError(f"kernels must be a non-empty subset of {', '.join(KERNELS)}; got "
+                             f"{list(kernels)}")
         self.masks = dict(masks or {})
         self.background_level = float(background_level)
         self.max_background = float(max_background)
@@ -482,7 +524,7 @@ class SRRecipe:
         self.val_planes = volume_minmax(pool.val)
         self._samplers: dict[int, LesionPatchSampler] = {}
         self._val = self._prepare_validation()
-        self._baselines: list[dict[str, Any]] | None = None
+        self._whole: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ identity
     @property
@@ -499,7 +541,7 @@ class SRRecipe:
             "adversarial_weight": self.adversarial_weight,
             "gp_weight": self.gp_weight if adv else None,
             "critic": self.critic_config if adv else None,
-            "lr": f"{'blur3 + ' if self.blur else ''}bicubic-antialias/{SCALE}",
+            "lr": _lr_identity(self.kernels),
             "sampling": {"lesion_masks": sorted(self.masks), "background_level": self.background_level,
                          "max_background": self.max_background,
                          "structure_quantile": self.structure_quantile},
@@ -557,7 +599,16 @@ class SRRecipe:
             hr[i] = w[None] if w.ndim == 2 else w.transpose(2, 0, 1)
         t = torch.from_numpy(hr)
         c = MARGIN // SCALE
-        lr = downsample(t, SCALE, blur=self.blur)[:, :, c : c + patch // SCALE, c : c + patch // SCALE]
+        if len(self.kernels) == 1:
+            lr = downsample(t, SCALE, kernel=self.kernels[0])
+        else:
+            which = rng.integers(len(self.kernels), size=batch)
+            lr = torch.empty(batch, 3, win // SCALE, win // SCALE)
+            for j, k in enumerate(self.kernels):
+                idx = torch.from_numpy(np.flatnonzero(which == j))
+                if len(idx):
+                    lr[idx] = downsample(t[idx], SCALE, kernel=k)
+        lr = lr[:, :, c : c + patch // SCALE, c : c + patch // SCALE]
         return lr.contiguous(), t[:, :, MARGIN : MARGIN + patch, MARGIN : MARGIN + patch].contiguous()
 
     def _features_on(self, device: torch.device) -> torch.nn.Module | None:
@@ -627,6 +678,18 @@ class SRRecipe:
         return {"net": g, "critic": c}, logs
 
     # ---------------------------------------------------------------- validation
+    def _lr_versions(self, item: dict[str, Any], win: np.ndarray, margin: int) -> dict[str, Any]:
+        """Add ``item[("lr", factor, kernel)]``: the LR of ``win`` (the HR with ``margin`` pixels
+        of context around it) by every kernel at ×2 and ×4, the context cropped away."""
+        t = torch.from_numpy(_chw(win))[None]
+        h, w = item["hr"].shape[:2]
+        for f in (2, SCALE):
+            c = margin // f
+            for k in self.kernels:
+                lr = downsample(t, f, kernel=k)
+                item[("lr", f, k)] = lr[:, :, c : c + h // f, c : c + w // f].contiguous()
+        return item
+
     def _prepare_validation(self) -> list[dict[str, Any]]:
         items = []
         for plane in self.val_planes:
@@ -638,20 +701,31 @@ class SRRecipe:
             y0, x0 = _most_structured_window(plane, ch, cw, self.background_level,
                                              self.max_background)
             hr = plane.data[y0 : y0 + ch, x0 : x0 + cw]
-            item: dict[str, Any] = {"plane": plane, "hr": np.ascontiguousarray(hr, np.float32),
+            item: dict[str, Any] = {"plane": plane, "region": "window",
+                                    "hr": np.ascontiguousarray(hr, np.float32),
                                     "level": min(LASSIM_LEVEL, max_lassim_level((ch, cw)))}
-            for f in (2, SCALE):
-                # The LR of the crop is made from the crop and MARGIN real pixels around it
-                # (reflected where the plane ends), as in training.
-                win = _window(plane.data, y0 - MARGIN, x0 - MARGIN, ch + 2 * MARGIN, cw + 2 * MARGIN)
-                t = torch.from_numpy(_chw(win))[None]
-                lr = downsample(t, f, blur=self.blur)
-                c = MARGIN // f
-                item[f"lr{f}"] = lr[:, :, c : c + ch // f, c : c + cw // f].contiguous()
-            items.append(item)
+            # The LR of the crop is made from the crop and MARGIN real pixels around it
+            # (reflected where the plane ends), as in training.
+            win = _window(plane.data, y0 - MARGIN, x0 - MARGIN, ch + 2 * MARGIN, cw + 2 * MARGIN)
+            items.append(self._lr_versions(item, win, MARGIN))
         if not items:
             raise ValueError(f"no validation plane is at least {2 * SCALE}×{2 * SCALE} pixels")
         return items
+
+    def _whole_planes(self) -> list[dict[str, Any]]:
+        """The whole validation planes (cropped to multiples of 4) as validation items; the LR
+        is made from the plane alone, its borders as each kernel treats them."""
+        if self._whole is None:
+            self._whole = []
+            for plane in self.val_planes:
+                h, w = (s - s % SCALE for s in plane.shape_yx)
+                if h < 2 * SCALE or w < 2 * SCALE:
+                    continue
+                hr = np.ascontiguousarray(plane.data[:h, :w], np.float32)
+                item = {"plane": plane, "region": "plane", "hr": hr,
+                        "level": min(LASSIM_LEVEL, max_lassim_level((h, w)))}
+                self._whole.append(self._lr_versions(item, hr, 0))
+        return self._whole
 
     @staticmethod
     def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
@@ -668,22 +742,29 @@ class SRRecipe:
             "mse": float(np.mean((out - hr) ** 2)),
         }
 
-    def _rows(self, item: Mapping[str, Any], method: str, f: int,
+    def _rows(self, item: Mapping[str, Any], method: str, f: int, kernel: str,
               y: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
         plane: Plane = item["plane"]
-        out = self._to_plane(y[0].clamp(0.0, 1.0).cpu().numpy(), plane.rgb).astype(np.float32)
+        out = self._to_plane(y[0].float().clamp(0.0, 1.0).cpu().numpy(), plane.rgb).astype(np.float32)
         return {"name": plane.name, "modality": plane.modality, "method": method, "scale": f,
-                **self._score(item, out)}, out
+                "kernel": kernel, "region": item["region"], **self._score(item, out)}, out
+
+    def _items(self, whole: bool) -> list[dict[str, Any]]:
+        return self._val + (self._whole_planes() if whole else [])
 
     def evaluate(
-        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+        self, net: torch.nn.Module, device: str | torch.device = "cpu", *, whole: bool = False
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """The network on the fixed validation set.
 
+        Args:
+            whole: also the whole validation planes (rows with ``region="plane"``).
+
         Returns:
-            ``(rows, preview)``: rows ``name, modality, method (the mode), scale (2 or 4), psnr,
-            ssim, lassim, mse`` (×2 rows only for MS-GAN), and the ×4 output on the first
-            validation plane (float32 [0, 1]). The network's mode is restored afterwards.
+            ``(rows, preview)``: rows ``name, modality, method (the mode), scale (2 or 4),
+            kernel, region, psnr, ssim, lassim, mse`` (×2 rows only for MS-GAN), and the ×4
+            output on the first validation window with the first kernel (float32 [0, 1]). The
+            network's mode is restored afterwards.
         """
         device = torch.device(device)
         was_training = net.training
@@ -692,37 +773,41 @@ class SRRecipe:
         preview = None
         try:
             with torch.no_grad():
-                for item in self._val:
-                    row, out = self._rows(item, self.mode, SCALE, net(item[f"lr{SCALE}"].to(device)))
-                    rows.append(row)
-                    if preview is None:
-                        preview = out
-                    if self.arch == "msgan":
-                        y2 = net.forward_x2(item["lr2"].to(device))
-                        rows.append(self._rows(item, self.mode, 2, y2)[0])
+                for item in self._items(whole):
+                    for k in self.kernels:
+                        y4 = net(item[("lr", SCALE, k)].to(device))
+                        row, out = self._rows(item, self.mode, SCALE, k, y4)
+                        rows.append(row)
+                        if preview is None:
+                            preview = out
+                        if self.arch == "msgan":
+                            y2 = net.forward_x2(item[("lr", 2, k)].to(device))
+                            rows.append(self._rows(item, self.mode, 2, k, y2)[0])
         finally:
             net.train(was_training)
         assert preview is not None
         return rows, preview
 
-    def baselines(self) -> list[dict[str, Any]]:
+    def baselines(self, *, whole: bool = False) -> list[dict[str, Any]]:
         """Rows as :meth:`evaluate`'s for ``method = "bicubic"`` at ×2 and ×4 (cached)."""
-        if self._baselines is None:
-            self._baselines = [
-                self._rows(item, "bicubic", f, _bicubic_up(item[f"lr{f}"], f))[0]
-                for item in self._val for f in (2, SCALE)
-            ]
-        return self._baselines
+        for item in self._items(whole):
+            if "bicubic_rows" not in item:
+                item["bicubic_rows"] = [
+                    self._rows(item, "bicubic", f, k, _bicubic_up(item[("lr", f, k)], f))[0]
+                    for k in self.kernels for f in (2, SCALE)
+                ]
+        return [r for item in self._items(whole) for r in item["bicubic_rows"]]
 
     @staticmethod
     def summarize(rows: Sequence[Mapping[str, Any]], key: str, method: str | None = None,
-                  scale: int | None = None) -> float:
+                  scale: int | None = None, **match: Any) -> float:
         """Mean over modalities of the per-modality means of ``key`` (rows of ``method`` and
-        ``scale``, or all); NaN when no row matches."""
+        ``scale``, and with the values in ``match``, e.g. ``kernel="gaussian"``,
+        ``region="plane"``; all when None); NaN when no row matches."""
+        want = {k: v for k, v in {"method": method, "scale": scale, **match}.items() if v is not None}
         by_mod: dict[str, list[float]] = {}
         for r in rows:
-            if (method is None or r.get("method") == method) and (scale is None or r.get("scale") == scale) \
-                    and key in r:
+            if key in r and all(r.get(k) == v for k, v in want.items()):
                 by_mod.setdefault(r["modality"], []).append(float(r[key]))
         if not by_mod:
             return float("nan")
@@ -731,7 +816,8 @@ class SRRecipe:
     def validate(
         self, net: torch.nn.Module, device: str | torch.device = "cpu"
     ) -> tuple[dict[str, float], np.ndarray]:
-        """``({"psnr", "ssim", "lassim", "loss"[, "psnr_x2", "ssim_x2", "lassim_x2"]}, preview)``."""
+        """``({"psnr", "ssim", "lassim", "loss", "psnr_<kernel>"...[, "psnr_x2", "ssim_x2",
+        "lassim_x2"]}, preview)`` on the validation windows (module docstring)."""
         rows, preview = self.evaluate(net, device)
         metrics = {
             "psnr": self.summarize(rows, "psnr", scale=SCALE),
@@ -739,6 +825,9 @@ class SRRecipe:
             "lassim": self.summarize(rows, "lassim", scale=SCALE),
             "loss": self.summarize(rows, "mse", scale=SCALE),
         }
+        if len(self.kernels) > 1:
+            for k in self.kernels:
+                metrics[f"psnr_{k}"] = self.summarize(rows, "psnr", scale=SCALE, kernel=k)
         if self.arch == "msgan":
             for k in ("psnr", "ssim", "lassim"):
                 metrics[f"{k}_x2"] = self.summarize(rows, k, scale=2)
@@ -749,10 +838,11 @@ class SRRecipe:
         return {
             "mode": self.mode,
             "degradation": (
-                ("3x3 Gaussian blur [1 2 1]/4, then " if self.blur else "")
-                + f"antialiased bicubic downsampling x{SCALE} (torch, Keys a=-0.5); x2 target: "
-                "antialiased bicubic x2 of HR; per-volume min-max normalisation"
+                f"downsampling x{SCALE} by one kernel per patch, drawn from: "
+                + "; ".join(_KERNEL_TEXT[k] for k in self.kernels)
+                + ". x2 target: antialiased bicubic x2 of HR; per-volume min-max normalisation"
             ),
+            "kernels": list(self.kernels),
             "objective": self.objective,
             "train_planes": [f"{p.modality}:{p.name}" for p in self.train_planes],
             "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],

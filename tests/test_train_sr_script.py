@@ -1,0 +1,121 @@
+"""The CPU training script for the shipped `msgan-x2` / `msgan-x4`.
+
+``training/train_sr.py`` on a tiny generator and a small pool of the shipped sample images (the
+real pool is fetched from package registries and too large for a test): a PSNR stage, then the
+adversarial stage from its best weights; the export runs the ship gate of ``sr_gate.py`` (every
+LR kernel, windows and whole planes, ×2 and ×4), goes to ``training/checkpoints`` below it, and
+the card and weights header record both stages.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import recipe_script  # noqa: E402
+import sr_gate  # noqa: E402
+import train_sr  # noqa: E402
+
+from napari_medenhance.core import zoo  # noqa: E402
+from napari_medenhance.core.training import Plane, Pool  # noqa: E402
+from napari_medenhance.core.weights import read_header  # noqa: E402
+from napari_medenhance.sample_data import load  # noqa: E402
+
+TINY = json.dumps({"features": 8, "blocks": 1, "blocks_x2": 1})
+TINY_C = json.dumps({"widths": [8, 8, 16, 16]})
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    ct, mr, nuc = _norm(load("ct_slice")), _norm(load("mr_slice")), _norm(load("nuclei_stack"))
+    pool = Pool(
+        train=[Plane("ct", "CT", ct[:, :384]), Plane("mr", "MR", mr[:600]),
+               Plane("nuc", "fluorescence", nuc[5])],
+        val=[Plane("ct-v", "CT", ct[100:164, 384:448]), Plane("mr-v", "MR", mr[700:780, 300:372]),
+             Plane("nuc-v", "fluorescence", nuc[20][:64, :64])],
+    )
+    monkeypatch.setattr(train_sr, "load_pool", lambda: pool)
+    monkeypatch.setattr(train_sr, "INTERIM_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(train_sr, "ROOT", tmp_path)  # committed weights: ROOT/models
+    models = tmp_path / "models"
+    models.mkdir()
+
+    def run(out: str, *extra: str) -> int:
+        return train_sr.main([
+            "--steps", "6", "--batch", "2", "--patch", "32", "--lr", "1e-3",
+            "--val-every", "3", "--ckpt-every", "3", "--config", TINY, "--critic-config", TINY_C,
+            "--val-crop", "48", "--device", "cpu", "--out", str(tmp_path / out),
+            "--models-dir", str(models), *extra,
+        ])
+
+    return tmp_path, models, pool, run
+
+
+def test_psnr_stage_then_gan_stage_export_interim_below_the_gate(setup, capsys):
+    tmp, models, pool, run = setup
+    assert run("psnr", "--stage", "psnr") == 0
+    x4 = tmp / "checkpoints" / "msgan-x4.safetensors"
+    x2 = tmp / "checkpoints" / "msgan-x2.safetensors"
+    assert x4.is_file() and x2.is_file() and not list(models.glob("msgan*"))  # 6 steps < gate
+    h4, h2 = read_header(x4, expected_arch="msgan"), read_header(x2, expected_arch="msgan")
+    assert (h4["config"]["output_scale"], h2["config"]["output_scale"]) == (4, 2)
+    assert set(h2["tensors"]) < set(h4["tensors"])  # the ×2 file is the ×2 head of the same net
+    assert [s["objective"] for s in h4["meta"]["stages"]] == ["MSE×4 + 1·MSE×2"]
+    card = (tmp / "checkpoints" / "msgan-x4.md").read_text()
+    assert "Interim, not shipped" in card and "### ×4, planes" in card and "### ×2, windows" in card
+    for k in ("bicubic PSNR", "gaussian PSNR", "blur3 PSNR", "lanczos", "Ship gate", "Target"):
+        assert k in card, k
+    assert "✘" in card and "msgan-curve.png" in card and (tmp / "checkpoints" / "msgan-curve.png").is_file()
+    out = capsys.readouterr().out
+    assert "interim (below the ship gate, not shipped)" in out and "gate not passed" in out
+
+    # The gate's numbers are the gate's: re-evaluating the exported file gives the same verdict.
+    rec = sr_gate.make_recipe(h4["config"], pool, val_crop=48)
+    res = sr_gate.run(rec, x4)
+    assert not res["passed"] and len(res["gate"]) == 2 * 2 * 2 * 3  # scales·groups·regions·kernels
+    assert {(e["scale"], e["region"], e["kernel"]) for e in res["gate"]} == {
+        (f, g, k) for f in (2, 4) for g in ("window", "plane") for k in ("bicubic", "gaussian", "blur3")}
+    # the ×2 model runs through the registry at ×2
+    net, info = zoo.load_model(str(x2), task="sr")
+    assert info.scale == 2
+
+    # The adversarial stage starts from the PSNR stage's best; its export records both stages.
+    best = tmp / "psnr" / "best.safetensors"
+    assert run("gan", "--init-weights", str(best), "--force") == 0
+    assert json.loads((tmp / "gan" / "run.json").read_text())["init_weights"] == str(best.resolve())
+    st = read_header(x4, expected_arch="msgan")["meta"]["stages"]
+    assert [s["run"] for s in st] == ["psnr", "gan"]
+    assert st[1]["objective"] == "MSE×4 + 1·MSE×2 + 5e-07·VGG16 pool4 + 0.001·WGAN-GP"
+    assert st[0]["sessions"] and st[0]["sessions"][0]["last_step"] == 6
+    card = (tmp / "checkpoints" / "msgan-x2.md").read_text()
+    assert "| `psnr` | MSE×4 + 1·MSE×2 |" in card and "| `gan` | MSE×4" in card
+
+
+def test_a_run_whose_folder_is_gone_starts_from_the_committed_weights(setup, capsys):
+    tmp, models, pool, run = setup
+    assert run("a", "--stage", "psnr", "--ship-anyway") == 0
+    shipped = models / "msgan-x4.safetensors"
+    assert shipped.is_file() and (models / "msgan-x2.safetensors").is_file()
+    assert run("b", "--stage", "psnr", "--no-export") == 0
+    assert "starting from the committed" in capsys.readouterr().out
+    hist = recipe_script.read_history(tmp / "b")
+    first = read_header(shipped, expected_arch="msgan")["meta"]
+    # step 0 of the new run validates the committed (fp16-stored) weights, not a fresh net
+    rec = sr_gate.make_recipe(read_header(shipped)["config"], pool, val_crop=48)
+    net, _ = zoo.load_model(str(shipped), task="sr")
+    m, _ = rec.validate(net.float())
+    assert hist[0]["step"] == 0 and hist[0]["metrics"]["psnr"] == pytest.approx(m["psnr"], abs=1e-4)
+    assert first["storage"] in ("fp16", "fp32")

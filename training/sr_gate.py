@@ -1,0 +1,186 @@
+"""The `msgan-x2` / `msgan-x4` ship gate: MS-GAN vs bicubic (and Lanczos) on the fixed validation split.
+
+    python training/sr_gate.py runs/msgan-psnr/best.safetensors    # tables + gate verdict
+    python training/sr_gate.py models/msgan-x4.safetensors --json out.json
+
+The validation set is the model card's (``SRRecipe`` with every LR kernel of
+``recipes.sr.KERNELS``): of every validation plane of ``pool.py`` the ≤ 256² window with the
+most structure (``window``) and the whole plane (``plane``), each downsampled ×2 and ×4 by each
+kernel (antialiased bicubic; scikit-image's Gaussian-antialiased resize; the author's 3×3 blur
+then bicubic). The ×4 network's own ×2 head gives the ×2 rows (``msgan-x2`` is that head).
+
+* bicubic: torch's bicubic enlargement (a = −0.75, as the networks' residual path).
+* lanczos: Pillow's Lanczos-3 enlargement (``Image.resize(..., LANCZOS)`` on float planes).
+
+Gate (issue "Ship msgan-x2 and msgan-x4"): PSNR ≥ bicubic + 0.5 dB at ×2 and ×4, on radiology
+and on microscopy (``pool.GROUPS``, each the mean of its modalities), on the windows and on the
+whole planes, for every kernel. Target: ≥ bicubic + 1 dB there, with SSIM and LaSSIM above
+bicubic's too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pool import GROUPS, group_mean, load_pool  # noqa: E402
+
+from napari_medenhance.core.training.recipes import SRRecipe  # noqa: E402
+from napari_medenhance.core.training.recipes.sr import KERNELS  # noqa: E402
+
+#: dB over bicubic the shipped models need (gate) and the issue's target.
+GATE_DB = 0.5
+TARGET_DB = 1.0
+REGIONS = ("window", "plane")
+SCALES = (2, 4)
+
+
+def make_recipe(config: dict | None = None, pool=None, val_crop: int = 256) -> SRRecipe:
+    """The card's validation set for an MS-GAN generator ``config`` (no loss networks built)."""
+    cfg = {k: v for k, v in (config or {}).items() if k not in ("output_scale", "scale")}
+    return SRRecipe(pool or load_pool(), mode="msgan", config=cfg, kernels=KERNELS,
+                    vgg_weight=0.0, adversarial_weight=0.0, val_crop=val_crop)
+
+
+def lanczos_up(lr: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pillow's Lanczos enlargement of a 1×C×h×w float tensor, channel by channel."""
+    from PIL import Image
+
+    chans = []
+    for c in lr[0].numpy():
+        im = Image.fromarray(np.ascontiguousarray(c, np.float32), mode="F")
+        im = im.resize((c.shape[1] * factor, c.shape[0] * factor), Image.Resampling.LANCZOS)
+        chans.append(np.asarray(im, np.float32))
+    return torch.from_numpy(np.stack(chans))[None]
+
+
+def baseline_rows(recipe: SRRecipe, methods: Sequence[str] = ("bicubic", "lanczos")) -> list[dict]:
+    """Rows ``name, modality, method, scale, kernel, region, psnr, ssim, lassim, mse``."""
+    rows = [r for r in recipe.baselines(whole=True)] if "bicubic" in methods else []
+    if "lanczos" in methods:
+        for item in recipe._items(True):
+            for k in recipe.kernels:
+                for f in SCALES:
+                    rows.append(recipe._rows(item, "lanczos", f, k,
+                                             lanczos_up(item[("lr", f, k)], f))[0])
+    return rows
+
+
+def model_rows(recipe: SRRecipe, weights: str | Path, device: str = "cpu",
+               method: str = "msgan") -> tuple[list[dict], float]:
+    """Rows of the ×4 generator in ``weights`` (fp32, as validation runs), named ``method``;
+    and the seconds it took."""
+    from napari_medenhance.core import zoo
+
+    net, info = zoo.load_model(str(weights), device=device, task="sr")
+    if info.scale != 4:
+        raise SystemExit(f"error: {weights} is a ×{info.scale} model; the gate evaluates the ×4 "
+                         "file (its ×2 head is the ×2 model)")
+    t = time.perf_counter()
+    rows, _ = recipe.evaluate(net.float(), torch.device(device), whole=True)
+    return [{**r, "method": method} for r in rows], time.perf_counter() - t
+
+
+def verdict(rows: Sequence[dict], method: str = "msgan", against: str = "bicubic",
+            margin: float = GATE_DB, *, structure: bool = False) -> list[dict]:
+    """One entry per scale, group, region and kernel: the PSNRs and whether ``method`` is at
+    least ``margin`` dB above ``against`` (and, with ``structure``, above it in SSIM and LaSSIM)."""
+    out = []
+    for f in SCALES:
+        for g, mods in GROUPS.items():
+            for region in REGIONS:
+                for k in KERNELS:
+                    where = {"scale": f, "region": region, "kernel": k}
+                    m = {key: group_mean(rows, key, mods, method=method, **where)
+                         for key in ("psnr", "ssim", "lassim")}
+                    b = {key: group_mean(rows, key, mods, method=against, **where)
+                         for key in ("psnr", "ssim", "lassim")}
+                    if not np.isfinite(m["psnr"]) or not np.isfinite(b["psnr"]):
+                        continue
+                    ok = m["psnr"] - b["psnr"] >= margin
+                    if structure:
+                        ok = ok and m["ssim"] > b["ssim"] and m["lassim"] > b["lassim"]
+                    out.append({"scale": f, "group": g, "region": region, "kernel": k,
+                                method: m["psnr"], against: b["psnr"],
+                                "margin": m["psnr"] - b["psnr"],
+                                "ssim_margin": m["ssim"] - b["ssim"],
+                                "lassim_margin": m["lassim"] - b["lassim"], "pass": bool(ok)})
+    return out
+
+
+def passed(v: Sequence[dict]) -> bool:
+    return bool(v) and all(e["pass"] for e in v)
+
+
+def table(rows: Sequence[dict], methods: Sequence[str], scale: int, region: str) -> list[str]:
+    """Markdown: PSNR / SSIM / LaSSIM per modality and group, per method and kernel."""
+    mods = list(dict.fromkeys(r["modality"] for r in rows))
+    L = ["| modality | method | " + " | ".join(f"{k} PSNR / SSIM / LaSSIM" for k in KERNELS) + " |",
+         "|---|---|" + "---|" * len(KERNELS)]
+    labels = [(m, (m,)) for m in mods] + [(f"**{g}**", ms) for g, ms in GROUPS.items()]
+    for label, ms in labels:
+        for meth in methods:
+            where = {"method": meth, "scale": scale, "region": region}
+            cells = [" / ".join(f"{group_mean(rows, key, ms, kernel=k, **where):.{d}f}"
+                                for key, d in (("psnr", 2), ("ssim", 4), ("lassim", 4)))
+                     for k in KERNELS]
+            name = f"**{meth}**" if meth not in ("bicubic", "lanczos") else meth
+            L.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    return L
+
+
+def verdict_lines(v: Sequence[dict], method: str = "msgan", against: str = "bicubic") -> list[str]:
+    return [f"- ×{e['scale']} {e['group']}, {e['region']}, {e['kernel']}: {method} "
+            f"{e[method]:.2f} dB vs {against} {e[against]:.2f} dB → {e['margin']:+.2f} dB "
+            f"(SSIM {e['ssim_margin']:+.4f}, LaSSIM {e['lassim_margin']:+.4f}) "
+            f"{'✔' if e['pass'] else '✘'}" for e in v]
+
+
+def run(recipe: SRRecipe, weights: str | Path, method: str = "msgan",
+        device: str = "cpu") -> dict:
+    """Everything the card and the CLI show: rows, gate, target and times."""
+    t = time.perf_counter()
+    base = baseline_rows(recipe)
+    t_base = time.perf_counter() - t
+    mine, dt = model_rows(recipe, weights, device, method)
+    rows = base + mine
+    gate = verdict(rows, method, margin=GATE_DB)
+    target = verdict(rows, method, margin=TARGET_DB, structure=True)
+    return {"rows": rows, "gate": gate, "target": target, "passed": passed(gate),
+            "target_met": passed(target), "seconds": {"baselines": t_base, method: dt}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("weights", help="an MS-GAN ×4 .safetensors file (run best, or models/msgan-x4)")
+    ap.add_argument("--json", type=Path, help="write rows and verdicts here")
+    a = ap.parse_args(argv)
+    from napari_medenhance.core.weights import read_header
+
+    recipe = make_recipe(read_header(a.weights, expected_arch="msgan")["config"])
+    res = run(recipe, a.weights)
+    for region in REGIONS:
+        for f in SCALES:
+            print(f"\n## ×{f}, {region}s\n")
+            print("\n".join(table(res["rows"], ("bicubic", "lanczos", "msgan"), f, region)))
+    print(f"\nShip gate (≥ bicubic + {GATE_DB} dB):\n" + "\n".join(verdict_lines(res["gate"])))
+    print(f"\nTarget (≥ bicubic + {TARGET_DB} dB, SSIM and LaSSIM above):\n"
+          + "\n".join(verdict_lines(res["target"])))
+    print(f"\ngate {'PASSED' if res['passed'] else 'not passed'}; target "
+          f"{'met' if res['target_met'] else 'not met'}; msgan evaluated in "
+          f"{res['seconds']['msgan']:.0f} s")
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    return 0 if res["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
