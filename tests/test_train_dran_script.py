@@ -122,5 +122,27 @@ def test_adaptive_threads_keeps_the_faster_count():
             time.sleep(0.01 if torch.get_num_threads() == 1 else 0.002)
             pick.step()
         assert pick.current == 2
+        # Another process starts: 2 threads become 10x slower. The next trial does not wait
+        # for `period` steps, and 1 thread is kept.
+        pick = recipe_script.AdaptiveThreads([2, 1], period=1000, window=20, recent=5)
+        slow = {"on": False}
+        for i in range(60):
+            if i == 20:
+                slow["on"] = True
+            two = 0.02 if slow["on"] else 0.002
+            time.sleep(two if torch.get_num_threads() == 2 else 0.004)
+            pick.step()
+        assert pick.current == 1
+        # ... and a trial of the slower count ends early: 1 thread is 10x slower here, so it is
+        # tried for `recent` steps, not for the whole window.
+        pick = recipe_script.AdaptiveThreads([2, 1], period=10, window=50, recent=5)
+        counts = []
+        for _ in range(40):
+            time.sleep(0.002 if torch.get_num_threads() == 2 else 0.02)
+            pick.step()
+            counts.append(pick.threads)
+        runs = "".join(map(str, counts)).replace("2", " ").split()
+        done = runs[:-1] if counts[-1] == 1 else runs  # a trial still under way at the end
+        assert pick.current == 2 and done and all(4 <= len(r) <= 7 for r in done), counts
     finally:
         torch.set_num_threads(torch_threads)

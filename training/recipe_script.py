@@ -29,16 +29,24 @@ class AdaptiveThreads:
     On a machine that also does other work, a training step split over every core waits at
     each parallel region for the slowest thread, and a core taken by another process makes
     that thread slow: measured on a 2-core machine, DRAN took 0.55 s a step on 2 threads when
-    quiet but 1.7–6 s while tests ran beside it, where 1 thread takes about 1.1 s either way.
+    quiet but 1.7–6 s while tests ran beside it, where 1 thread takes about 1.1 s either way;
+    MS-GAN went from 0.4 to 7 s a step on 2 threads when another process started.
     So every ``period`` steps the other count is tried for ``window`` steps and the faster
-    one kept (median step time; steps next to a validation or checkpoint are not timed).
+    one kept (median step time; steps next to a validation or checkpoint are not timed). A
+    trial also starts at once when the last ``recent`` steps are ``slower`` times slower than
+    the steps the last choice was made on (another process has started: waiting ``period``
+    such steps could take half an hour), and a trial ends early after ``recent`` steps that are
+    already ``slower`` times slower than the current count's.
     """
 
-    def __init__(self, counts: Sequence[int], period: int = 200, window: int = 20) -> None:
+    def __init__(self, counts: Sequence[int], period: int = 200, window: int = 20,
+                 recent: int = 5, slower: float = 1.5) -> None:
         self.counts = sorted(set(int(c) for c in counts if c >= 1), reverse=True)
         self.period, self.window = int(period), int(window)
+        self.recent, self.slower = int(recent), float(slower)
         self.current = self.counts[0]
         self.times: dict[int, list[float]] = {c: [] for c in self.counts}
+        self.ref: float | None = None  # median step time of the current count when chosen
         self.trying: int | None = None
         self.since = 0
         self.last: float | None = None
@@ -47,6 +55,10 @@ class AdaptiveThreads:
     def interrupted(self) -> None:
         """A validation or checkpoint happened since the last step: do not time across it."""
         self.last = None
+
+    def _median(self, n: int, last: int | None = None) -> float:
+        t = self.times[n][-last:] if last else self.times[n]
+        return float(np.median(t)) if t else float("inf")
 
     def step(self) -> None:
         now = time.perf_counter()
@@ -57,17 +69,28 @@ class AdaptiveThreads:
         self.since += 1
         if len(self.counts) < 2:
             return
-        if self.trying is None and self.since >= self.period:
-            self.trying = next(c for c in self.counts if c != self.current)
-            self.times[self.trying] = []
-            self.since = 0
-            torch.set_num_threads(self.trying)
-        elif self.trying is not None and self.since >= self.window:
-            med = {c: float(np.median(t)) for c, t in self.times.items() if t}
-            if med.get(self.trying, float("inf")) < med.get(self.current, float("inf")):
+        if self.trying is None:
+            cur = self.times[self.current]
+            if self.ref is None and len(cur) >= self.recent:
+                self.ref = self._median(self.current)
+            slowed = (self.ref is not None and len(cur) >= self.recent
+                      and self._median(self.current, self.recent) > self.slower * self.ref)
+            if self.since >= self.period or slowed:
+                self.trying = next(c for c in self.counts if c != self.current)
+                self.times[self.trying] = []
+                self.since = 0
+                torch.set_num_threads(self.trying)
+            return
+        tried = self.times[self.trying]
+        clearly_worse = (len(tried) >= self.recent and self._median(self.trying)
+                         > self.slower * self._median(self.current, self.recent))
+        if self.since >= self.window or clearly_worse:
+            if self._median(self.trying) < self._median(self.current, self.recent):
                 self.current = self.trying
             self.trying, self.since = None, 0
-            self.times = {c: (t if c == self.current else []) for c, t in self.times.items()}
+            self.times = {c: (t[-self.recent:] if c == self.current else [])
+                          for c, t in self.times.items()}
+            self.ref = self._median(self.current)
             torch.set_num_threads(self.current)
 
     @property
