@@ -97,7 +97,7 @@ def test_psnr_stage_then_gan_stage_export_interim_below_the_gate(setup, capsys):
     assert run("gan", "--init-weights", str(best), "--force") == 0
     assert json.loads((tmp / "gan" / "run.json").read_text())["init_weights"] == str(best.resolve())
     st = read_header(x4, expected_arch="msgan")["meta"]["stages"]
-    assert [s["run"] for s in st] == ["psnr", "gan"]
+    assert [Path(s["run"]).name for s in st] == ["psnr", "gan"] and st[1]["from"] == "best.safetensors"
     assert st[1]["objective"] == "MSE×4 + 1·MSE×2 + 5e-07·VGG16 pool4 + 0.001·WGAN-GP"
     assert st[0]["sessions"] and st[0]["sessions"][0]["last_step"] == 6
     card = (tmp / "checkpoints" / "msgan-x2.md").read_text()
@@ -119,3 +119,16 @@ def test_a_run_whose_folder_is_gone_starts_from_the_committed_weights(setup, cap
     m, _ = rec.validate(net.float())
     assert hist[0]["step"] == 0 and hist[0]["metrics"]["psnr"] == pytest.approx(m["psnr"], abs=1e-4)
     assert first["storage"] in ("fp16", "fp32")
+
+
+def test_shipping_retires_the_interim_weights(setup):
+    """Once a model ships, its interim files are removed: new runs start from the shipped one."""
+    tmp, models, pool, run = setup
+    assert run("a", "--stage", "psnr") == 0
+    assert (tmp / "checkpoints" / "msgan-x4.safetensors").is_file()
+    assert run("a", "--stage", "psnr", "--export", "--ship-anyway") == 0
+    assert (models / "msgan-x4.safetensors").is_file()
+    assert not (tmp / "checkpoints" / "msgan-x4.safetensors").exists()
+    assert not (tmp / "checkpoints" / "msgan-x2.md").exists()
+    assert recipe_script.committed_weights("msgan-x4", root=tmp, interim=tmp / "checkpoints") == \
+        models / "msgan-x4.safetensors"

@@ -125,6 +125,20 @@ def committed_weights(file_stem: str, root: Path | None = None,
     return None
 
 
+def retire_interim(stems: Sequence[str], interim: Path | None = None) -> list[Path]:
+    """Remove the interim files (weights, card, curve) of models that have just shipped: the
+    shipped model supersedes them, and :func:`committed_weights` would otherwise keep starting
+    new runs from the older interim weights. Returns what was removed."""
+    folder = interim or INTERIM_DIR
+    gone = []
+    for stem in stems:
+        for path in (folder / f"{stem}.safetensors", folder / f"{stem}.md"):
+            if path.is_file():
+                path.unlink()
+                gone.append(path)
+    return gone
+
+
 def resolve_start(args: argparse.Namespace, file_stem: str, **where: Path) -> bool:
     """Set ``args.init_weights`` to the committed weights when the run folder has no checkpoint
     (and none was given, and not ``--scratch``); True when the run starts from trained weights."""
@@ -255,6 +269,59 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info, indent=1))
     tmp.replace(path)
+
+
+#: The command-line settings a stage records (scripts may add their own).
+STAGE_ARGS = ("batch", "patch", "lr", "seed", "precision")
+
+
+def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: str,
+                    describe: Callable[[dict[str, Any]], str],
+                    psnr: float | None = None, extra_args: Sequence[str] = ()) -> list[dict]:
+    """The training stages behind a run's best weights, oldest first: the stages recorded in
+    the weights the run started from (an exported model keeps its ``stages``; a run's best is
+    described by its header, ``describe(meta)`` naming its objective, and the ``run.json``
+    beside it), then this run (``out``, its best weights' header ``meta``, ``objective``).
+
+    Each stage: ``objective, run`` (folder), ``from`` (starting weights' file name or None),
+    ``steps`` (the stage's length), ``selected_step``, ``psnr``, ``sessions`` (``run.json``),
+    ``args`` (the :data:`STAGE_ARGS` and ``extra_args`` it ran with).
+    """
+    from napari_medenhance.core.weights import read_header
+
+    keys = (*STAGE_ARGS, *extra_args)
+
+    def record(folder: Path) -> dict[str, Any]:
+        path = folder / "run.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    run = record(Path(out))
+    init = run.get("init_weights") or run.get("args", {}).get("init_weights")
+    before: list[dict] = []
+    if init and Path(init).is_file():
+        h = read_header(init, expected_arch=arch)["meta"]
+        before = list(h.get("stages") or [])
+        if not before:
+            prev = record(Path(init).parent)
+            before = [{"objective": describe(h), "run": str(Path(init).parent), "from": None,
+                       "steps": h.get("total"), "selected_step": h.get("step"),
+                       "psnr": (h.get("metrics") or {}).get("psnr"),
+                       "sessions": prev.get("sessions", []),
+                       "args": {k: prev.get("args", {}).get(k) for k in keys}}]
+    this = {"objective": objective, "run": str(out), "from": Path(init).name if init else None,
+            "steps": meta.get("total"), "selected_step": meta.get("step"),
+            "psnr": psnr if psnr is not None else (meta.get("metrics") or {}).get("psnr"),
+            "sessions": run.get("sessions", []),
+            "args": {k: run.get("args", {}).get(k) for k in keys}}
+    return [*before, this]
+
+
+def cpu_hours(stage: dict) -> float:
+    """Training time of a stage from its sessions (steps / steps per second)."""
+    return sum((s["last_step"] - s["first_step"]) / s["steps_per_s"] / 3600.0
+               for s in stage.get("sessions", [])
+               if s.get("steps_per_s") and s.get("last_step") is not None
+               and s.get("first_step") is not None)
 
 
 #: One JSON line per validation: the curve of a run (``plot_history``), kept across resumes.

@@ -202,6 +202,9 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     card = dest_dir / f"{args.name}.md"
     card.write_text(_card(args, recipe, header, rows, loss, use16, out, bf16_cost, cpu_bf16,
                           gate_rows, gate, target, passed, curve), encoding="utf-8")
+    if dest_dir == args.models_dir:
+        for gone in recipe_script.retire_interim([args.name], INTERIM_DIR):
+            print(f"removed the superseded interim {gone}")
     where = "shipped" if dest_dir == args.models_dir else "interim (below the ship gate, not shipped)"
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {'fp16' if use16 else 'fp32'}), "
           f"{card}: {where}")

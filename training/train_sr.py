@@ -166,30 +166,12 @@ def _load(best: Path, recipe: SRRecipe, fp16: bool = False) -> torch.nn.Module:
 
 
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
-    """The training stages behind the run's best weights, oldest first: those recorded in the
-    weights the run started from (or that file's own step and objective), then this run."""
-    run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
-    out: list[dict] = []
-    init = run.get("init_weights")
-    if init and Path(init).is_file():
-        meta = read_header(init)["meta"]
-        if meta.get("stages"):
-            out = list(meta["stages"])
-        else:
-            prev = Path(init).parent / "run.json"
-            prev_run = json.loads(prev.read_text()) if prev.is_file() else {}
-            out = [{"run": str(Path(init).parent.name), "objective": _objective_text(
-                        meta.get("training", {}).get("objective", {})),
-                    "step": meta.get("step"), "total": meta.get("total"),
-                    "sessions": prev_run.get("sessions", [])}]
-    meta = header["meta"]
-    out.append({"run": args.out.name, "objective": _objective_text(meta.get("training", {})
-                                                                  .get("objective", {})),
-                "step": meta.get("step"), "total": meta.get("total"),
-                "args": {k: run.get("args", {}).get(k) for k in ("batch", "patch", "lr", "seed")},
-                "init_weights": Path(init).name if init else None,
-                "sessions": run.get("sessions", [])})
-    return out
+    """The training stages behind the run's best weights (``recipe_script.training_stages``)."""
+    def describe(meta: dict) -> str:
+        return _objective_text(meta.get("training", {}).get("objective", {}))
+
+    return recipe_script.training_stages(args.out, header["meta"], describe(header["meta"]),
+                                         arch="msgan", describe=describe)
 
 
 def _objective_text(obj: dict) -> str:
@@ -271,6 +253,9 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
         card.write_text(_card(args, grecipe, header, res, fp16_loss, use16, out, f, history, curve),
                         encoding="utf-8")
         written.append(out)
+    if dest_dir == args.models_dir:
+        for gone in recipe_script.retire_interim([f"{args.name}-x2", f"{args.name}-x4"], INTERIM_DIR):
+            print(f"removed the superseded interim {gone}")
     where = "shipped" if dest_dir == args.models_dir else "interim (below the ship gate, not shipped)"
     print(f"wrote {', '.join(str(w) for w in written)} ({'fp16' if use16 else 'fp32'}) with cards: "
           f"{where}; gate {'passed' if res['passed'] else 'not passed'}, target "
@@ -374,7 +359,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
         hw = "; ".join(f"{s.get('hardware', '?')}, steps {s.get('first_step', '?')}–"
                        f"{s.get('last_step', '?')} at {s.get('steps_per_s', '?')} steps/s"
                        for s in st.get("sessions", [])) or "not recorded"
-        L.append(f"| `{st['run']}` | {st['objective']} | {st.get('total')} ({st.get('step')}) | "
+        L.append(f"| `{Path(st['run']).name}` | {st['objective']} | {st.get('steps')} "
+                 f"({st.get('selected_step')}) | "
                  f"{a.get('batch', '?')} × {a.get('patch', '?')}² | {a.get('lr', '?')} | {hw} |")
     L += [
         "",

@@ -151,26 +151,30 @@ class PatchSampler:
             area = area / np.array([per_mod[m] for m in mods])
         self._p = area / area.sum()
 
-    def _candidate(self, rng: np.random.Generator) -> np.ndarray:
+    def _candidate(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane]:
         plane = self.planes[int(rng.choice(len(self.planes), p=self._p))]
         h, w = plane.shape_yx
         y = int(rng.integers(0, h - self.patch + 1))
         x = int(rng.integers(0, w - self.patch + 1))
-        return plane.data[y : y + self.patch, x : x + self.patch]
+        return plane.data[y : y + self.patch, x : x + self.patch], plane
 
     def sample_one(self, rng: np.random.Generator) -> np.ndarray:
         """One patch, ``patch×patch`` (gray) or ``patch×patch×3`` (RGB), float32 [0, 1] (may be
         a view into the plane: copy before writing to it)."""
+        return self.sample_with_plane(rng)[0]
+
+    def sample_with_plane(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane]:
+        """:meth:`sample_one` and the plane the patch was cut from (same random stream)."""
         best, best_score = None, (-2.0, -1.0)
         for _ in range(self.max_tries):
-            cand = self._candidate(rng)
+            cand, plane = self._candidate(rng)
             lum = cand if cand.ndim == 2 else cand.max(axis=2)
             empty = float(np.count_nonzero(lum <= self.empty_level)) / lum.size
             s = float(cand.std())
             if s >= self.min_std and empty <= self.max_empty:
-                return cand
+                return cand, plane
             if (-empty, s) > best_score:
-                best, best_score = cand, (-empty, s)
+                best, best_score = (cand, plane), (-empty, s)
         assert best is not None
         return best
 

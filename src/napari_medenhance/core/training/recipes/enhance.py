@@ -1,4 +1,6 @@
-"""Perceptual enhancement with DPE (seed 000; REFERENCE.md, "DPE").
+"""Perceptual enhancement with DPE: S M A Sharif, R. A. Naqvi, M. Biswas and W.-K. Loh, "Deep
+Perceptual Enhancement for Medical Image Analysis" (IEEE JBHI; code
+github.com/sharif-apu/DPE_JBHI), section II-C and Algorithm 1 for the training pairs.
 
 Training pairs
 --------------
@@ -8,12 +10,29 @@ balanced, empty background rejected, 8 flips / rotations); input = Algorithm 1 o
 brightness factors ~ U(0.1, 0.8)). Both are mapped to DPE's [-1, 1].
 
 * **Luminance check per training image.** The paper resized whole images to 128×128 training
-  images and skipped those whose mean non-zero 8-bit Lab L is <= 100. Here a training image is
-  a patch, so the check applies to each patch: a dark patch is rejected and another one drawn
-  (from any plane), up to ``max_tries`` times; if all are dark the brightest is kept (and
-  degraded: a batch always fills). Dark modalities (fluorescence, much of MR) therefore enter
-  training only through their bright regions; :attr:`EnhanceRecipe.acceptance` estimates, per
-  modality, the share of patches that pass.
+  images and skipped those whose mean non-zero 8-bit Lab L is <= B_T = 100 (Algorithm 1: an
+  image that is already of low quality makes the pair ambiguous). Here a training image is a
+  patch, so the check applies to each patch: a dark patch is rejected and another one drawn,
+  up to ``max_tries`` times; if all are dark the brightest is kept (and degraded: a batch
+  always fills). :attr:`EnhanceRecipe.acceptance` estimates, per modality, the share of
+  candidate patches that pass. Two checks (``luminance_check``):
+
+  - ``"paper"`` (the library default): the fixed B_T for every patch, redrawn from any plane.
+    A fixed L of 100 is the brightness of a photograph; fluorescence never reaches it (in the
+    project's training pool 0 % of the fluorescence patches pass, 1–3 % of the ultrasound and
+    phase-contrast ones, 23 % of the CR ones), so those modalities enter training only through
+    their brightest regions, and their validation planes are left out (18 of the pool's 26).
+  - ``"relative"``: the threshold of a patch is ``min(B_T, relative_luminance × L_image)``,
+    where ``L_image`` is the same statistic (mean non-zero 8-bit Lab L) of the *whole plane the
+    patch comes from*, and a rejected patch is redrawn from the same modality (every modality
+    keeps its equal share of a batch). What the check rejects is then what is dark *for its
+    own image* — noisy air around an MR head, the background between nuclei — while a
+    fluorescence or clinical MR patch at its image's usual brightness is degraded like any
+    other. The reference is the image, not the modality, because a modality is not one
+    brightness: the pool's skull-stripped MR templates have patches at L ≈ 200, its clinical
+    MR (MR2_UNCR, FatMRI) at L ≈ 30–75, and half the MR-wide typical value would still reject
+    most clinical MR patches. Bright images are checked exactly as in the paper (B_T caps
+    the threshold).
 * **Gray planes** are degraded as one channel (one noise field) and replicated to three, which
   is what the inference engine feeds the network for a gray image.
 
@@ -30,7 +49,11 @@ Validation
 ----------
 A fixed set: the central ≤ ``val_crop``² window of every validation plane that passes the
 luminance check (the others are listed in :meth:`EnhanceRecipe.describe` and left out),
-degraded once with Algorithm 1 from ``val_seed``. Reported against the clean crop: PSNR and SSIM
+degraded once with Algorithm 1 from ``val_seed``. With ``luminance_check="relative"`` a
+crop passes when its L exceeds ``min(B_T, relative_luminance × the median L of its modality's
+validation crops)``: the median crop of every modality always passes, so every modality is
+validated, and only a crop far darker than its modality's others (a near-empty one) is left
+out. Reported against the clean crop: PSNR and SSIM
 (data range 1; output clipped to [0, 1] as the engine delivers it; gray outputs averaged back
 to one channel), CIEDE2000 ΔE on colour planes, LaSSIM (level 3, or the deepest that fits) of
 the output against the *degraded input* (structure kept, no reference needed), and the L1 error
@@ -70,10 +93,13 @@ from ...nets.dpe import DPE
 from ..losses import ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
 from ..patches import PatchSampler, Plane, Pool, center_crop
 
-__all__ = ["EnhanceRecipe", "LOSS_PRESETS", "clahe", "percentile_stretch"]
+__all__ = ["EnhanceRecipe", "LOSS_PRESETS", "LUMINANCE_CHECKS", "clahe", "percentile_stretch"]
 
 #: Named objectives: (feature weight, adversarial weight).
 LOSS_PRESETS = {"full": (1.0, ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
+#: The luminance checks of Algorithm 1 (module docstring): the paper's fixed B_T, or relative to
+#: each image's own luminance.
+LUMINANCE_CHECKS = ("paper", "relative")
 #: The LaSSIM level reported (the metric's default), lowered for crops too small for it.
 LASSIM_LEVEL = 3
 
@@ -132,6 +158,11 @@ class EnhanceRecipe:
             False judges the image alone, as the authors' code does.
         brightness_threshold, sigma_max, factor_range: Algorithm 1's B_T (0–255 Lab L), σ_max
             (/255) and contrast / brightness factor range.
+        luminance_check: ``"paper"`` (B_T for every patch and validation crop) or
+            ``"relative"`` (``min(B_T, relative_luminance × L)`` with L the mean non-zero Lab
+            L of the patch's whole plane, or the median of the modality's validation crops;
+            module docstring).
+        relative_luminance: the fraction of the ``"relative"`` check.
         max_tries: patches drawn per training image before the brightest dark one is kept.
         val_crop: validation planes are centre-cropped to at most this many pixels per side.
         val_seed: seed of the fixed validation degradation.
@@ -160,6 +191,8 @@ class EnhanceRecipe:
         brightness_threshold: float = BRIGHTNESS_THRESHOLD,
         sigma_max: float = SIGMA_MAX,
         factor_range: tuple[float, float] = FACTOR_RANGE,
+        luminance_check: str = "paper",
+        relative_luminance: float = 0.5,
         max_tries: int = 20,
         val_crop: int = 256,
         val_seed: int = 2022,
@@ -204,6 +237,16 @@ class EnhanceRecipe:
         )
         self.pool = pool
         self.brightness_threshold = float(brightness_threshold)
+        if luminance_check not in LUMINANCE_CHECKS:
+            raise ValueError(f"unknown luminance_check {luminance_check!r}; choose one of "
+                             f"{', '.join(LUMINANCE_CHECKS)}")
+        if not 0.0 < relative_luminance <= 1.0:
+            raise ValueError(f"relative_luminance must be in (0, 1], got {relative_luminance}")
+        self.luminance_check = luminance_check
+        self.relative_luminance = float(relative_luminance)
+        # Relative check: each training plane's own luminance (Algorithm 1's statistic).
+        self._image_luminance = ({id(p): mean_luminance(p.data) for p in pool.train}
+                                 if luminance_check == "relative" else {})
         self.sigma_max = float(sigma_max)
         self.factor_range = (float(factor_range[0]), float(factor_range[1]))
         draw_degradation(np.random.default_rng(0), sigma_max=self.sigma_max,
@@ -216,6 +259,8 @@ class EnhanceRecipe:
         self.min_std = float(min_std)
         self.max_empty = float(max_empty)
         self._samplers: dict[int, PatchSampler] = {}
+        self._mod_samplers: dict[int, list[PatchSampler]] = {}
+        self.val_thresholds: dict[str, float] = {}
         self._val, self.val_skipped = self._prepare_validation()
         self._baselines: list[dict[str, Any]] | None = None
         self.acceptance = self._estimate_acceptance(int(acceptance_samples))
@@ -257,13 +302,34 @@ class EnhanceRecipe:
             )
         return self._samplers[patch]
 
+    def modality_samplers(self, patch: int) -> list[PatchSampler]:
+        """(Cached) one patch sampler per training modality with a plane of at least ``patch``."""
+        if patch not in self._mod_samplers:
+            out = []
+            for mod in dict.fromkeys(p.modality for p in self.pool.train):
+                planes = [p for p in self.pool.train if p.modality == mod]
+                if max(min(p.shape_yx) for p in planes) >= patch:
+                    out.append(PatchSampler(planes, patch, min_std=self.min_std,
+                                            max_empty=self.max_empty))
+            if not out:
+                self.sampler(patch)  # raises the sampler's error (no plane is large enough)
+            self._mod_samplers[patch] = out
+        return self._mod_samplers[patch]
+
+    def threshold(self, plane: Plane) -> float:
+        """The luminance a training patch cut from ``plane`` must exceed (module docstring)."""
+        if self.luminance_check == "paper":
+            return self.brightness_threshold
+        return min(self.brightness_threshold,
+                   self.relative_luminance * self._image_luminance[id(plane)])
+
     def _bright_patch(self, sampler: PatchSampler, rng: np.random.Generator) -> np.ndarray:
         """One patch passing the luminance check (or the brightest of ``max_tries``)."""
         best, best_lum = None, -1.0
         for _ in range(self.max_tries):
-            cand = sampler.sample_one(rng)
+            cand, plane = sampler.sample_with_plane(rng)
             lum = mean_luminance(cand)
-            if lum > self.brightness_threshold:
+            if lum > self.threshold(plane):
                 return cand
             if lum > best_lum:
                 best, best_lum = cand, lum
@@ -274,10 +340,13 @@ class EnhanceRecipe:
         self, rng: np.random.Generator, batch: int, patch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(degraded, clean)``: float32 ``batch×3×patch×patch`` in [-1, 1] (module docstring)."""
-        sampler = self.sampler(patch)
+        relative = self.luminance_check == "relative"
+        samplers = self.modality_samplers(patch) if relative else [self.sampler(patch)]
         clean = np.empty((batch, 3, patch, patch), dtype=np.float32)
         degraded = np.empty_like(clean)
         for i in range(batch):
+            # relative: a modality first, and a rejected patch is redrawn from it
+            sampler = samplers[int(rng.integers(len(samplers)))] if relative else samplers[0]
             p = self._bright_patch(sampler, rng)
             k = int(rng.integers(8))
             p = np.rot90(p, k % 4, axes=(0, 1))
@@ -332,17 +401,29 @@ class EnhanceRecipe:
             planes = [p for p in self.pool.train if p.modality == mod]
             size = min(128, *(min(p.shape_yx) for p in planes))
             s = PatchSampler(planes, size, min_std=self.min_std, max_empty=self.max_empty)
-            ok = sum(mean_luminance(s.sample_one(rng)) > self.brightness_threshold for _ in range(n))
+            ok = 0
+            for _ in range(n):
+                cand, plane = s.sample_with_plane(rng)
+                ok += mean_luminance(cand) > self.threshold(plane)
             out[mod] = ok / n
         return out
 
     def _prepare_validation(self) -> tuple[list[dict[str, Any]], list[str]]:
         rng = np.random.default_rng(self.val_seed)
         items, skipped = [], []
-        for plane in self.pool.val:
-            clean = np.ascontiguousarray(center_crop(plane.data, self.val_crop), dtype=np.float32)
-            lum = mean_luminance(clean)
-            if not lum > self.brightness_threshold:
+        crops = [(plane, np.ascontiguousarray(center_crop(plane.data, self.val_crop),
+                                              dtype=np.float32)) for plane in self.pool.val]
+        lums = [mean_luminance(c) for _, c in crops]
+        mods = {p.modality for p in self.pool.val}
+        if self.luminance_check == "relative":
+            self.val_thresholds = {
+                m: min(self.brightness_threshold, self.relative_luminance * float(
+                    np.median([v for (p, _), v in zip(crops, lums) if p.modality == m])))
+                for m in sorted(mods)}
+        else:
+            self.val_thresholds = dict.fromkeys(sorted(mods), self.brightness_threshold)
+        for (plane, clean), lum in zip(crops, lums):
+            if not lum > self.val_thresholds[plane.modality]:
                 skipped.append(f"{plane.modality}:{plane.name} (L {lum:.1f})")
                 continue
             params = draw_degradation(rng, sigma_max=self.sigma_max, factor_range=self.factor_range)
@@ -463,10 +544,19 @@ class EnhanceRecipe:
     def describe(self) -> dict[str, Any]:
         """What the recipe trains on and how, for the best weights file's header and the card."""
         lo, hi = self.factor_range
+        if self.luminance_check == "relative":
+            check = (f"patches with mean non-zero 8-bit Lab L <= "
+                     f"min({self.brightness_threshold:g}, {self.relative_luminance:g} x that of "
+                     "their whole image) redrawn from the same modality")
+        else:
+            check = (f"patches with mean non-zero 8-bit Lab L <= {self.brightness_threshold:g} "
+                     "redrawn")
+        per_mod: dict[str, list[float]] = {}
+        for p in self.pool.train:
+            per_mod.setdefault(p.modality, []).append(self.threshold(p))
         return {
             "degradation": (
-                f"Algorithm 1: patches with mean non-zero 8-bit Lab L <= "
-                f"{self.brightness_threshold:g} redrawn; Gaussian noise sigma ~ U(0, "
+                f"Algorithm 1: {check}; Gaussian noise sigma ~ U(0, "
                 f"{self.sigma_max:g})/255 (clipped), then contrast and brightness factors ~ "
                 f"U({lo:g}, {hi:g}) (torchvision ColorJitter definitions)"
             ),
@@ -476,6 +566,12 @@ class EnhanceRecipe:
             "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
             "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],
             "val_skipped_too_dark": list(self.val_skipped),
+            "luminance_check": self.luminance_check,
+            "relative_luminance": self.relative_luminance
+            if self.luminance_check == "relative" else None,
+            "train_luminance_thresholds": {m: [round(min(v), 1), round(max(v), 1)]
+                                           for m, v in per_mod.items()},
+            "val_luminance_thresholds": {m: round(v, 1) for m, v in self.val_thresholds.items()},
             "patch_acceptance": self.acceptance,
             "val_crop": self.val_crop,
             "val_seed": self.val_seed,

@@ -1,0 +1,199 @@
+"""Training `dpe` on the CPU: the luminance check that lets dark modalities in, the ship gate,
+and the export of ``training/train_dpe.py`` (interim below the gate, shipped above it, never over
+better committed weights, two stages on one card).
+
+Tiny DPE and discriminator on a small pool of the shipped sample images; the real pool is too
+large for a test. The sample MR slice and nuclei stack are dark (mean non-zero 8-bit Lab L
+≈ 30–50, below the paper's B_T = 100), like the pool's clinical MR and fluorescence.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "training"))
+
+import enhance_gate  # noqa: E402
+import train_dpe  # noqa: E402
+
+from napari_medenhance.core.degrade import mean_luminance  # noqa: E402
+from napari_medenhance.core.training import EnhanceRecipe, Plane, Pool  # noqa: E402
+from napari_medenhance.core.weights import read_header  # noqa: E402
+from napari_medenhance.sample_data import load  # noqa: E402
+
+TINY = {"widths": [8, 12, 16, 20, 24]}
+TINY_D = {"widths": [8, 8, 16, 16, 16, 16, 16, 16]}
+
+
+def _norm(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float32)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+@pytest.fixture(scope="module")
+def pool() -> Pool:
+    ct, mr, nuc = _norm(load("ct_slice")), _norm(load("mr_slice")), _norm(load("nuclei_stack"))
+    ihc = load("ihc_rgb").astype(np.float32) / 255
+    return Pool(
+        train=[Plane("ct", "CT", ct[:, :384]), Plane("mr", "MR", mr[:600]),
+               *(Plane(f"nuc[{z}]", "fluorescence", nuc[z]) for z in (5, 10, 15)),
+               Plane("ihc", "colour", ihc[:256])],
+        val=[Plane("ct-v", "CT", ct[100:164, 384:448]),
+             Plane("mr-v", "MR", mr[::16, ::16]),  # the whole head, air included: L ≈ 48
+             Plane("nuc-v", "fluorescence", nuc[20][96:160, 96:160]),
+             Plane("ihc-v", "colour", ihc[256:320, :64])],
+    )
+
+
+# ------------------------------------------------------------------------ luminance check
+
+
+def test_relative_luminance_check_lets_dark_modalities_train_and_validate(pool):
+    opts = {"config": TINY, "loss": "l1", "val_crop": 64, "acceptance_samples": 150}
+    paper = EnhanceRecipe(pool, **opts)
+    rel = EnhanceRecipe(pool, luminance_check="relative", **opts)
+    # the paper's fixed B_T = 100: fluorescence never enters, MR rarely; both are not validated
+    assert paper.acceptance["fluorescence"] == 0.0 and paper.acceptance["MR"] < 0.3
+    assert {s.split(":")[0] for s in paper.val_skipped} == {"MR", "fluorescence"}
+    # relative to each image's own luminance: both train at a reasonable rate, all validate
+    assert rel.acceptance["fluorescence"] > 0.8 and rel.acceptance["MR"] > 0.5
+    assert rel.acceptance["CT"] > 0.9 and rel.acceptance["colour"] > 0.9
+    assert rel.val_skipped == [] and len(rel.describe()["val_planes"]) == 4
+    # the check still rejects near-empty patches: the noisy air around the MR head
+    mr_plane = pool.train[1]
+    assert 10 < rel.threshold(mr_plane) < 100
+    air = mr_plane.data[:32, :32]
+    assert mean_luminance(air) <= rel.threshold(mr_plane)
+    sampler = next(s for s in rel.modality_samplers(32) if s.planes[0].modality == "MR")
+    rng = np.random.default_rng(0)
+    lums = [mean_luminance(sampler.sample_one(rng)) for _ in range(200)]
+    rejected = [v for v in lums if v <= rel.threshold(mr_plane)]
+    assert rejected and np.mean(rejected) < 0.5 * np.median(lums)
+    # a bright image is checked exactly as in the paper (B_T caps the threshold)
+    assert rel.threshold(pool.train[-1]) == pytest.approx(min(100.0, 0.5 * mean_luminance(
+        pool.train[-1].data)))
+    # training batches: every modality has its share, every clean patch passed the check
+    x, y = rel.sample_batch(np.random.default_rng(1), 64, 32)
+    clean = ((y.numpy() + 1) / 2).transpose(0, 2, 3, 1)
+    lum = np.array([mean_luminance(np.ascontiguousarray(c)) for c in clean])
+    low = min(rel.threshold(p) for p in pool.train)
+    assert (lum > low).all()
+    colour = ~(y[:, 0] == y[:, 1]).all(dim=(1, 2)).numpy()
+    assert 6 <= colour.sum() <= 26  # one modality in four
+    desc = rel.describe()
+    assert desc["luminance_check"] == "relative" and "whole image" in desc["degradation"]
+    with pytest.raises(ValueError, match="luminance_check"):
+        EnhanceRecipe(pool, luminance_check="modality", **opts)
+
+
+# ---------------------------------------------------------------------------------- gate
+
+
+def _rows(mod: str, **psnr) -> list[dict]:
+    return [{"modality": mod, "method": m, "psnr": v, "lassim": 0.5} for m, v in psnr.items()]
+
+
+def test_gate_needs_two_db_over_the_better_classical_on_every_modality_and_de_on_colour():
+    rows = (_rows("CT", input=6.0, clahe=23.0, stretch=35.0, dpe=37.1)
+            + _rows("fluorescence", input=21.0, clahe=13.0, stretch=12.0, dpe=15.5))
+    v = enhance_gate.verdict(rows)
+    assert [(e["modality"], e["best"], e["pass"]) for e in v] == [
+        ("CT", "stretch", True), ("fluorescence", "clahe", True)]
+    assert enhance_gate.passed(v) and not enhance_gate.passed(enhance_gate.verdict(rows, 5.0))
+    rows[3]["psnr"] = 36.9  # CT: +1.9 dB
+    assert not enhance_gate.passed(enhance_gate.verdict(rows))
+    rows[3]["psnr"] = 40.0
+    colour = [{"modality": "colour", "method": m, "psnr": p, "delta_e": d}
+              for m, p, d in (("input", 8, 30.0), ("clahe", 21, 12.0), ("stretch", 20, 9.0),
+                              ("dpe", 25, 5.5))]
+    v = enhance_gate.verdict(rows + colour)
+    de = [e for e in v if e["metric"] == "delta_e"]
+    assert len(de) == 1 and de[0]["best"] == "stretch" and not de[0]["pass"]  # 3.5 < 4
+    colour[-1]["delta_e"] = 4.9
+    assert enhance_gate.passed(enhance_gate.verdict(rows + colour))
+    lines = enhance_gate.table(rows + colour)
+    assert any("**radiology**" in ln and "**dpe**" in ln for ln in lines)
+    assert any("colour" in ln and "4.90" in ln for ln in lines)
+    assert all("✔" in ln for ln in enhance_gate.verdict_lines(enhance_gate.verdict(rows + colour)))
+
+
+# -------------------------------------------------------------------------------- script
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, pool):
+    monkeypatch.setattr(train_dpe, "load_pool", lambda: pool)
+    monkeypatch.setattr(train_dpe, "INTERIM_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(train_dpe, "ROOT", tmp_path)  # committed_weights() looks in ROOT/models
+    monkeypatch.setattr(train_dpe, "TRIALS", tmp_path / "trials.md")
+    (tmp_path / "trials.md").write_text("## Schedule trials\n\nmeasured here\n")
+    models = tmp_path / "models"
+    models.mkdir()
+
+    def run(out: str, *extra: str) -> int:
+        return train_dpe.main([
+            "--steps", "4", "--batch", "2", "--patch", "32", "--lr", "3e-3",
+            "--val-every", "2", "--ckpt-every", "2", "--config", json.dumps(TINY),
+            "--disc-config", json.dumps(TINY_D), "--device", "cpu",
+            "--out", str(tmp_path / out), "--models-dir", str(models),
+            "--ablation-out", str(tmp_path / "l1"), *extra,
+        ])
+
+    return tmp_path, models, run
+
+
+def test_two_stages_export_interim_below_the_gate_with_one_card(setup, capsys):
+    tmp, models, run = setup
+    # stage 1: L1 only; never shipped, committed as the first stage
+    assert run("l1", "--ablation", "l1") == 0
+    l1 = tmp / "checkpoints" / "dpe-l1.safetensors"
+    assert l1.is_file() and not list(models.iterdir())
+    assert "Not shipped" in (tmp / "checkpoints" / "dpe-l1.md").read_text()
+    # stage 2: the full objective from stage 1's best
+    capsys.readouterr()
+    assert run("full", "--init-weights", str(tmp / "l1" / "best.safetensors")) == 0
+    out = tmp / "checkpoints" / "dpe.safetensors"
+    assert out.is_file() and not (models / "dpe.safetensors").exists()  # 4 steps: below the gate
+    assert "ship gate not passed" in capsys.readouterr().out
+    meta = read_header(out, expected_arch="dpe")["meta"]
+    assert [s["objective"] for s in meta["stages"]] == ["l1", "full"]
+    assert meta["stages"][1]["from"] == "best.safetensors" and meta["gate_passed"] is False
+    assert meta["training"]["luminance_check"] == "relative"
+    card = (tmp / "checkpoints" / "dpe.md").read_text()
+    assert "Interim, not shipped" in card and "## Stages" in card
+    assert "| 1 | l1 | random | 2 × 32, 0.003 |" in card
+    assert "| 2 | full | best.safetensors | 2 × 32, 0.003 |" in card
+    assert "## Ship gate" in card and "## Target" in card and "stretch 2–98 %" in card
+    assert "DPE, L1 only" in card and "**microscopy**" in card and "measured here" in card
+    assert "every plane is validated" in card and "relative to each image" in card
+    assert (tmp / "checkpoints" / "dpe-curve.png").is_file() and "dpe-curve.png" in card
+
+    # a run that does worse does not replace the committed weights
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert run("worse", "--steps", "1", "--scratch") == 0
+    assert "not exported" in capsys.readouterr().out
+    assert out.read_bytes() == before
+
+    # a fresh session whose run folder is gone starts from the committed interim weights
+    assert run("next", "--steps", "1", "--no-export") == 0
+    info = json.loads((tmp / "next" / "run.json").read_text())
+    assert info["args"]["init_weights"] == str(out)
+
+
+def test_passing_the_gate_ships_to_the_models_folder(setup, monkeypatch):
+    tmp, models, run = setup
+    monkeypatch.setattr(enhance_gate, "GATE_DB", -1000.0)
+    monkeypatch.setattr(enhance_gate, "GATE_DE", -1000.0)
+    assert run("r") == 0
+    assert (models / "dpe.safetensors").is_file()
+    card = (models / "dpe.md").read_text()
+    assert "**Shipped**" in card and "## Ship gate" in card and ": passed" in card
+    assert read_header(models / "dpe.safetensors", expected_arch="dpe")["meta"]["gate_passed"]
