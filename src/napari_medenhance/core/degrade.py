@@ -1,7 +1,7 @@
 """Degradation simulators: Algorithm 1 of the DPE paper (low-quality medical image simulation).
 
-Sharif et al., "Deep Perceptual Enhancement for Medical Image Analysis" (seed 000, section II-C,
-Algorithm 1; REFERENCE.md, "DPE"). The authors' code does not contain it, so this follows the
+Sharif et al., "Deep Perceptual Enhancement for Medical Image Analysis", IEEE JBHI 2022 (section
+II-C, Algorithm 1). The authors' code does not contain it, so this follows the
 paper, with every gap filled as stated here.
 
 Algorithm 1, as implemented (:func:`degrade`)
@@ -16,7 +16,7 @@ Input: a clean image ``I`` in [0, 1], grayscale ``H×W`` or RGB ``H×W×3`` (flo
    and :func:`degrade` raises :class:`TooDarkError`. Use :func:`bright_enough` to test first.
 2. **Noise.** σ ~ U(0, ``sigma_max``)/255 (σ_max = 10); ``I_N = clip(I + N(0, σ²), 0, 1)``.
    The paper writes ``I_R × N``; additive Gaussian noise is what its text ("contaminated by
-   random noise ... with a standard deviation") and REFERENCE.md describe. Gray images get one
+   random noise ... with a standard deviation") describes. Gray images get one
    noise field; RGB images independent noise per channel.
 3. **Contrast.** c ~ U(lo, hi); ``I_C = clip(c·I_N + (1 − c)·mean(gray(I_N)), 0, 1)``, exactly
    ``torchvision.transforms.functional.adjust_contrast``: a blend with the mean gray level,

@@ -1,6 +1,7 @@
 """The two generators of an unpaired (CycleGAN-style) translation, as one module.
 
-LaMEGAN (seed 002) learns G: LQ → HQ and F: HQ → LQ together. The training loop trains one
+LaMEGAN (Q. H. Cap, A. Fukuda, H. Iyatomi, "A Practical Framework for Unsupervised
+Structure Preservation Medical Image Enhancement") learns G: LQ → HQ and F: HQ → LQ together. The training loop trains one
 network (plus extra modules that each get their own loss), so both generators live in one
 :class:`CycleGenerators` whose ``forward`` is G: validation, previews, ``best.safetensors`` and
 the inference engine all see the LQ → HQ direction, and F is trained by the same loss and the

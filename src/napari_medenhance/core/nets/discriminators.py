@@ -1,7 +1,7 @@
 """Discriminators for adversarial training.
 
-:class:`SwishDiscriminator` is the DPE discriminator (seed 000, section II-B; REFERENCE.md,
-"DPE"): nine convolutions,
+:class:`SwishDiscriminator` is the DPE discriminator (Sharif et al., "Deep Perceptual
+Enhancement for Medical Image Analysis", IEEE JBHI 2022, section II-B): nine convolutions,
 
 ::
 
@@ -30,7 +30,7 @@ Choices and why
 - Any input of at least 1×1 pixel works (global pooling); 128² crops give an 8×8 map.
 
 :class:`WGANCritic` is the critic of the super-resolution recipe's WGAN-GP (Gulrajani et al.
-2017; seed 004 compares WGAN-GP for LFSR): the same conv stack, but
+2017; Zhu, Yang, Lio, ISBI 2019 compare WGAN-GP for lesion-focused SR): the same conv stack, but
 
 - **no batch normalisation**: the gradient penalty constrains the gradient norm of the critic
   *per sample*, and BN makes each sample's score depend on the rest of the batch, which breaks

@@ -1,7 +1,7 @@
 """DPE: the Deep Perceptual Enhancement generator.
 
 Sharif et al., "Deep Perceptual Enhancement for Medical Image Analysis", IEEE JBHI 2022
-(seed 000, section II-A; REFERENCE.md, "DPE").
+(section II-A).
 
 Architecture (defaults; widths as the authors coded them, the paper's "196" is a typo)
 --------------------------------------------------------------------------------------

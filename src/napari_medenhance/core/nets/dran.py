@@ -1,7 +1,7 @@
 """DRAN: Dynamic Residual Attention Network for medical image denoising.
 
 Sharif et al., "Learning Medical Image Denoising with Deep Dynamic Residual
-Attention Network", Mathematics 2020 (seed 003, section 3.1).
+Attention Network", Mathematics 2020 (section 3.1).
 
 Architecture (defaults)
 -----------------------

@@ -6,10 +6,10 @@ with the aggregated kernel W̃(x) = Σ_k π_k(x) W_k and bias b̃(x) = Σ_k π_k
 (DRAN paper, eq. 3). The attention branch is GAP → 1×1 conv (C → C·ratio) →
 ReLU → 1×1 conv (→ K) → softmax(z / T), both 1×1 convs without bias.
 
-Departures from the DRAN authors' code (see REFERENCE.md): the temperature T is
-settable (and meant to be annealed 30 → 1 during early training instead of being
-fixed at 34), and the per-kernel bias is initialised (theirs is left as
-uninitialised memory).
+Departures from the DRAN authors' public code (Sharif et al., Mathematics 2020): the
+temperature T is settable (and meant to be annealed 30 → 1 during early training, as the
+dynamic-convolution paper does: Chen et al., CVPR 2020) instead of being fixed at 34, and the
+per-kernel bias is initialised (theirs is left as uninitialised memory).
 """
 
 from __future__ import annotations

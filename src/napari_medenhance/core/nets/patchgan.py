@@ -1,6 +1,7 @@
 """The 70×70 PatchGAN discriminator of pix2pix / CycleGAN (Isola et al. 2017; Zhu et al. 2017).
 
-LaMEGAN (seed 002; REFERENCE.md, "LaMEGAN") trains "with the same procedures as CycleGAN",
+LaMEGAN (Cap, Fukuda, Iyatomi, "A Practical Framework for Unsupervised Structure
+Preservation Medical Image Enhancement") trains "with the same procedures as CycleGAN",
 whose discriminators are this network (CycleGAN's ``NLayerDiscriminator`` with ``n_layers=3``,
 "C64-C128-C256-C512")::
 

@@ -1,5 +1,6 @@
-"""SRResNet and the MS-GAN generator: single-image super-resolution (seed 004; REFERENCE.md,
-"LFSR / MS-GAN").
+"""SRResNet and the MS-GAN generator: single-image super-resolution (J. Zhu, G. Yang,
+P. Lio, "How can we make GAN perform better in single medical image super-resolution? A lesion
+focused multi-scale approach", ISBI 2019).
 
 Both work in the inference engine's value range, [0, 1], on B×3×h×w tensors (grayscale is
 replicated to three channels by the engine and averaged back), are fully convolutional and take

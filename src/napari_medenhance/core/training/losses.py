@@ -1,4 +1,5 @@
-"""Loss terms of the DPE perceptual objective (seed 000, eq. 8-11; REFERENCE.md, "DPE").
+"""Loss terms of the DPE perceptual objective (Sharif et al., "Deep Perceptual
+Enhancement for Medical Image Analysis", IEEE JBHI 2022, eq. 8-11).
 
 All image tensors here are B×3×H×W in DPE's [-1, 1] space unless a function says otherwise.
 

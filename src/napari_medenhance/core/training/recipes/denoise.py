@@ -1,4 +1,5 @@
-"""Blind Gaussian denoising with DRAN (seed 003; REFERENCE.md, "DRAN").
+"""Blind Gaussian denoising with DRAN (Sharif, Naqvi, Biswas, "Learning Medical
+Image Denoising with Deep Dynamic Residual Attention Network", Mathematics 2020).
 
 Training pairs
 --------------

@@ -1,5 +1,6 @@
-"""LaMEGAN: unpaired enhancement, CycleGAN + a Laplacian structure-preserving loss (seed 002;
-REFERENCE.md, "LaMEGAN").
+"""LaMEGAN: unpaired enhancement, CycleGAN + a Laplacian structure-preserving loss (Q. H. Cap,
+A. Fukuda, H. Iyatomi, "A Practical Framework for Unsupervised Structure Preservation Medical
+Image Enhancement").
 
 Data
 ----

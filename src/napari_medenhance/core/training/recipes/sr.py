@@ -1,5 +1,6 @@
-"""Lesion-focused super-resolution: MS-GAN (×2 then ×4) or SRResNet (seed 004; REFERENCE.md,
-"LFSR / MS-GAN").
+"""Lesion-focused super-resolution: MS-GAN (×2 then ×4) or SRResNet (J. Zhu,
+G. Yang, P. Lio, "How can we make GAN perform better in single medical image super-resolution?
+A lesion focused multi-scale approach", ISBI 2019; "LFSR / MS-GAN").
 
 Training pairs
 --------------
@@ -54,8 +55,8 @@ Objective
 * V = VGG16 **pool4** features (after conv4_3's ReLU and the 4th max-pool, 1/16 resolution, 512
   channels; :class:`~napari_medenhance.core.nets.vgg.VGG16Features`, the shipped converted
   ImageNet weights). The SRGAN reference implementation the paper builds on (TensorLayer)
-  takes VGG19's pool4 with weight 2e-6 on images in [-1, 1]; VGG-19 is not available here
-  (REFERENCE.md) and VGG16's pool4 ends the same block. Our images are in [0, 1], where the
+  takes VGG19's pool4 with weight 2e-6 on images in [-1, 1]; VGG-19 ImageNet weights cannot be
+  obtained here (``nets/vgg.py``) and VGG16's pool4 ends the same block. Our images are in [0, 1], where the
   pixel MSE is 4× smaller than in [-1, 1], so w_V = 2e-6 / 4 = **5e-7** keeps the reference
   balance between the pixel and feature terms.
 * C = :class:`~napari_medenhance.core.nets.discriminators.WGANCritic` (no BN), WGAN-GP with
