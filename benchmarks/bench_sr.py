@@ -17,7 +17,7 @@ Speed: the public :func:`napari_medenhance.super_resolve` on one 16-bit MR plane
 ``mr_slice``), ×2 and ×4, in one process one after another with a bicubic enlargement (torch)
 for reference; ms per megapixel of OUTPUT and the ratio to bicubic.
 
-Picture: one ROI of a validation plane at ×4 (bicubic kernel): the LR input (nearest-neighbour
+Picture: the largest MR validation window at ×4 (bicubic kernel): the LR input (nearest-neighbour
 enlarged to the same size), bicubic, MS-GAN and the ground truth, side by side.
 """
 
@@ -102,7 +102,7 @@ def speed(model4: Path, quick: bool, reps: int) -> list[tuple[str, int, float]]:
 
 
 def picture(recipe, model4: Path, png: Path) -> Path:
-    """LR / bicubic / MS-GAN / ground truth of the first radiology validation window at ×4."""
+    """LR / bicubic / MS-GAN / ground truth of the largest MR validation window at ×4."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,7 +113,8 @@ def picture(recipe, model4: Path, png: Path) -> Path:
     from napari_medenhance.core import zoo
 
     net, _ = zoo.load_model(str(model4), task="sr")
-    item = next(i for i in recipe._val if i["plane"].modality == "CT")
+    mr = [i for i in recipe._val if i["plane"].modality == "MR"]
+    item = max(mr, key=lambda i: i["hr"].size) if mr else recipe._val[0]  # the largest MR window
     lr = item[("lr", 4, "bicubic")]
     with torch.no_grad():
         sr = net.float()(lr)[0].clamp(0, 1).mean(0).numpy()
@@ -133,7 +134,8 @@ def picture(recipe, model4: Path, png: Path) -> Path:
         ax.imshow(a, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(t, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"×4, validation CT ({item['plane'].name}); PSNR of the whole {h}×{w} window",
+    fig.suptitle(f"×4, validation {item['plane'].modality} ({item['plane'].name}), LR by "
+                 f"antialiased bicubic; PSNR of the whole {h}×{w} window",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(png)

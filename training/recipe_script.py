@@ -132,7 +132,8 @@ def retire_interim(stems: Sequence[str], interim: Path | None = None) -> list[Pa
     folder = interim or INTERIM_DIR
     gone = []
     for stem in stems:
-        for path in (folder / f"{stem}.safetensors", folder / f"{stem}.md"):
+        for path in (folder / f"{stem}.safetensors", folder / f"{stem}.md",
+                     folder / f"{stem}-curve.png"):
             if path.is_file():
                 path.unlink()
                 gone.append(path)

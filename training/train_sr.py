@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
+    p.add_argument("--select", choices=["best", "last"], default="best",
+                   help="export the best validation ×4 weights (default) or the run's last "
+                        "checkpoint (e.g. when the ×2 head kept improving after the best ×4)")
     p.add_argument("--force", action="store_true",
                    help="export even when the committed weights validate better")
     p.add_argument("--ship-anyway", action="store_true",
@@ -165,6 +168,23 @@ def _load(best: Path, recipe: SRRecipe, fp16: bool = False) -> torch.nn.Module:
     return net
 
 
+def last_weights(args: argparse.Namespace, recipe: SRRecipe) -> Path:
+    """The generator of the run's last checkpoint as a weights file (``<out>/last-net.safetensors``)
+    with the header a best file has, so that it exports like one."""
+    from napari_medenhance.core.training import LAST, load_checkpoint
+
+    ck = load_checkpoint(args.out / LAST)
+    best_meta = read_header(args.out / BEST, expected_arch=recipe.arch)["meta"]
+    net = recipe.build()
+    net.load_state_dict(ck.model)
+    metrics, _ = recipe.validate(net)
+    out = args.out / "last-net.safetensors"
+    save_weights(out, net, arch=ck.identity["arch"], config=ck.identity["config"],
+                 meta={**best_meta, "step": ck.step, "total": ck.total, "metrics": metrics,
+                       "selected": "last checkpoint"})
+    return out
+
+
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     """The training stages behind the run's best weights (``recipe_script.training_stages``)."""
     def describe(meta: dict) -> str:
@@ -196,7 +216,7 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
 
     if recipe.arch != "msgan":
         raise SystemExit("error: only --mode msgan exports models (srresnet is the card's baseline row)")
-    best = args.out / BEST
+    best = args.out / BEST if args.select == "best" else last_weights(args, recipe)
     header = read_header(best, expected_arch=recipe.arch)
     grecipe = sr_gate.make_recipe(header["config"], pool, recipe.val_crop)
     with torch.no_grad():
@@ -237,7 +257,8 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
         old, _ = sr_gate.model_rows(grecipe, committed, str(dev), method="old")
         old_psnr = grecipe.summarize(old, "psnr", scale=4, region="window")
         shipped_before = committed.parent.resolve() == args.models_dir.resolve()
-        if new_psnr <= old_psnr or (shipped_before and not ok):
+        # A model above the gate replaces interim weights; otherwise only a better one does.
+        if (shipped_before or not ok) and (new_psnr <= old_psnr or (shipped_before and not ok)):
             print(f"not exported: the committed {committed} ({old_psnr:.3f} dB mean validation ×4 "
                   f"PSNR) is not beaten by this run's best ({new_psnr:.3f} dB)"
                   + (" or this one is below the ship gate" if shipped_before else ""))
@@ -254,7 +275,8 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
                         encoding="utf-8")
         written.append(out)
     if dest_dir == args.models_dir:
-        for gone in recipe_script.retire_interim([f"{args.name}-x2", f"{args.name}-x4"], INTERIM_DIR):
+        for gone in recipe_script.retire_interim([f"{args.name}-x2", f"{args.name}-x4",
+                                                        args.name], INTERIM_DIR):
             print(f"removed the superseded interim {gone}")
     where = "shipped" if dest_dir == args.models_dir else "interim (below the ship gate, not shipped)"
     print(f"wrote {', '.join(str(w) for w in written)} ({'fp16' if use16 else 'fp32'}) with cards: "
@@ -302,8 +324,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
     head = "×2 head of the MS-GAN generator" if factor == 2 else "×4 output"
     status = ("**Shipped**: it passes the ship gate below." if res["passed"] else
               "**Interim, not shipped**: below the ship gate (PSNR ≥ bicubic + 0.5 dB at ×2 and ×4, "
-              "radiology and microscopy, windows and whole planes, every LR kernel); committed so "
-              "that the next run starts from it.")
+              "radiology and microscopy, windows and whole planes, mean over the LR kernels, and "
+              "above bicubic on every kernel); committed so that the next run starts from it.")
     L = [
         f"# {path.stem} — lesion-focused super-resolution ×{factor}",
         "",
@@ -326,7 +348,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
         f"| input / output | 3-channel image in [0, 1] → ×{factor} in Y and X (gray replicated "
         "by the engine and averaged back); any size |",
         f"| selected at | step {header['meta'].get('step')} of {header['meta'].get('total')} of the "
-        "last stage (best mean validation ×4 PSNR over the LR kernels) |",
+        "last stage (" + ("its last checkpoint" if header["meta"].get("selected") else
+                          "best mean validation ×4 PSNR over the LR kernels") + ") |",
         "",
         "## Training data",
         "",
@@ -378,7 +401,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
         for f in sr_gate.SCALES:
             L += [f"### ×{f}, {region}s", "",
                   *sr_gate.table(res["rows"], ("bicubic", "lanczos", "msgan"), f, region), ""]
-    L += [f"## Ship gate (≥ bicubic + {sr_gate.GATE_DB} dB)", "",
+    L += [f"## Ship gate (≥ bicubic + {sr_gate.GATE_DB} dB, mean over the LR kernels, and above "
+          "bicubic on every kernel)", "",
           *sr_gate.verdict_lines(res["gate"]), "",
           f"## Target (≥ bicubic + {sr_gate.TARGET_DB} dB, SSIM and LaSSIM above bicubic)", "",
           *sr_gate.verdict_lines(res["target"]), ""]
