@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+from _screens import caption, settle  # noqa: E402
 DOCS = ROOT / "docs"
 PLUGIN = "napari-medenhance"
 
@@ -51,28 +52,6 @@ def _as_lia(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _settle(app, n: int = 20) -> None:
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.03)
-
-
-def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
-    pil = Image.fromarray(img[..., :3])
-    band = 34
-    canvas = Image.new("RGB", (pil.width, pil.height + band), (38, 41, 48))
-    canvas.paste(pil, (0, band))
-    draw = ImageDraw.Draw(canvas)
-    try:
-        font = ImageFont.truetype("DejaVuSans.ttf", 18)
-    except OSError:
-        font = ImageFont.load_default()
-    draw.text((10, 7), text, fill=(235, 235, 235), font=font)
-    return np.asarray(canvas)
-
-
 def main() -> None:
     import napari
     from PIL import Image
@@ -90,7 +69,7 @@ def main() -> None:
         (layer,) = viewer.open(path, plugin=PLUGIN)
         layer.contrast_limits = (0, 110)
         app = QApplication.instance()
-        _settle(app)
+        settle(app)
         panels = []
         for view, convention, dims_point in (
             ("axial", "radiological", 18.0),   # world z = 18 mm (superior)
@@ -102,11 +81,11 @@ def main() -> None:
             axis = {"axial": 0, "coronal": 1, "sagittal": 2}[view]
             viewer.dims.set_point(axis, dims_point)
             viewer.reset_view()
-            _settle(app)
+            settle(app)
             shot = viewer.screenshot(canvas_only=True, flash=False)
             where = {"axial": f"z = {dims_point:g} mm", "coronal": f"y = {dims_point:g} mm",
                      "sagittal": f"x = {dims_point:g} mm"}[view]
-            panels.append(_caption(shot, f"{label}: {view}, {where}, {convention}"))
+            panels.append(caption(shot, f"{label}: {view}, {where}, {convention}"))
         h = max(p.shape[0] for p in panels)
         rows.append(np.concatenate([np.pad(p, ((0, h - p.shape[0]), (0, 6), (0, 0)))
                                     for p in panels], axis=1))
@@ -117,7 +96,7 @@ def main() -> None:
             widget.show_view("coronal")
             viewer.dims.set_point(1, -10.0)
             viewer.reset_view()
-            _settle(app, 40)
+            settle(app, 40)
             Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(
                 DOCS / "screenshot-orientation-window.png")
         viewer.close()

@@ -22,31 +22,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "docs"))
+from _screens import caption, settle  # noqa: E402
 DOCS = ROOT / "docs"
 #: The ROI (y0, y1, x0, x1) in image pixels: corpus callosum, fornix and the top of the thalamus.
 ROI = (58, 110, 70, 150)
-
-
-def _settle(app, n: int = 20) -> None:
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.03)
-
-
-def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    from PIL import Image, ImageDraw, ImageFont
-
-    pil = Image.fromarray(img[..., :3])
-    band = 34
-    canvas = Image.new("RGB", (pil.width, pil.height + band), (38, 41, 48))
-    canvas.paste(pil, (0, band))
-    draw = ImageDraw.Draw(canvas)
-    try:
-        font = ImageFont.truetype("DejaVuSans.ttf", 17)
-    except OSError:
-        font = ImageFont.load_default()
-    draw.text((10, 7), text, fill=(235, 235, 235), font=font)
-    return np.asarray(canvas)
 
 
 def _fit_height(img: np.ndarray, h: int) -> np.ndarray:
@@ -78,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     app = QApplication.instance() or QApplication([])
     viewer = napari.Viewer(title="napari-medenhance: lesion-focused super-resolution")
     viewer.window._qt_window.resize(1500, 900)
-    image = viewer.add_image(mr, name="MR (BrainMidSagittalSlice)")
+    viewer.add_image(mr, name="MR (BrainMidSagittalSlice)")
     widget = SuperResolveWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Super-resolve ROI", area="right")
     y0, y1, x0, x1 = ROI
@@ -95,12 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     widget.run()
     t0 = time.time()
     while widget._worker is not None and time.time() - t0 < 300:
-        _settle(app, 5)
+        settle(app, 5)
     sr_layer = viewer.layers[-1]
     assert "[SR ×4, ROI 1]" in sr_layer.name, [lay.name for lay in viewer.layers]
     assert sr_layer.data.shape == (4 * (y1 - y0), 4 * (x1 - x0)), sr_layer.data.shape
     viewer.reset_view()
-    _settle(app)
+    settle(app)
     window = viewer.screenshot(canvas_only=False, flash=False)
 
     # The bicubic ×4 zoom of the same ROI, placed with the same affine as the MS-GAN layer.
@@ -116,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
     shot_bic, shot_sr = shown(bic), shown(np.asarray(sr_layer.data))
     h = 560
-    left = _caption(_fit_height(window, h), "Super-resolve ROI: the ×4 layer lies exactly on its ROI")
-    mid = _caption(_fit_height(shot_bic, h), "bicubic ×4 of the ROI")
-    right = _caption(_fit_height(shot_sr, h), f"MS-GAN ×4 ({Path(a.model).stem}) of the ROI")
+    left = caption(_fit_height(window, h), "Super-resolve ROI: the ×4 layer lies exactly on its ROI")
+    mid = caption(_fit_height(shot_bic, h), "bicubic ×4 of the ROI")
+    right = caption(_fit_height(shot_sr, h), f"MS-GAN ×4 ({Path(a.model).stem}) of the ROI")
     gap = np.full((left.shape[0], 8, 3), 20, np.uint8)
     out = np.concatenate([left, gap, mid, gap, right], axis=1)
     a.out.parent.mkdir(parents=True, exist_ok=True)

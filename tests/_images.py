@@ -74,3 +74,29 @@ def elastic(img: np.ndarray, alpha: float, sigma: float, seed: int = 0) -> np.nd
     if img.ndim == 3:
         return np.stack([warp(img[..., c]) for c in range(img.shape[2])], axis=-1)
     return warp(img)
+
+
+def percentile_norm(a: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1]: the (0.1, 99.9) percentiles mapped to 0 and 1, clipped (the training
+    pool's normalisation)."""
+    a = a.astype(np.float32)
+    lo, hi = np.percentile(a, (0.1, 99.9))
+    return np.clip((a - lo) / (hi - lo), 0, 1)
+
+
+def script_pool():
+    """A small pool of the shipped sample images for the training-script tests (the real pool
+    is fetched from package registries and too large for a test): CT, MR and fluorescence on
+    both sides, validation planes 64² (multiples of 4 for SR)."""
+    from napari_medenhance.core.training import Plane, Pool
+    from napari_medenhance.sample_data import load
+
+    ct = percentile_norm(load("ct_slice"))
+    mr = percentile_norm(load("mr_slice"))
+    nuc = percentile_norm(load("nuclei_stack"))
+    return Pool(
+        train=[Plane("ct", "CT", ct[:, :384]), Plane("mr", "MR", mr[:600]),
+               Plane("nuc", "fluorescence", nuc[5])],
+        val=[Plane("ct-v", "CT", ct[100:164, 384:448]), Plane("mr-v", "MR", mr[700:764, 300:364]),
+             Plane("nuc-v", "fluorescence", nuc[20][:64, :64])],
+    )

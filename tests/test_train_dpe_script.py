@@ -26,15 +26,10 @@ from napari_medenhance.core.degrade import mean_luminance  # noqa: E402
 from napari_medenhance.core.training import EnhanceRecipe, Plane, Pool  # noqa: E402
 from napari_medenhance.core.weights import read_header  # noqa: E402
 from napari_medenhance.sample_data import load  # noqa: E402
+from _images import percentile_norm as _norm  # noqa: E402
 
 TINY = {"widths": [8, 12, 16, 20, 24]}
 TINY_D = {"widths": [8, 8, 16, 16, 16, 16, 16, 16]}
-
-
-def _norm(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32)
-    lo, hi = np.percentile(a, (0.1, 99.9))
-    return np.clip((a - lo) / (hi - lo), 0, 1)
 
 
 @pytest.fixture(scope="module")

@@ -24,29 +24,16 @@ import sr_gate  # noqa: E402
 import train_sr  # noqa: E402
 
 from napari_medenhance.core import zoo  # noqa: E402
-from napari_medenhance.core.training import Plane, Pool  # noqa: E402
 from napari_medenhance.core.weights import read_header  # noqa: E402
-from napari_medenhance.sample_data import load  # noqa: E402
+from _images import script_pool  # noqa: E402
 
 TINY = json.dumps({"features": 8, "blocks": 1, "blocks_x2": 1})
 TINY_C = json.dumps({"widths": [8, 8, 16, 16]})
 
 
-def _norm(a: np.ndarray) -> np.ndarray:
-    a = a.astype(np.float32)
-    lo, hi = np.percentile(a, (0.1, 99.9))
-    return np.clip((a - lo) / (hi - lo), 0, 1)
-
-
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
-    ct, mr, nuc = _norm(load("ct_slice")), _norm(load("mr_slice")), _norm(load("nuclei_stack"))
-    pool = Pool(
-        train=[Plane("ct", "CT", ct[:, :384]), Plane("mr", "MR", mr[:600]),
-               Plane("nuc", "fluorescence", nuc[5])],
-        val=[Plane("ct-v", "CT", ct[100:164, 384:448]), Plane("mr-v", "MR", mr[700:780, 300:372]),
-             Plane("nuc-v", "fluorescence", nuc[20][:64, :64])],
-    )
+    pool = script_pool()
     monkeypatch.setattr(train_sr, "load_pool", lambda: pool)
     monkeypatch.setattr(train_sr, "INTERIM_DIR", tmp_path / "checkpoints")
     monkeypatch.setattr(train_sr, "ROOT", tmp_path)  # committed weights: ROOT/models

@@ -349,6 +349,31 @@ def read_history(out: Path) -> list[dict[str, Any]]:
     return [rows[k] for k in sorted(rows)]
 
 
+def curve_figure():
+    """``(fig, ax)``: a new 6.4 × 3.6 inch figure for a validation curve (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.4, 3.6), dpi=100)
+
+
+def save_curve(fig, ax, png: Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend ``ax``, write ``fig`` to ``png`` and close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(ax.get_lines()) > 4 else 1)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+    return png
+
+
 def as_fp16_then_fp32(net: torch.nn.Module) -> None:
     with torch.no_grad():
         for t in net.state_dict().values():

@@ -273,27 +273,16 @@ def plot_curve(args: argparse.Namespace, stages: list[dict], png: Path,
         offset += int(st.get("selected_step") or 0)
     if sum(len(c[1]) for c in curves) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mods = enhance_gate.modalities(gate_rows)
     classical = float(np.mean([max(enhance_gate.mean(gate_rows, "psnr", (m,), method=c)
                                    for c in enhance_gate.CLASSICAL) for m in mods]))
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = recipe_script.curve_figure()
     for label, x, y in curves:
         ax.plot(x, y, marker=".", label=label)
     ax.axhline(classical, ls="--", c="gray", label="better classical, mean over modalities")
-    ax.set_xlabel("training step (stages end to end)")
-    ax.set_ylabel("mean validation PSNR (dB)")
-    ax.set_title(f"{args.name}: validation PSNR during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return recipe_script.save_curve(fig, ax, png, xlabel="training step (stages end to end)",
+                                    ylabel="mean validation PSNR (dB)",
+                                    title=f"{args.name}: validation PSNR during training")
 
 
 def _relative(path: Path) -> str:

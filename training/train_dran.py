@@ -228,27 +228,16 @@ def plot_curve(run: Path, png: Path, name: str) -> Path | None:
     hist = recipe_script.read_history(run)
     if len(hist) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = recipe_script.curve_figure()
     steps = [h["step"] for h in hist]
     keys = sorted({k for h in hist for k in h["metrics"] if k[:6] in ("psnr_s", "psnr_c")})
     for k in keys:
         ax.plot(steps, [h["metrics"].get(k, np.nan) for h in hist],
                 ls="-" if k[5] == "s" else "--",
                 label=f"σ={k[6:]} {'unclipped' if k[5] == 's' else 'clipped'}")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation PSNR (dB)")
-    ax.set_title(f"{name}: validation PSNR during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return recipe_script.save_curve(fig, ax, png, xlabel="training step",
+                                    ylabel="validation PSNR (dB)",
+                                    title=f"{name}: validation PSNR during training")
 
 
 def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss: dict,

@@ -290,12 +290,7 @@ def plot_curve(run: Path, png: Path, name: str, recipe: SRRecipe) -> Path | None
     hist = recipe_script.read_history(run)
     if len(hist) < 2:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = recipe_script.curve_figure()
     steps = [h["step"] for h in hist]
     bic = recipe.baselines()
     for i, k in enumerate(recipe.kernels):
@@ -303,15 +298,9 @@ def plot_curve(run: Path, png: Path, name: str, recipe: SRRecipe) -> Path | None
                         label=f"×4, {k} LR")
         ax.axhline(recipe.summarize(bic, "psnr", scale=4, kernel=k), ls="--", lw=0.8,
                    color=line.get_color(), label="bicubic" if i == 0 else None)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation PSNR, windows (dB)")
-    ax.set_title(f"{name}: validation ×4 PSNR during training (dashes: bicubic)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return recipe_script.save_curve(
+        fig, ax, png, xlabel="training step", ylabel="validation PSNR, windows (dB)",
+        title=f"{name}: validation ×4 PSNR during training (dashes: bicubic)")
 
 
 def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use16: bool,
