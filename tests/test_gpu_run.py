@@ -167,6 +167,8 @@ def test_the_gpu_recipes_are_the_cpu_scripts_recipes(pool):
     theirs = train_dpe.make_recipe(a, pool, spec["dpe"].tiny)
     assert recipe_identity(ours) == recipe_identity(theirs)
     assert ours.disc_config == theirs.disc_config
+    assert (ours.luminance_check, ours.relative_luminance) == \
+        (theirs.luminance_check, theirs.relative_luminance) == ("relative", a.relative_luminance)
     assert (spec["dpe"].batch, spec["dpe"].patch, spec["dpe"].lr) == (a.batch, a.patch, a.lr)
     a = train_sr.parse_args(["--critic-config", json.dumps(spec["msgan"].tiny_extra)])
     ours = gpu_run.make_recipe("msgan", pool, {**spec["msgan"].tiny, "output_scale": 4}, tiny=True)
