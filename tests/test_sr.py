@@ -401,6 +401,11 @@ def test_msgan_with_wgan_gp_trains_through_the_loop(ct_pool, tmp_path):
     assert all(np.isfinite(v) for v in step.losses.values())
     metrics = [e for e in events if e.kind == "validation"][-1].metrics
     assert {"psnr", "ssim", "lassim", "loss", "psnr_x2", "ssim_x2", "lassim_x2"} <= set(metrics)
+    # both shipped factors choose the best weights: the mean of the ×2 and ×4 PSNR
+    assert r.primary_metric == "psnr_both"
+    assert metrics["psnr_both"] == pytest.approx((metrics["psnr"] + metrics["psnr_x2"]) / 2)
+    assert SRRecipe(ct_pool, mode="srresnet", config={"features": 8, "blocks": 1},
+                    val_crop=64).primary_metric == "psnr"
     ck = load_checkpoint(tmp_path / "last.safetensors")
     assert ck.extras.keys() == {"critic"} and ck.identity["objective"]["adversarial"] == "wgan-gp"
     header = read_header(res.best_path, expected_arch="msgan")

@@ -18,7 +18,7 @@ VGG16 pool4 features + 1e-3 × WGAN-GP (critic without BN, λ = 10). ``--stage p
 MSE terms only (no VGG, no critic): the PSNR-oriented first stage, into ``runs/msgan-psnr``.
 ``--mode srresnet``: SRResNet ×4 with MSE only, for comparison. Data and split: ``pool.py``.
 The run folder holds ``last.safetensors`` (resumable: rerunning the same command continues
-it), ``best.safetensors`` (best mean validation ×4 PSNR over the kernels, the generator
+it), ``best.safetensors`` (best mean of the ×2 and ×4 validation PSNR over the kernels, the generator
 alone), ``run.json`` and ``history.jsonl``. Ctrl-C or SIGTERM stops cleanly at the next step
 with a checkpoint. A run whose folder is gone starts from the committed weights
 (``training/checkpoints/msgan-x4`` if interim, else ``models/msgan-x4``).
@@ -97,8 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
     p.add_argument("--select", choices=["best", "last"], default="best",
-                   help="export the best validation ×4 weights (default) or the run's last "
-                        "checkpoint (e.g. when the ×2 head kept improving after the best ×4)")
+                   help="export the run's best weights (default: best mean of ×2 and ×4 "
+                        "validation PSNR; runs before 2026-11-30 picked the best ×4) or its last "
+                        "checkpoint")
     p.add_argument("--force", action="store_true",
                    help="export even when the committed weights validate better")
     p.add_argument("--ship-anyway", action="store_true",
@@ -338,7 +339,9 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
         "by the engine and averaged back); any size |",
         f"| selected at | step {header['meta'].get('step')} of {header['meta'].get('total')} of the "
         "last stage (" + ("its last checkpoint" if header["meta"].get("selected") else
-                          "best mean validation ×4 PSNR over the LR kernels") + ") |",
+                          f"best validation {header['meta'].get('primary_metric', 'psnr')}: "
+                          + ("the mean of ×2 and ×4 PSNR" if header["meta"].get("primary_metric")
+                             == "psnr_both" else "×4 PSNR") + ", mean over the LR kernels") + ") |",
         "",
         "## Training data",
         "",

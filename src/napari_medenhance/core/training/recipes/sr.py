@@ -88,7 +88,8 @@ Metrics (outputs clipped to [0, 1], gray outputs averaged back to one channel): 
 (data range 1), LaSSIM (level 3, or the deepest that fits) of output vs HR, and the MSE. Rows
 carry ``kernel`` and ``region`` (``"window"`` / ``"plane"``). ``validate`` reports the model's
 ``psnr``/``ssim``/``lassim``/``loss`` (×4 windows, mean over kernels; ``loss`` = MSE),
-``psnr_<kernel>`` (×4 windows) and ``psnr_x2``/``ssim_x2``/``lassim_x2`` (MS-GAN only);
+``psnr_<kernel>`` (×4 windows) and ``psnr_x2``/``ssim_x2``/``lassim_x2`` and ``psnr_both``
+(the mean of the ×2 and ×4 PSNR, MS-GAN's primary metric: it ships both; MS-GAN only);
 :meth:`SRRecipe.baselines` the bicubic rows, computed once. Values are averaged over the
 planes of a modality, then over modalities.
 """
@@ -482,6 +483,8 @@ class SRRecipe:
             raise ValueError("the pool has no validation planes")
         self.mode = mode
         self.arch, d_mse2, d_vgg, d_adv = MODES[mode]
+        # MS-GAN ships two models from one network: its best weights are those best at both.
+        self.primary_metric = "psnr_both" if self.arch == "msgan" else "psnr"
         cls = MSGANGenerator if self.arch == "msgan" else SRResNet
         defaults = _defaults(cls)
         fixed = {"output_scale": SCALE} if self.arch == "msgan" else {"scale": SCALE}
@@ -832,6 +835,7 @@ class SRRecipe:
         if self.arch == "msgan":
             for k in ("psnr", "ssim", "lassim"):
                 metrics[f"{k}_x2"] = self.summarize(rows, k, scale=2)
+            metrics["psnr_both"] = 0.5 * (metrics["psnr"] + metrics["psnr_x2"])
         return metrics, preview
 
     def describe(self) -> dict[str, Any]:
