@@ -100,3 +100,27 @@ def script_pool():
         val=[Plane("ct-v", "CT", ct[100:164, 384:448]), Plane("mr-v", "MR", mr[700:764, 300:364]),
              Plane("nuc-v", "fluorescence", nuc[20][:64, :64])],
     )
+
+
+def write_ct_series(folder, planes) -> None:
+    """A minimal CT series (one file per plane, 12-bit stored values, HU = raw - 1024)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir()
+    for k, raw in enumerate(planes):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", "1.2.3.4", k + 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * k], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.Rows, ds.Columns = raw.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = raw.astype("<u2").tobytes()
+        ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)

@@ -34,3 +34,17 @@ def isolated_models(tmp_path, monkeypatch):
     zoo.clear_cache()
     yield user
     zoo.clear_cache()
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Empty user models and runs folders under ``tmp_path`` (returned), no shipped models."""
+    from napari_medenhance.core import zoo
+    from napari_medenhance.core.training import finetune as ft
+
+    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(tmp_path / "models"))
+    monkeypatch.setenv(ft.RUNS_DIR_ENV, str(tmp_path / "runs"))
+    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
+    zoo.clear_cache()
+    yield tmp_path
+    zoo.clear_cache()

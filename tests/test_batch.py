@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _images import write_ct_series
 from _tiny_models import save_tiny_msgan_pair
 
 import napari_medenhance as me
@@ -296,36 +297,12 @@ def test_cli_file_mode_writes_nifti_with_its_affine(weights, folder, tmp_path, c
     np.testing.assert_array_equal(np.asarray(img.dataobj).T, _expected(folder / "vol.nii.gz", weights))
 
 
-def _dicom_series(folder, planes):
-    """A minimal CT series (one file per plane, 12-bit stored values, HU = raw - 1024)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir()
-    for k, raw in enumerate(planes):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", "1.2.3.4", k + 1
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * k], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.Rows, ds.Columns = raw.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = raw.astype("<u2").tobytes()
-        ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
-
-
 def test_cli_takes_a_dicom_series_folder_as_one_volume(weights, tmp_path, capsys):
     pytest.importorskip("pydicom")
     ct = load("ct_slice")
     raw = np.stack([np.clip(ct[200 + 9 * k : 248 + 9 * k, 150:214].astype(np.int32) + 1024, 0, 4095)
                     for k in range(3)]).astype(np.uint16)
-    _dicom_series(tmp_path / "series", raw)
+    write_ct_series(tmp_path / "series", raw)
     dst = tmp_path / "ct.nii.gz"
     assert main(["denoise", str(tmp_path / "series"), str(dst), "--model", "tiny", "--device", "cpu"]) == 0
     assert "shape (3, 48, 64)" in capsys.readouterr().out

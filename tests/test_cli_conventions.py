@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from _images import write_ct_series
 from _tiny_models import save_tiny_msgan_pair
 
 import napari_medenhance
@@ -35,41 +36,14 @@ def _one_line_error(capsys, command: str) -> str:
     return lines[-1]
 
 
-def _dicom_series(folder: Path, planes: np.ndarray) -> None:
-    """A minimal CT series, one file per plane (HU = raw - 1024)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir()
-    for k, raw in enumerate(planes):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", "1.2.3.4", k + 1
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * k], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 2.5
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.Rows, ds.Columns = raw.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.PixelData = raw.astype("<u2").tobytes()
-        ds.save_as(folder / f"IM{k:04d}.dcm", enforce_file_format=True)
-
-
-# ------------------------------------------------------------------------------- metrics
-
-
 @pytest.mark.parametrize("fmt", [".nii.gz", ".zarr", "dicom"])
 def test_metrics_reads_what_the_other_commands_read(fmt, tmp_path, nuclei, nuclei_smoothed, capsys):
     a, b = nuclei[:3, 40:104, 30:94], nuclei_smoothed[:3, 40:104, 30:94]
     if fmt == "dicom":
         pytest.importorskip("pydicom")
         a, b = (np.clip(x, 0, 4095).astype(np.uint16) for x in (a, b))
-        _dicom_series(tmp_path / "in", a)
-        _dicom_series(tmp_path / "out", b)
+        write_ct_series(tmp_path / "in", a)
+        write_ct_series(tmp_path / "out", b)
         paths = [tmp_path / "in", tmp_path / "out"]
     else:
         paths = [write_volume(tmp_path / f"in{fmt}", a, spacing=(2.0, 0.5, 0.5)),

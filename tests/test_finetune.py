@@ -36,16 +36,6 @@ RUN = {"batch": 4, "patch": 32, "lr": 3e-3, "device": "cpu", "start": None, "con
        "recipe_options": {"val_crop": 64}}
 
 
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Empty user models and runs folders, no shipped models."""
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(tmp_path / "models"))
-    monkeypatch.setenv(ft.RUNS_DIR_ENV, str(tmp_path / "runs"))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield tmp_path
-    zoo.clear_cache()
-
 
 @pytest.fixture(scope="module")
 def stack() -> np.ndarray:

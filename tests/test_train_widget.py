@@ -7,22 +7,12 @@ import pytest
 
 from napari_medenhance._widgets.denoise_widget import DenoiseWidget
 from napari_medenhance._widgets.train_widget import PREVIEW_NAME, TrainWidget
-from napari_medenhance.core import zoo
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST
 from napari_medenhance.sample_data import load
 
 TINY = {"features": 8, "blocks": 1, "layers_per_block": 1, "kernels": 2}
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(tmp_path / "models"))
-    monkeypatch.setenv(ft.RUNS_DIR_ENV, str(tmp_path / "runs"))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield tmp_path
-    zoo.clear_cache()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medenhance.core import zoo
 from napari_medenhance.core.eta import StepRate, format_duration
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.sample_data import load
@@ -33,15 +32,6 @@ def test_step_rate_and_time_left():
 def test_durations_are_coarse_words(seconds, text):
     assert format_duration(seconds) == text
 
-
-@pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv(zoo.MODELS_DIR_ENV, str(tmp_path / "models"))
-    monkeypatch.setenv(ft.RUNS_DIR_ENV, str(tmp_path / "runs"))
-    monkeypatch.setattr(zoo, "shipped_models_dir", lambda: tmp_path / "shipped")
-    zoo.clear_cache()
-    yield tmp_path
-    zoo.clear_cache()
 
 
 @pytest.fixture
