@@ -379,7 +379,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
                  f"{a.get('batch', '?')} × {a.get('patch', '?')}² | {a.get('lr', '?')} | {hw} |")
     L += [
         "",
-        "Schedule trials on this CPU (quiet, bf16, full-size generator, MSE ×2 + MSE ×4): "
+        "Schedule trials on this CPU (quiet, bf16, full-size generator, MSE ×2 + MSE ×4; "
+        "`python benchmarks/bench_sr_shapes.py`): "
         "batch 16 × 64² 0.37 s a step, 8 × 96² 0.41 s, 16 × 96² 0.81 s, 8 × 128² 0.74 s: "
         "about 180 kilopixels a second whichever the shape, so the patch was chosen for context "
         "(96² HR is 24² LR) and the batch for many steps. The PSNR-oriented stage came first "
