@@ -78,6 +78,7 @@ def speed(weights: Path, sizes: list[int], repeats: int) -> list[tuple[int, floa
 
 def picture(recipe, weights: Path, png: Path) -> Path:
     """Degraded / stretch / dpe / clean for the largest validation crop of each modality."""
+    import enhance_gate
     import matplotlib
     import torch
 
@@ -86,8 +87,10 @@ def picture(recipe, weights: Path, png: Path) -> Path:
 
     from napari_medenhance.core import zoo
     from napari_medenhance.core.training.recipes.enhance import percentile_stretch
+    from napari_medenhance.core.weights import read_header
 
     net, _ = zoo.load_model(str(weights), device="cpu", task="enhance")
+    norm = enhance_gate.input_norm(read_header(weights))
     picks: dict[str, dict] = {}
     for item in recipe._val:
         m = item["plane"].modality
@@ -96,7 +99,7 @@ def picture(recipe, weights: Path, png: Path) -> Path:
     fig, axes = plt.subplots(len(picks), 4, figsize=(8, 2.1 * len(picks)), squeeze=False)
     with torch.no_grad():
         for r, (mod, item) in enumerate(picks.items()):
-            y = ((net.float()(torch.from_numpy(item["input"][None]))[0] + 1) * 0.5).clamp(0, 1)
+            y = ((net.float()(torch.from_numpy(item["inputs"][norm][None]))[0] + 1) * 0.5).clamp(0, 1)
             out = recipe._to_plane(y.numpy(), item["plane"].rgb)
             panels = [("degraded", item["degraded"]), ("stretch 2–98 %",
                       percentile_stretch(item["degraded"])), ("dpe", out), ("clean", item["clean"])]

@@ -35,13 +35,17 @@ def _tiny(kind: str, path):
     elif kind == "dpe":
         save_weights(path, DPE(**TINY_DPE), arch="dpe", config=TINY_DPE,
                      meta={"task": "enhance", "name": "tiny-dpe"})
+    elif kind == "dpe_stretch":  # trained on contrast-stretched input: the package stretches too
+        save_weights(path, DPE(**TINY_DPE), arch="dpe", config=TINY_DPE,
+                     meta={"task": "enhance", "name": "tiny-dpe-stretch",
+                           "input_percentiles": [2, 98]})
     else:
         save_weights(path, MSGANGenerator(**TINY_MSGAN_X2), arch="msgan", config=TINY_MSGAN_X2,
                      meta={"task": "sr", "name": "tiny-x2"})
     return path
 
 
-KINDS = ["dran", "msgan-x2", "dpe"]
+KINDS = ["dran", "msgan-x2", "dpe", "dpe_stretch"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,9 @@ def test_package_contents_and_the_engine_reproduced(packages, kind):
     assert rdf["license"] == "BSD-3-Clause" and rdf["authors"] and rdf["covers"] == ["cover.png"]
     assert all("doi" in c for c in rdf["cite"])
     section = rdf["config"]["napari-medenhance"]
-    assert section["arch"] == kind.split("-")[0] and f"{section['weights']}" in names
+    assert section["arch"] == kind.split("-")[0].split("_")[0] and f"{section['weights']}" in names
+    if kind == "dpe_stretch":
+        assert arch["kwargs"]["stretch"] == [2.0, 98.0]
     assert "## Validation" in readme and "differs from the plugin's engine" in readme
     # the test output is the package's network on the test input, and that is the engine's
     lo, hi = result.input_range
@@ -88,17 +94,17 @@ def test_package_contents_and_the_engine_reproduced(packages, kind):
                                    rtol=0, atol=1e-6 * (hi - lo))
     scale = 2 if kind == "msgan-x2" else 1
     assert test_out.shape[-2:] == (test_in.shape[-2] * scale, test_in.shape[-1] * scale)
-    assert test_in.shape[1] == (3 if kind == "dpe" else 1)
+    assert test_in.shape[1] == (3 if kind.startswith("dpe") else 1)
     assert result.engine_max_abs_diff <= 1e-4 * (hi - lo)
     # the package's numbers are the public API's on the same image (one plane, float32)
-    image = np.moveaxis(test_in[0], 0, -1) if kind == "dpe" else test_in[0, 0]
+    image = np.moveaxis(test_in[0], 0, -1) if kind.startswith("dpe") else test_in[0, 0]
     if kind == "dran":
         api = me.denoise(image, str(weights), device="cpu")
-    elif kind == "dpe":
+    elif kind.startswith("dpe"):
         api = me.enhance(image, str(weights), device="cpu")
     else:
         api = me.super_resolve(image, 2, str(weights), device="cpu")
-    api = np.moveaxis(api, -1, 0)[None] if kind == "dpe" else api[None, None]
+    api = np.moveaxis(api, -1, 0)[None] if kind.startswith("dpe") else api[None, None]
     np.testing.assert_allclose(test_out, api, atol=1e-4 * (hi - lo), rtol=0)
 
 

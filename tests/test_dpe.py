@@ -237,6 +237,33 @@ def test_batches_are_degraded_pairs_in_signed_range(recipe):
     assert torch.equal(x, x2)
 
 
+def test_stretched_input_is_what_the_stretch_baseline_outputs(pool):
+    r = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                      input_norm="stretch")
+
+    class Identity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    rows, _ = r.evaluate(Identity())
+    stretch = [b for b in r.baselines() if b["method"] == "stretch"]
+    assert [round(a["psnr"], 4) for a in rows] == [round(b["psnr"], 4) for b in stretch]
+    # Training inputs are the whole plane degraded, then stretched by the plane's percentiles:
+    # without noise that is the clean patch mapped by them, whatever the contrast and
+    # brightness factors (a patch alone could not know where it sits in its image).
+    quiet = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                          input_norm="stretch", sigma_max=0.0)
+    x, y = quiet.sample_batch(np.random.default_rng(0), 8, 32)
+    assert x.shape == y.shape == (8, 3, 32, 32)
+    for xi, yi in zip((x.numpy() + 1) / 2, (y.numpy() + 1) / 2):
+        plane = pool.train[0] if np.array_equal(yi[0], yi[1]) else pool.train[1]
+        lo, hi = np.percentile(plane.data, (2, 98))
+        assert np.abs(xi - np.clip((yi - lo) / (hi - lo), 0, 1)).max() < 0.03
+    assert r.describe()["input_norm"] == "stretch"
+    with pytest.raises(ValueError, match="input_norm"):
+        EnhanceRecipe(pool, config=TINY, loss="l1", input_norm="zscore", acceptance_samples=0)
+
+
 def test_tiny_full_objective_run_lowers_validation_loss(recipe, tmp_path):
     assert recipe.build_extras().keys() == {"disc"}
     events, res = _run(train(recipe, steps=20, out_dir=tmp_path, val_every=20, ckpt_every=0, **RUN))

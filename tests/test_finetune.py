@@ -281,6 +281,32 @@ def test_paired_sr_and_unpaired_runs(env, stack):
     assert me.enhance(ihc[:32, :32], "unpaired-g", device="cpu").shape == (32, 32, 3)
 
 
+def test_fine_tuning_a_stretched_enhancer_keeps_its_stretch(env, stack):
+    from napari_medenhance.core.nets.dpe import DPE
+
+    cfg = {"widths": [8, 8, 8]}
+    (env / "models").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    save_weights(env / "models" / "st.safetensors", DPE(**cfg), arch="dpe", config=cfg,
+                 meta={"task": "enhance", "name": "st", "input_percentiles": [2, 98]})
+    zoo.clear_cache()
+    dim = (stack // 3).astype(np.uint16)
+    for mode, lq in (("simulated", None), ("paired", dim)):
+        _events(ft.iter_finetune(
+            "enhance", mode, stack, lq=lq, steps=2, name=f"st-{mode}", val_every=2, batch=2,
+            patch=32, lr=1e-4, device="cpu", start="st",
+            recipe_options={"loss": "l1", "val_crop": 64, "luminance_check": "relative"}))
+        info = ft.save_finetuned(env / "runs" / f"st-{mode}", f"st2-{mode}")
+        # the fine-tuned model is run on stretched input, as it was trained
+        assert zoo.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
+    # paired: the network is trained on the LQ planes stretched by their own percentiles
+    pairs = ft.build_recipe("enhance", "paired", load_paired_data(dim, stack),
+                            options={"loss": "l1", "input_norm": "stretch", "val_crop": 64})
+    for p in pairs.pairs.train + pairs.pairs.val:
+        lo, hi = np.percentile(p.lq, (2, 98))
+        assert lo == pytest.approx(0, abs=1e-3) and hi == pytest.approx(1, abs=1e-3)
+
+
 def test_models_changed_listeners(env, stack):
     calls = []
 

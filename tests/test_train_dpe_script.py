@@ -192,3 +192,25 @@ def test_passing_the_gate_ships_to_the_models_folder(setup, monkeypatch):
     card = (models / "dpe.md").read_text()
     assert "**Shipped**" in card and "## Ship gate" in card and ": passed" in card
     assert read_header(models / "dpe.safetensors", expected_arch="dpe")["meta"]["gate_passed"]
+
+
+def test_a_stretched_input_run_exports_a_model_the_engine_stretches_for(setup):
+    tmp, models, run = setup
+    # an L1 stage on the paper's raw input, then a stage on stretched input from its best
+    assert run("l1", "--ablation", "l1") == 0
+    assert run("st", "--input-norm", "stretch", "--init-weights",
+               str(tmp / "l1" / "best.safetensors"), "--ablation", "l1",
+               "--name", "dpe-st") == 0
+    out = tmp / "checkpoints" / "dpe-st.safetensors"
+    meta = read_header(out, expected_arch="dpe")["meta"]
+    assert meta["input_percentiles"] == [2.0, 98.0] and meta["training"]["input_norm"] == "stretch"
+    card = (tmp / "checkpoints" / "dpe-st.md").read_text()
+    assert "--input-norm stretch" in card and "contrast-stretched first" in card
+    # exporting again without the flag still scores it on stretched input (its header says so)
+    rows_flagless = enhance_gate.model_rows(
+        enhance_gate.make_recipe(TINY, pool=train_dpe.load_pool(), val_crop=64), out)
+    stretched = enhance_gate.make_recipe(TINY, pool=train_dpe.load_pool(), val_crop=64,
+                                         input_norm="stretch")
+    rows_stretched = enhance_gate.model_rows(stretched, out)
+    assert [r["psnr"] for r in rows_flagless] == [r["psnr"] for r in rows_stretched]
+    assert enhance_gate.input_norm(read_header(tmp / "l1" / "best.safetensors")) == "none"

@@ -61,6 +61,15 @@ def recipe_options(header: dict | None = None) -> dict:
     return opts
 
 
+def input_norm(header: dict) -> str:
+    """What a DPE weights file was trained to see: ``"stretch"`` when its header (or its
+    training record) has ``input_percentiles``, else the paper's raw input."""
+    meta = header.get("meta") or {}
+    stretched = (meta.get("input_percentiles")
+                 or (meta.get("training") or {}).get("input_percentiles"))
+    return "stretch" if stretched else "none"
+
+
 def make_recipe(config: dict | None = None, pool=None, **options):
     """The card's validation set (no feature network: validation only)."""
     from napari_medenhance.core.training import EnhanceRecipe
@@ -91,8 +100,11 @@ def model_rows(recipe, weights: str | Path, method: str = "dpe", device: str = "
 
     from napari_medenhance.core import zoo
 
+    from napari_medenhance.core.weights import read_header
+
     net, _ = zoo.load_model(str(weights), device=device, task="enhance")
-    rows, _ = recipe.evaluate(net.float(), torch.device(device))
+    norm = input_norm(read_header(weights))
+    rows, _ = recipe.evaluate(net.float(), torch.device(device), input_norm=norm)
     return [{**r, "method": method} for r in rows]
 
 

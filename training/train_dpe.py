@@ -56,7 +56,7 @@ from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 from napari_medenhance.core import zoo  # noqa: E402
 from napari_medenhance.core.engine import resolve_device  # noqa: E402
 from napari_medenhance.core.training import BEST, CheckpointError, EnhanceRecipe  # noqa: E402
-from napari_medenhance.core.training.recipes.enhance import LUMINANCE_CHECKS  # noqa: E402
+from napari_medenhance.core.training.recipes.enhance import INPUT_NORMS, LUMINANCE_CHECKS  # noqa: E402
 from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--luminance-check", choices=LUMINANCE_CHECKS, default="relative",
                    help="Algorithm 1's luminance check: relative to each image's own luminance "
                         "(default; every modality trains and validates) or the paper's fixed B_T")
+    p.add_argument("--input-norm", choices=INPUT_NORMS, default="none",
+                   help="what the network sees: the degraded image as it is (the paper), or "
+                        "stretched by its own 2-98 %% percentiles first")
     p.add_argument("--relative-luminance", type=float, default=0.5,
                    help="the fraction of its image's luminance a patch must exceed (relative)")
     recipe_script.add_cpu_args(p)
@@ -122,7 +125,8 @@ def make_recipe(args: argparse.Namespace, pool, config: dict | None = None) -> E
     return EnhanceRecipe(pool, config=config if config is not None else args.config,
                          loss=args.ablation or "full", disc_config=args.disc_config,
                          luminance_check=args.luminance_check,
-                         relative_luminance=args.relative_luminance)
+                         relative_luminance=args.relative_luminance,
+                         input_norm=args.input_norm)
 
 
 # -------------------------------------------------------------------------------- training
@@ -177,7 +181,9 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
     or the committed one when that validates better."""
     best = args.out / BEST
     header = read_header(best, expected_arch="dpe")
-    if header["config"] != recipe.config:
+    norm = enhance_gate.input_norm(header)  # what the run trained on, whatever the flags say
+    if header["config"] != recipe.config or norm != recipe.input_norm:
+        args.input_norm = norm
         recipe = make_recipe(args, pool, header["config"])
     net, rows32 = _evaluate_best(best, recipe, dev)
     as_fp16_then_fp32(net)
@@ -204,7 +210,7 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
     run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
     stages = recipe_script.training_stages(
         args.out, header["meta"], args.ablation or "full", arch="dpe", psnr=summary["psnr"],
-        describe=lambda m: (m.get("training") or {}).get("loss", "?"), extra_args=("luminance_check",))
+        describe=lambda m: (m.get("training") or {}).get("loss", "?"), extra_args=("luminance_check", "input_norm"))
     ship = (passed and args.ablation is None) or args.ship_anyway
     dest_dir = args.models_dir if ship else INTERIM_DIR
     committed = committed_weights(args.name) if not args.ship_anyway else None
@@ -212,7 +218,8 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
         # Interim weights never replace shipped ones, the first model above the gate replaces
         # interim ones, and otherwise only a better mean validation PSNR (today's split) does.
         old_net, _ = zoo.load_model(str(committed), device=dev, task="enhance")
-        old_rows, _ = recipe.evaluate(old_net.float(), dev)
+        old_rows, _ = recipe.evaluate(old_net.float(), dev,
+                                      input_norm=enhance_gate.input_norm(read_header(committed)))
         old_psnr = recipe.summarize(old_rows, "psnr")
         shipped_before = committed.parent.resolve() == args.models_dir.resolve()
         if (shipped_before and not ship) or (ship == shipped_before
@@ -240,6 +247,9 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
             "training": meta.get("training", {}),
             "stages": stages,
             "gate_passed": passed,
+            # the engine stretches a user's image as this model's training inputs were
+            **({"input_percentiles": (meta.get("training") or {})["input_percentiles"]}
+               if (meta.get("training") or {}).get("input_percentiles") else {}),
         },
     )
     curve = plot_curve(args, stages, dest_dir / f"{args.name}-curve.png", gate_rows)
@@ -316,6 +326,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
            f"--lr {run_args.get('lr', args.lr)} --seed {run_args.get('seed', args.seed)} "
            f"--precision {run_args.get('precision', args.precision)} "
            f"--luminance-check {run_args.get('luminance_check', args.luminance_check)}"
+           + (" --input-norm stretch" if desc.get("input_norm") == "stretch" else "")
            + (" --ablation l1" if args.ablation else "")
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
@@ -336,7 +347,11 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         f"{params:,} parameters |",
         "| input / output | 3-channel image in [-1, 1] (the registry maps the engine's [0, 1]; "
         "gray images replicated by the engine and averaged back); sides padded to multiples "
-        "of 16 |",
+        "of 16"
+        + ("; **the input is contrast-stretched first**: the engine maps the 2nd and 98th "
+           "percentiles of the whole image (stack) to 0 and 1, clipped (header "
+           "`input_percentiles`), and maps the output back to the image's own range |"
+           if desc.get("input_norm") == "stretch" else " |"),
         f"| selected at | step {meta.get('step')} of {meta.get('total')} of the last stage (best "
         "mean validation PSNR) |",
         "",
@@ -378,7 +393,13 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         "## Recipe",
         "",
         f"- last stage: `{cmd}`",
-        f"- degradation: {desc['degradation']}",
+        f"- degradation: {desc['degradation']}"
+        + ("; the network sees the degraded image stretched by its whole plane's 2 / 98 % "
+           "percentiles (estimated on a ≤ 256² grid of the plane), as the engine stretches a "
+           "user's image. Algorithm 1's contrast and brightness steps are affine with a positive "
+           "slope and never clip, so the stretch cancels them: what is left for the network is "
+           "the noise and the mapping from the stretched image to the clean one"
+           if desc.get("input_norm") == "stretch" else ""),
         "- objective: "
         + ("L1 only" if args.ablation else
            "L1 + L_feat·L_grad (L_feat: L1 of VGG16 conv5_3 features before ReLU, × 1/127.5; "

@@ -92,12 +92,16 @@ def _iter_task(
     """
     net, info = zoo.load_model(model, device=device, task=task)
     module = zoo.inference_module(net, info)
+    kw = zoo.engine_kwargs(info)
     if plane is not None:
+        whole = image
         image, data_range = _one_plane(image, plane, rgb, data_range)
+        if "input_percentiles" in kw:  # the stretch of the whole stack, as a full run uses
+            kw["stretch_range"] = engine.input_stretch(whole, kw["input_percentiles"], rgb=rgb)
     return (
         yield from engine.iter_apply(
             image, module, rgb=rgb, device=device, tile=tile, data_range=data_range,
-            cancel=cancel, **zoo.engine_kwargs(info),
+            cancel=cancel, **kw,
         )
     )
 

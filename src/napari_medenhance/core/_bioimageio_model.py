@@ -13,9 +13,11 @@ the sample over its channels and pixels (a float image already inside [0, 1] kee
 an identity network exact) or ``lo + y01 · (hi - lo)`` when it upscales, clipped to
 ``[lo, hi]``. Gray input to a 3-channel network is replicated to three channels and the
 outputs averaged; networks that read [-1, 1] (DPE) get ``2·x01 - 1`` and give back ``(y + 1)/2``.
+A model trained on contrast-stretched input (``stretch = [p_lo, p_hi]``) sees x01 with those
+percentiles of the sample mapped to 0 and 1, clipped; the output mapping is unchanged.
 """
 
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +77,17 @@ class MedEnhanceModel(nn.Module):
         scale: its upscaling factor.
         pad_multiple: input sides are reflect-padded (bottom, right) to a multiple of it and
             the output cropped back, as the engine does.
+        stretch: ``[p_lo, p_hi]`` (0–100) for a model trained on contrast-stretched input,
+            else None.
     """
 
     def __init__(self, arch: str, config: Dict[str, Any], mode: str = "plain",
-                 net_channels: int = 3, scale: int = 1, pad_multiple: int = 1) -> None:
+                 net_channels: int = 3, scale: int = 1, pad_multiple: int = 1,
+                 stretch: Optional[List[float]] = None) -> None:
         super().__init__()
+        self.stretched = stretch is not None
+        self.p_lo = float(stretch[0]) / 100.0 if stretch is not None else 0.0
+        self.p_hi = float(stretch[1]) / 100.0 if stretch is not None else 1.0
         net = globals()[NET_CLASSES[arch]](**config)
         if mode == "denoise":
             self.run = _Denoise(net)
@@ -122,7 +130,19 @@ class MedEnhanceModel(nn.Module):
         hi = torch.where(unit, torch.ones_like(hi), hi)
         span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))  # a constant image
         x01 = (x - lo) / span
-        y01 = self._network(x01)
+        seen = x01
+        if self.stretched:
+            flat01 = x01.flatten(1)
+            # torch.quantile takes at most 2**24 values: a regular subsample beyond that
+            step = (flat01.shape[1] + (1 << 24) - 1) // (1 << 24)
+            q = torch.tensor([self.p_lo, self.p_hi], dtype=x01.dtype, device=x01.device)
+            qs = torch.quantile(flat01[:, ::step], q, dim=1)
+            s_lo = qs[0][:, None, None, None]
+            s_w = (qs[1] - qs[0])[:, None, None, None]
+            ok = s_w > 0  # a flat sample has nothing to stretch
+            safe = torch.where(ok, s_w, torch.ones_like(s_w))
+            seen = torch.where(ok, torch.clamp((x01 - s_lo) / safe, 0.0, 1.0), x01)
+        y01 = self._network(seen)
         if self.scale == 1:
             out = x + (y01 - x01) * span
         else:

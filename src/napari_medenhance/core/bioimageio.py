@@ -354,6 +354,8 @@ def export_package(
     pad = int(kw["pad_multiple"])
     kwargs = {"arch": arch, "config": dict(info.config), "mode": mode,
               "net_channels": int(info.channels), "scale": int(info.scale), "pad_multiple": pad}
+    if "input_percentiles" in kw:
+        kwargs["stretch"] = [float(v) for v in kw["input_percentiles"]]
 
     with tempfile.TemporaryDirectory(prefix="medenhance-bioimageio-") as tmp_name:
         tmp = Path(tmp_name)

@@ -15,6 +15,10 @@ Conventions
   Anything else is mapped linearly to [0, 1] with ``lo, hi`` = min and max of the *whole* array
   (one rule for every plane of a stack) or ``data_range=(lo, hi)``; the output is mapped back,
   clipped to ``[lo, hi]``, rounded for integer dtypes and cast to the input dtype.
+* **Stretched input.** A model trained on contrast-stretched images (``input_percentiles``,
+  e.g. DPE's ``(2, 98)``) sees its [0, 1] input with those percentiles of the whole array
+  mapped to 0 and 1, clipped; its output is mapped back as above (to ``[lo, hi]``), so the
+  result keeps the input's units and range.
 * **Networks.** ``net`` maps a float tensor ``(B, net_channels, h, w)`` in [0, 1] to
   ``(B, C_out, h * scale, w * scale)``. With ``net_channels=3`` grayscale planes are replicated
   to three channels and the outputs averaged back; with ``net_channels=1`` the colour channels of
@@ -42,6 +46,7 @@ __all__ = [
     "apply",
     "cpu_has_bf16",
     "device_choices",
+    "input_stretch",
     "iter_apply",
     "resolve_device",
 ]
@@ -237,6 +242,40 @@ def _intensity_range(
     return lo, hi
 
 
+#: Most values :func:`input_stretch` reads: a regular grid over a larger array.
+STRETCH_SAMPLES = 1 << 22
+
+
+def input_stretch(
+    image: Any, percentiles: Sequence[float], *, rgb: bool | None = None
+) -> tuple[float, float]:
+    """The ``percentiles`` (``(p_lo, p_hi)``, 0–100) of an image's values, in its own units.
+
+    What :func:`iter_apply` maps to 0 and 1 for a model trained on stretched input. Colour
+    images: one pair over the three colour channels (alpha left out), so hues are kept. Arrays
+    of more than :data:`STRETCH_SAMPLES` values are read on a regular grid (every k-th plane,
+    row and column), which for dask computes only those chunks.
+
+    Raises:
+        ValueError: bad percentiles, NaN / inf values.
+    """
+    p_lo, p_hi = (float(v) for v in percentiles)
+    if not 0.0 <= p_lo < p_hi <= 100.0:
+        raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100; got {percentiles!r}")
+    arr, _ = _as_array(image)
+    is_rgb, has_alpha = _resolve_rgb(tuple(arr.shape), rgb)
+    spatial = arr.ndim - (1 if is_rgb else 0)
+    n = int(np.prod(arr.shape[:spatial]))
+    step = max(1, math.ceil((n / STRETCH_SAMPLES) ** (1.0 / spatial)))
+    grid = arr[tuple(slice(None, None, step) for _ in range(spatial))]
+    values = np.asarray(grid[..., :3] if has_alpha else grid, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("image contains NaN or infinite values; replace them first, e.g. "
+                         "with np.nan_to_num")
+    lo, hi = np.percentile(values, (p_lo, p_hi))
+    return float(lo), float(hi)
+
+
 # --------------------------------------------------------------------------------------------
 # tiling
 
@@ -374,6 +413,8 @@ def iter_apply(
     pad_multiple: int = 1,
     cancel: Callable[[], bool] | None = None,
     cpu_bf16: bool = False,
+    input_percentiles: Sequence[float] | None = None,
+    stretch_range: Sequence[float] | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Run ``net`` over every 2-D plane of ``image``, tile by tile; a generator.
 
@@ -403,6 +444,12 @@ def iter_apply(
         pad_multiple: tiles are reflect-padded (bottom / right) to a multiple of this before
             the network sees them and cropped back after.
         cancel: called before every tile; returning True raises :class:`Cancelled`.
+        input_percentiles: ``(p_lo, p_hi)`` (0–100): the network sees its input stretched so
+            that these percentiles of the whole array (:func:`input_stretch`) become 0 and 1,
+            clipped (module docstring); None: the input as mapped above.
+        stretch_range: those two values in the image's units, when they were computed over
+            more than ``image`` (the whole stack of a previewed plane, a volume processed
+            block by block); needs ``input_percentiles``.
 
     Yields:
         :class:`Progress` after each tile; ``total`` counts tiles over all planes.
@@ -456,6 +503,14 @@ def iter_apply(
     lo, hi = _intensity_range(arr, has_alpha, data_range, is_dask)
     # A constant image has hi == lo: any span maps it to 0 and the clip maps it back exactly.
     span = hi - lo if hi > lo else 1.0
+    if stretch_range is not None and input_percentiles is None:
+        raise ValueError("stretch_range needs input_percentiles (the model's stretch)")
+    stretch: tuple[float, float] | None = None
+    if input_percentiles is not None:
+        s_lo, s_hi = (stretch_range if stretch_range is not None
+                      else input_stretch(arr, input_percentiles, rgb=is_rgb))
+        if s_hi > s_lo:  # a flat image has nothing to stretch
+            stretch = ((s_lo - lo) / span, (s_hi - s_lo) / span)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         clip_lo, clip_hi = max(lo, float(info.min)), min(hi, float(info.max))
@@ -499,12 +554,14 @@ def iter_apply(
             else:
                 color64 = color64[None]  # (1, Y, X)
             x32 = ((color64 - lo) / span).astype(np.float32)
+            x_net = x32 if stretch is None else np.clip(
+                (x32 - np.float32(stretch[0])) / np.float32(stretch[1]), 0.0, 1.0)
             acc = np.zeros((n_color, out_h, out_w), dtype=acc_dtype)
             for y0, x0, th, tw in tiles:
                 if cancel is not None and cancel():
                     raise Cancelled(f"cancelled after {done} of {total} tiles")
                 y = _run_tile(
-                    net, x32, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels, dev,
+                    net, x_net, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels, dev,
                     use_half, in_dtype,
                 )
                 win = np.outer(win_y[y0], win_x[x0])

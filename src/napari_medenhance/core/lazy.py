@@ -562,6 +562,7 @@ def iter_process_volume(
     block_bytes: int = DEFAULT_BLOCK_BYTES,
     cancel: Callable[[], bool] | None = None,
     cpu_bf16: bool = False,
+    input_percentiles: Sequence[float] | None = None,
 ) -> Generator[Progress, None, Path]:
     """Run ``net`` over a volume block by block, writing each block to ``output`` as it is done.
 
@@ -585,8 +586,9 @@ def iter_process_volume(
             dx)``), overriding ``like``'s (voxel 0 stays where ``like`` puts it); with
             ``scale > 1``, Y and X are divided by it (without ``like``, the origin is then
             placed in these units, or in input pixels when no spacing is given).
-        rgb, device, tile, overlap, half, scale, net_channels, pad_multiple, cpu_bf16: as for
-            the engine.
+        rgb, device, tile, overlap, half, scale, net_channels, pad_multiple, cpu_bf16,
+            input_percentiles: as for the engine (the stretch of ``input_percentiles`` is
+            that of the whole volume, read on a grid, not of each block).
         data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
             for the same range the in-memory engine would use.
         tiff_kwargs: :func:`tifffile.imwrite` keywords that replace the TIFF metadata
@@ -670,6 +672,8 @@ def iter_process_volume(
         dr: Sequence[float] | None = (lo, hi) if hi > lo else None
     else:
         dr = data_range
+    stretch = (engine.input_stretch(arr, input_percentiles, rgb=lay.is_rgb)
+               if input_percentiles is not None else None)
 
     plane_bytes = int(np.prod(out_plane)) * dtype.itemsize
     # What write_volume needs to give the output the input's geometry and kind of file.
@@ -692,6 +696,7 @@ def iter_process_volume(
                 block, net, scale=scale, rgb=lay.is_rgb, device=device, tile=tile,
                 overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
                 pad_multiple=pad_multiple, cancel=cancel, cpu_bf16=cpu_bf16,
+                input_percentiles=input_percentiles, stretch_range=stretch,
             )
             while True:
                 try:

@@ -20,7 +20,9 @@ raises :class:`~napari_medenhance.core.weights.WeightsError` saying why.
 Header metadata convention (``save_weights(..., meta=...)``): ``task`` (``"denoise"``,
 ``"enhance"`` or ``"sr"``), ``name``, ``scale`` (default: the factor the architecture's
 config builds, via its class's ``scale_from_config``, else 1; a header that disagrees with the
-config is refused), optional ``channels`` and ``pad_multiple``; every other key goes into
+config is refused), optional ``channels``, ``pad_multiple`` and ``input_percentiles`` (``[2,
+98]``: the model was trained on images contrast-stretched by those percentiles, which the
+engine then applies, :func:`engine_kwargs`); every other key goes into
 :attr:`ModelInfo.card`. A file whose header says
 ``"kind": "feature-extractor"`` (the VGG16 weights of the perceptual losses, which ship in the
 same folder) is not a model: listings skip it silently and asking for it says what it is.
@@ -521,6 +523,10 @@ def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
     Y and X by it). ``pad_multiple``: the larger of the header's ``pad_multiple`` and the
     architecture class's own (DPE: 16, one factor 2 per stride-2 level). ``cpu_bf16``: the
     header says the model was validated in bf16 at a negligible cost (its card gives it).
+    ``input_percentiles``: the header's (a model trained on contrast-stretched input).
+
+    Raises:
+        WeightsError: the header's ``input_percentiles`` is not a valid pair.
     """
     try:
         pad = max(1, int(info.card.get("pad_multiple", 1)))
@@ -533,6 +539,20 @@ def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
     kw: dict[str, Any] = {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
     if info.card.get("cpu_bf16") is True:
         kw["cpu_bf16"] = True
+    # The header's own key, else the training record of a run's weights file (a fine-tuned or
+    # interim model saved as the loop wrote it).
+    training = info.card.get("training")
+    pct = info.card.get("input_percentiles")
+    if pct is None and isinstance(training, dict):
+        pct = training.get("input_percentiles")
+    if pct is not None:
+        ok = (isinstance(pct, (list, tuple)) and len(pct) == 2
+              and all(isinstance(v, (int, float)) for v in pct) and 0 <= pct[0] < pct[1] <= 100)
+        if not ok:
+            raise WeightsError(f"{info.path}: its header's input_percentiles {pct!r} is not a "
+                               "pair 0 <= lo < hi <= 100; re-save the model with the "
+                               "percentiles it was trained with")
+        kw["input_percentiles"] = (float(pct[0]), float(pct[1]))
     return kw
 
 

@@ -53,6 +53,7 @@ and in ``list_models()`` in later sessions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -239,6 +240,15 @@ class PairedRecipe:
         want = SR_SCALE if base.task == "sr" else 1
         if pairs.scale != want:
             raise ValueError(f"{base.task} pairs must have scale {want}; got {pairs.scale}")
+        if getattr(base, "input_norm", "none") == "stretch":
+            # A model trained on stretched input sees every LQ plane stretched by its own
+            # percentiles, as the engine stretches an image (the recipe's STRETCH_PERCENTILES).
+            from .recipes.enhance import percentile_stretch
+
+            pairs = PairedPool(
+                train=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.train],
+                val=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.val],
+                scale=pairs.scale)
         self.base = base
         self.pairs = pairs
         self.task, self.arch, self.config = base.task, base.arch, base.config
@@ -320,7 +330,7 @@ class PairedRecipe:
     def describe(self) -> dict[str, Any]:
         """The wrapped recipe's loss description and the pairs, for the weights header / card."""
         base = getattr(self.base, "describe", None)
-        keep = ("loss", "objective", "mode", "discriminator")
+        keep = ("loss", "objective", "mode", "discriminator", "input_norm", "input_percentiles")
         info = {k: v for k, v in (base() if callable(base) else {}).items() if k in keep}
         info.update(
             pairs=f"real aligned LQ/HQ pairs (scale {self.pairs.scale}); no simulated degradation",
@@ -609,10 +619,15 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
          rgb: bool | None, config: dict | None, data_name: str, lq_name: str,
          cancel: Callable[[], bool] | None) -> Generator[TrainEvent, None, TrainResult]:
     hq_data, lq_data, desc = _load(task, mode, data, lq, settings, rgb, data_name, lq_name)
+    options = dict(settings["recipe_options"])
+    if (info is not None and task == "enhance" and mode != "unpaired"
+            and "input_percentiles" in zoo.engine_kwargs(info)):
+        # a model trained on contrast-stretched input goes on seeing stretched input
+        options.setdefault("input_norm", "stretch")
     recipe = build_recipe(task, mode, hq_data, lq_data=lq_data, config=config,
                           arch=info.arch if info is not None else None,
                           start_path=info.path if info is not None else None,
-                          options=settings["recipe_options"])
+                          options=options)
     init_weights = None
     if info is not None:
         # Unpaired: the model is LaMEGAN's generator G (a 'dpe'), inside the recipe's network.

@@ -100,6 +100,11 @@ LOSS_PRESETS = {"full": (1.0, ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
 #: The luminance checks of Algorithm 1 (module docstring): the paper's fixed B_T, or relative to
 #: each image's own luminance.
 LUMINANCE_CHECKS = ("paper", "relative")
+#: What the network sees: the degraded image as it is (the paper), or contrast-stretched by its
+#: own 2 / 98 % percentiles first (module docstring).
+INPUT_NORMS = ("none", "stretch")
+#: The percentiles of the stretch (the classical baseline's, and a stretched input's).
+STRETCH_PERCENTILES = (2.0, 98.0)
 #: The LaSSIM level reported (the metric's default), lowered for crops too small for it.
 LASSIM_LEVEL = 3
 
@@ -127,7 +132,8 @@ def clahe(image: np.ndarray) -> np.ndarray:
     return np.asarray(equalize_adapthist(image), dtype=np.float32)
 
 
-def percentile_stretch(image: np.ndarray, lo: float = 2.0, hi: float = 98.0) -> np.ndarray:
+def percentile_stretch(image: np.ndarray, lo: float = STRETCH_PERCENTILES[0],
+                       hi: float = STRETCH_PERCENTILES[1]) -> np.ndarray:
     """Contrast-stretch baseline: percentile ``lo`` → 0, ``hi`` → 1, clipped; float32.
 
     One pair of percentiles over all channels of a colour image (a per-channel stretch would
@@ -199,6 +205,7 @@ class EnhanceRecipe:
         min_std: float = 0.005,
         max_empty: float = 0.75,
         acceptance_samples: int = 200,
+        input_norm: str = "none",
     ) -> None:
         if not pool.train:
             raise ValueError("the pool has no training planes")
@@ -242,6 +249,14 @@ class EnhanceRecipe:
                              f"{', '.join(LUMINANCE_CHECKS)}")
         if not 0.0 < relative_luminance <= 1.0:
             raise ValueError(f"relative_luminance must be in (0, 1], got {relative_luminance}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose one of "
+                             f"{', '.join(INPUT_NORMS)}")
+        self.input_norm = input_norm
+        # Stretched inputs are normalised by their whole image's percentiles, estimated on
+        # a ≤ 256² grid of it (the patch alone would not know where it sits in its image).
+        self._plane_grid = ({id(p): p.data[::-(-max(p.shape_yx) // 256), ::-(-max(p.shape_yx) // 256)]
+                             for p in pool.train} if input_norm == "stretch" else {})
         self.luminance_check = luminance_check
         self.relative_luminance = float(relative_luminance)
         # Relative check: each training plane's own luminance (Algorithm 1's statistic).
@@ -323,18 +338,37 @@ class EnhanceRecipe:
         return min(self.brightness_threshold,
                    self.relative_luminance * self._image_luminance[id(plane)])
 
-    def _bright_patch(self, sampler: PatchSampler, rng: np.random.Generator) -> np.ndarray:
-        """One patch passing the luminance check (or the brightest of ``max_tries``)."""
+    def _bright_patch(
+        self, sampler: PatchSampler, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Plane]:
+        """One patch passing the luminance check (or the brightest of ``max_tries``), and the
+        plane it was cut from."""
         best, best_lum = None, -1.0
         for _ in range(self.max_tries):
             cand, plane = sampler.sample_with_plane(rng)
             lum = mean_luminance(cand)
             if lum > self.threshold(plane):
-                return cand
+                return cand, plane
             if lum > best_lum:
-                best, best_lum = cand, lum
+                best, best_lum = (cand, plane), lum
         assert best is not None
         return best
+
+    def _stretched_degradation(
+        self, patch: np.ndarray, plane: Plane, params: Any, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Algorithm 1 on the patch's whole image, stretched by that image's 2 / 98 %
+        percentiles, at the patch. Algorithm 1's contrast and brightness steps are affine with
+        a positive slope and never clip (factors < 1 blend towards the mean and scale down),
+        so the stretch cancels them exactly: only the noise step is applied, to the patch and
+        to the plane's grid the percentiles are estimated on."""
+        noisy = np.clip(patch + params.sigma * rng.standard_normal(patch.shape), 0.0, 1.0)
+        grid = self._plane_grid[id(plane)]
+        grid = np.clip(grid + params.sigma * rng.standard_normal(grid.shape), 0.0, 1.0)
+        lo, hi = np.percentile(grid, STRETCH_PERCENTILES)
+        if not hi > lo:
+            return noisy.astype(np.float32)
+        return np.clip((noisy - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
     def sample_batch(
         self, rng: np.random.Generator, batch: int, patch: int
@@ -347,13 +381,16 @@ class EnhanceRecipe:
         for i in range(batch):
             # relative: a modality first, and a rejected patch is redrawn from it
             sampler = samplers[int(rng.integers(len(samplers)))] if relative else samplers[0]
-            p = self._bright_patch(sampler, rng)
+            p, plane = self._bright_patch(sampler, rng)
             k = int(rng.integers(8))
             p = np.rot90(p, k % 4, axes=(0, 1))
             if k >= 4:
                 p = p[:, ::-1]
             params = draw_degradation(rng, sigma_max=self.sigma_max, factor_range=self.factor_range)
-            d = apply_degradation(p, params, rng)
+            if self.input_norm == "stretch":
+                d = self._stretched_degradation(p, plane, params, rng)
+            else:
+                d = apply_degradation(p, params, rng)
             clean[i] = p[None] if p.ndim == 2 else p.transpose(2, 0, 1)
             degraded[i] = d[None] if d.ndim == 2 else d.transpose(2, 0, 1)
         return torch.from_numpy(degraded * 2.0 - 1.0), torch.from_numpy(clean * 2.0 - 1.0)
@@ -428,13 +465,13 @@ class EnhanceRecipe:
                 continue
             params = draw_degradation(rng, sigma_max=self.sigma_max, factor_range=self.factor_range)
             degraded = apply_degradation(clean, params, rng)
-            chw = (degraded.transpose(2, 0, 1) if plane.rgb
-                   else np.broadcast_to(degraded, (3, *degraded.shape)))
             items.append({
                 "plane": plane,
                 "clean": clean,
                 "degraded": degraded,
-                "input": np.ascontiguousarray(chw * 2.0 - 1.0, dtype=np.float32),
+                # what a network sees, per input_norm (DPE's [-1, 1], 3 channels)
+                "inputs": {"none": self._net_input(degraded, plane.rgb),
+                           "stretch": self._net_input(percentile_stretch(degraded), plane.rgb)},
                 "params": params,
                 "level": min(LASSIM_LEVEL, max_lassim_level(clean.shape[:2])),
             })
@@ -445,6 +482,11 @@ class EnhanceRecipe:
                 "planes or lower brightness_threshold"
             )
         return items, skipped
+
+    @staticmethod
+    def _net_input(image: np.ndarray, rgb: bool) -> np.ndarray:
+        chw = image.transpose(2, 0, 1) if rgb else np.broadcast_to(image, (3, *image.shape))
+        return np.ascontiguousarray(chw * 2.0 - 1.0, dtype=np.float32)
 
     @staticmethod
     def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
@@ -467,9 +509,14 @@ class EnhanceRecipe:
         return row
 
     def evaluate(
-        self, net: torch.nn.Module, device: str | torch.device = "cpu"
+        self, net: torch.nn.Module, device: str | torch.device = "cpu",
+        input_norm: str | None = None,
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
         """Run the network on the fixed validation set.
+
+        ``input_norm`` is what the network was trained to see (default: this recipe's), so a
+        model trained on stretched inputs and one trained on the paper's are scored on the
+        same degraded crops.
 
         Returns:
             ``(rows, preview)``: one row per plane with ``name, modality, method ("dpe"),
@@ -478,6 +525,9 @@ class EnhanceRecipe:
             for the call and restored afterwards.
         """
         device = torch.device(device)
+        norm = self.input_norm if input_norm is None else input_norm
+        if norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {norm!r}; choose one of {', '.join(INPUT_NORMS)}")
         was_training = net.training
         net.eval()
         rows: list[dict[str, Any]] = []
@@ -486,7 +536,7 @@ class EnhanceRecipe:
             with torch.no_grad():
                 for item in self._val:
                     plane: Plane = item["plane"]
-                    x = torch.from_numpy(item["input"][None]).to(device)
+                    x = torch.from_numpy(item["inputs"][norm][None]).to(device)
                     y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
                     out = self._to_plane(y, plane.rgb).astype(np.float32)
                     rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
@@ -575,4 +625,7 @@ class EnhanceRecipe:
             "patch_acceptance": self.acceptance,
             "val_crop": self.val_crop,
             "val_seed": self.val_seed,
+            "input_norm": self.input_norm,
+            # read by the model registry: the engine stretches a user's image the same way
+            "input_percentiles": list(STRETCH_PERCENTILES) if self.input_norm == "stretch" else None,
         }
