@@ -18,7 +18,7 @@ import tifffile
 import torch
 
 import napari_medenhance as me
-from napari_medenhance.core import engine, lazy, zoo
+from napari_medenhance.core import engine, intensity, lazy, zoo
 from napari_medenhance.core.batch import load_task_model
 from napari_medenhance.core.engine import Cancelled
 from napari_medenhance.core.io import read_volume
@@ -238,7 +238,7 @@ def test_same_rules_as_in_memory_for_rgb_constant_and_unit_floats(tiny, tmp_path
 
 def test_volume_range_matches_the_engine(nuclei):
     lazy_stack = da.from_array(nuclei, chunks=(5, 256, 256))
-    assert lazy.volume_range(lazy_stack) == engine._intensity_range(nuclei, False, None, False)
+    assert lazy.volume_range(lazy_stack) == intensity.intensity_range(nuclei, False, None, False)
     assert lazy.volume_range(np.linspace(0, 1, 50, dtype=np.float32).reshape(2, 5, 5)) == (0.0, 1.0)
 
 

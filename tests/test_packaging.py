@@ -125,3 +125,18 @@ def test_core_and_metrics_import_without_qt_or_napari():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in PKG.rglob("*.py") if p.name != "engine.py"),
+                         ids=lambda p: str(p.relative_to(PKG)))
+def test_no_module_reaches_into_the_engines_private_helpers(path):
+    # The input rules, tiling and devices are public (core.intensity, core.tiling, core.device):
+    # a preview, a volume on disk and a stack in memory must follow the engine's own rules.
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and isinstance(node.value, ast.Name) and node.value.id == "engine"):
+            pytest.fail(f"{path.name}:{node.lineno} uses engine.{node.attr}")
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine"):
+            private = [a.name for a in node.names if a.name.startswith("_")]
+            assert not private, f"{path.name}:{node.lineno} imports {private} from the engine"

@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 import napari_medenhance as me
-from napari_medenhance.core import engine, lazy, zoo
+from napari_medenhance.core import engine, intensity, lazy, zoo
 from napari_medenhance.core.batch import load_task_model
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.nets.dpe import DPE
@@ -61,18 +61,18 @@ def test_a_flat_image_is_not_stretched_and_bad_arguments_are_refused():
     flat = np.full((16, 16), 7, np.uint16)
     assert np.array_equal(engine.apply(flat, Seen(), device="cpu", input_percentiles=(2, 98)), flat)
     with pytest.raises(ValueError, match="percentiles"):
-        engine.input_stretch(flat, (98, 2))
+        intensity.input_stretch(flat, (98, 2))
     with pytest.raises(ValueError, match="stretch_range needs input_percentiles"):
         engine.apply(flat, Seen(), device="cpu", stretch_range=(0, 1))
     nan = np.ones((8, 8), np.float32) * 3
     nan[2, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        engine.input_stretch(nan, (2, 98))
+        intensity.input_stretch(nan, (2, 98))
 
 
 def test_large_arrays_are_read_on_a_grid(monkeypatch, nuclei):
-    monkeypatch.setattr(engine, "STRETCH_SAMPLES", 4096)
-    lo, hi = engine.input_stretch(nuclei, (2, 98))
+    monkeypatch.setattr(intensity, "STRETCH_SAMPLES", 4096)
+    lo, hi = intensity.input_stretch(nuclei, (2, 98))
     full = np.percentile(nuclei, (2, 98))
     # a grid of every k-th plane, row and column: close to the exact percentiles
     assert abs(lo - full[0]) < 0.05 * (full[1] - full[0])

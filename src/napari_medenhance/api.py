@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core import engine, zoo
+from .core import engine, intensity, tiling, zoo
 from .core.engine import Cancelled, Progress
 from .core.jobs import drive
 from .core.zoo import ModelInfo
@@ -97,7 +97,7 @@ def _iter_task(
         whole = image
         image, data_range = _one_plane(image, plane, rgb, data_range)
         if "input_percentiles" in kw:  # the stretch of the whole stack, as a full run uses
-            kw["stretch_range"] = engine.input_stretch(whole, kw["input_percentiles"], rgb=rgb)
+            kw["stretch_range"] = intensity.input_stretch(whole, kw["input_percentiles"], rgb=rgb)
     return (
         yield from engine.iter_apply(
             image, module, rgb=rgb, device=device, tile=tile, data_range=data_range,
@@ -112,8 +112,8 @@ def _one_plane(
     """(the plane, the data range of the whole array) for ``iter_<task>(plane=...)``."""
     # The engine's own rules (NaN refusal, [0, 1] floats kept, whole-array min/max), so a
     # preview of one plane matches the whole-stack run.
-    arr, is_dask = engine._as_array(image)
-    is_rgb, has_alpha = engine._resolve_rgb(tuple(arr.shape), rgb)
+    arr, is_dask = intensity.as_array(image)
+    is_rgb, has_alpha = intensity.resolve_rgb(tuple(arr.shape), rgb)
     n_lead = arr.ndim - (3 if is_rgb else 2)
     plane = tuple(int(i) for i in plane)
     if len(plane) != n_lead:
@@ -125,8 +125,8 @@ def _one_plane(
         if not 0 <= i < n:
             raise ValueError(f"plane {plane} is outside an array shaped {arr.shape}")
     if data_range is None:
-        engine._check_dtype(np.dtype(arr.dtype))
-        lo, hi = engine._intensity_range(arr, has_alpha, None, is_dask)
+        intensity.check_dtype(np.dtype(arr.dtype))
+        lo, hi = intensity.intensity_range(arr, has_alpha, None, is_dask)
         # A constant array: let the engine handle the (then constant) plane on its own.
         data_range = (lo, hi) if hi > lo else None
     return arr[plane], data_range
@@ -287,9 +287,9 @@ def iter_super_resolve(
     from .core.roi import ROI, check_roi
 
     model = _sr_model(model, scale)
-    arr, is_dask = engine._as_array(image)
-    engine._check_dtype(np.dtype(arr.dtype))
-    is_rgb, has_alpha = engine._resolve_rgb(tuple(arr.shape), rgb)
+    arr, is_dask = intensity.as_array(image)
+    intensity.check_dtype(np.dtype(arr.dtype))
+    is_rgb, has_alpha = intensity.resolve_rgb(tuple(arr.shape), rgb)
     plane_nd = 3 if is_rgb else 2
     if arr.ndim < plane_nd:
         raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {arr.shape}")
@@ -312,7 +312,7 @@ def iter_super_resolve(
     if data_range is None and (roi is not None or planes is not None):
         # One mapping for the whole array (as for iter_denoise(plane=...)): an ROI's intensities
         # must not be stretched by its own min and max.
-        lo, hi = engine._intensity_range(arr, has_alpha, None, is_dask)
+        lo, hi = intensity.intensity_range(arr, has_alpha, None, is_dask)
         data_range = (lo, hi) if hi > lo else None
     sub = arr
     if planes is not None:
@@ -327,7 +327,7 @@ def iter_super_resolve(
             raise ValueError(f"planes {planes} select no plane of an array shaped {arr.shape}")
     sub_lead = sub.ndim - plane_nd
     n_planes = int(np.prod(sub.shape[:sub_lead])) if sub_lead else 1
-    per_roi = [n_planes * len(engine._plan(r.shape[0], r.shape[1], tile, 32)) for r in rois]
+    per_roi = [n_planes * len(tiling.plan(r.shape[0], r.shape[1], tile, tiling.DEFAULT_OVERLAP)) for r in rois]
     total, done, results = sum(per_roi), 0, []
     for k, r in enumerate(rois, start=1):
         crop = sub[(Ellipsis, *r.slices()) + ((slice(None),) if is_rgb else ())]

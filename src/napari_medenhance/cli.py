@@ -338,7 +338,7 @@ def _sr(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_medenhance import api
-    from napari_medenhance.core import engine, lazy
+    from napari_medenhance.core import engine, intensity, lazy
     from napari_medenhance.core.io import Volume, read_volume, write_volume, writable_suffixes
     from napari_medenhance.core.io.volume import suffix_of
     from napari_medenhance.core.roi import check_roi
@@ -366,7 +366,7 @@ def _sr(args: argparse.Namespace) -> int:
         else:  # PNG, JPEG...: small images, read whole; no geometry (pixel units)
             vol = Volume(data=_read_other(src), spacing=(), axis_labels=())
         data = vol.data
-        is_rgb = engine._resolve_rgb(tuple(data.shape), rgb)[0]
+        is_rgb = intensity.resolve_rgb(tuple(data.shape), rgb)[0]
     except (ValueError, OSError) as err:
         return _fail(task, err)
     n = data.ndim - int(is_rgb)

@@ -28,7 +28,6 @@ Conventions
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .device import cpu_has_bf16, device_choices, resolve_device
+from .intensity import as_array, check_dtype, input_stretch, intensity_range, resolve_rgb
 from .jobs import drive
+from .tiling import AUTO_TILE, AUTO_WHOLE_PLANE_PIXELS, DEFAULT_OVERLAP, plan, window_1d
 
 __all__ = [
     "AUTO_TILE",
@@ -50,11 +52,6 @@ __all__ = [
     "iter_apply",
     "resolve_device",
 ]
-
-#: Planes up to this many pixels go through the network whole when ``tile=None``.
-AUTO_WHOLE_PLANE_PIXELS = 1024 * 1024
-#: Tile edge (pixels) used when ``tile=None`` and the plane is larger than the above.
-AUTO_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -74,273 +71,7 @@ class Cancelled(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# device
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """The torch device for ``device``.
-
-    ``"auto"`` picks CUDA, then Apple MPS, then CPU. Explicit names (``"cpu"``, ``"cuda"``,
-    ``"cuda:1"``, ``"mps"``) or a ``torch.device`` are checked for availability.
-
-    Raises:
-        ValueError: the name is unknown, or the device is not available on this machine.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        name = str(device).strip().lower()
-        if name == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            if _mps_available():
-                return torch.device("mps")
-            return torch.device("cpu")
-        try:
-            dev = torch.device(name)
-        except (RuntimeError, ValueError) as e:
-            raise ValueError(
-                f"unknown device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-            ) from e
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device {device!r} requested but CUDA is not available to this torch "
-                f"({torch.__version__}); use device='cpu' or 'auto'"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device {device!r} requested but only {torch.cuda.device_count()} CUDA "
-                f"device(s) exist (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
-            )
-        return dev
-    if dev.type == "mps":
-        if not _mps_available():
-            raise ValueError(
-                f"device {device!r} requested but Apple MPS is not available; "
-                "use device='cpu' or 'auto'"
-            )
-        return dev
-    raise ValueError(
-        f"unsupported device {device!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-    )
-
-
-def device_choices() -> list[tuple[str, str]]:
-    """``(label, value)`` for a device picker: ``auto`` (saying what it resolves to), the CPU,
-    and only the accelerators this machine has (each CUDA device by index and name, MPS)."""
-    auto = resolve_device("auto")
-    if auto.type == "cuda":
-        what = f"CUDA: {torch.cuda.get_device_name(0)}"
-    elif auto.type == "mps":
-        what = "Apple MPS"
-    else:
-        what = "CPU" + (", bf16" if cpu_has_bf16() else "")
-    out = [(f"auto ({what})", "auto"), ("cpu", "cpu")]
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        out += [(f"cuda:{i} ({torch.cuda.get_device_name(i)})", f"cuda:{i}" if n > 1 else "cuda")
-                for i in range(n)]
-    if _mps_available():
-        out.append(("mps (Apple)", "mps"))
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# input checks and intensity mapping
-
-
-def _as_array(image: Any) -> tuple[Any, bool]:
-    """(array, is_dask). Numpy and dask arrays are kept as they are (no copy, no compute)."""
-    if isinstance(image, np.ndarray):
-        return image, False
-    try:
-        import dask.array as da
-    except ImportError:  # pragma: no cover - dask is a dependency
-        da = None
-    if da is not None and isinstance(image, da.Array):
-        return image, True
-    return np.asarray(image), False
-
-
-def _resolve_rgb(shape: tuple[int, ...], rgb: bool | None) -> tuple[bool, bool]:
-    """(is_rgb, has_alpha) following napari's guess when ``rgb is None``."""
-    guess = len(shape) >= 3 and shape[-1] in (3, 4)
-    if rgb is None:
-        rgb = guess
-    if not rgb:
-        return False, False
-    if len(shape) < 3 or shape[-1] not in (3, 4):
-        raise ValueError(
-            f"rgb=True needs an array shaped (..., Y, X, 3) or (..., Y, X, 4); got {shape}"
-        )
-    return True, shape[-1] == 4
-
-
-def _check_dtype(dtype: np.dtype) -> None:
-    if dtype.kind == "b":
-        raise ValueError(
-            "boolean images cannot be enhanced; convert them first, e.g. image.astype(np.uint8)"
-        )
-    if dtype.kind not in "uif":
-        raise ValueError(
-            f"unsupported dtype {dtype}: expected an integer or real floating-point image"
-        )
-
-
-def _intensity_range(
-    arr: Any, has_alpha: bool, data_range: Sequence[float] | None, is_dask: bool
-) -> tuple[float, float]:
-    """(lo, hi) of the mapping to [0, 1]; refuses NaN / inf.
-
-    Statistics cover the whole array so every plane of a stack is mapped the same way; for
-    dask they are computed in one pass over the data.
-    """
-    is_float = arr.dtype.kind == "f"
-    color = arr[..., :3] if has_alpha else arr
-    need_stats = data_range is None
-    if is_dask:
-        import dask
-        import dask.array as da
-
-        todo: list[Any] = []
-        if is_float:
-            todo += [da.isnan(arr).sum(), da.isinf(arr).sum()]
-        if need_stats:
-            todo += [color.min(), color.max()]
-        got = list(dask.compute(*todo)) if todo else []
-    else:
-        got = []
-        if is_float:
-            got += [np.count_nonzero(np.isnan(arr)), np.count_nonzero(np.isinf(arr))]
-        if need_stats:
-            got += [color.min(), color.max()]
-    if is_float:
-        n_nan, n_inf = int(got.pop(0)), int(got.pop(0))
-        if n_nan or n_inf:
-            raise ValueError(
-                f"image contains {n_nan} NaN and {n_inf} infinite value(s) out of "
-                f"{int(np.prod(arr.shape))}; replace them first, e.g. with np.nan_to_num"
-            )
-    if not need_stats:
-        if len(data_range) != 2:
-            raise ValueError(f"data_range must be (lo, hi); got {data_range!r}")
-        lo, hi = float(data_range[0]), float(data_range[1])
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ValueError(f"data_range must be finite with hi > lo; got {data_range!r}")
-        return lo, hi
-    lo, hi = float(got[0]), float(got[1])
-    if is_float and lo >= 0.0 and hi <= 1.0:
-        return 0.0, 1.0  # already in the networks' range: use as is
-    return lo, hi
-
-
-#: Most values :func:`input_stretch` reads: a regular grid over a larger array.
-STRETCH_SAMPLES = 1 << 22
-
-
-def input_stretch(
-    image: Any, percentiles: Sequence[float], *, rgb: bool | None = None
-) -> tuple[float, float]:
-    """The ``percentiles`` (``(p_lo, p_hi)``, 0–100) of an image's values, in its own units.
-
-    What :func:`iter_apply` maps to 0 and 1 for a model trained on stretched input. Colour
-    images: one pair over the three colour channels (alpha left out), so hues are kept. Arrays
-    of more than :data:`STRETCH_SAMPLES` values are read on a regular grid (every k-th plane,
-    row and column), which for dask computes only those chunks.
-
-    Raises:
-        ValueError: bad percentiles, NaN / inf values.
-    """
-    p_lo, p_hi = (float(v) for v in percentiles)
-    if not 0.0 <= p_lo < p_hi <= 100.0:
-        raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100; got {percentiles!r}")
-    arr, _ = _as_array(image)
-    is_rgb, has_alpha = _resolve_rgb(tuple(arr.shape), rgb)
-    spatial = arr.ndim - (1 if is_rgb else 0)
-    n = int(np.prod(arr.shape[:spatial]))
-    step = max(1, math.ceil((n / STRETCH_SAMPLES) ** (1.0 / spatial)))
-    grid = arr[tuple(slice(None, None, step) for _ in range(spatial))]
-    values = np.asarray(grid[..., :3] if has_alpha else grid, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ValueError("image contains NaN or infinite values; replace them first, e.g. "
-                         "with np.nan_to_num")
-    lo, hi = np.percentile(values, (p_lo, p_hi))
-    return float(lo), float(hi)
-
-
-# --------------------------------------------------------------------------------------------
-# tiling
-
-
-def _tile_starts(size: int, tile: int, overlap: int) -> tuple[list[int], int]:
-    """Start offsets along one axis and the tile length there (the last tile ends flush)."""
-    if size <= tile:
-        return [0], size
-    stride = tile - overlap
-    starts = list(range(0, size - tile, stride)) + [size - tile]
-    return starts, tile
-
-
-def _window_1d(start: int, length: int, size: int, overlap: int, scale: int) -> np.ndarray:
-    """Blending weights for one tile along one axis, at output resolution.
-
-    Edges that face another tile fall to zero over their outermost ``overlap // 4`` pixels,
-    because the network's output there depends on the padding it saw at the cut rather than on
-    the real neighbours; a raised-cosine ramp over the rest of the overlap then cross-fades into
-    the neighbouring tile (the two ramps sum to one, so a consistent network shows no seam).
-    Edges on the image border keep weight one, so every pixel has positive total weight.
-    """
-    n = length * scale
-    w = np.ones(n, dtype=np.float64)
-    if overlap <= 0:
-        return w
-    margin = (overlap // 4) * scale
-    ramp_len = (overlap - 2 * (overlap // 4)) * scale
-    ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_len) + 0.5) / ramp_len)
-    if start > 0:
-        w[:margin] = 0.0
-        w[margin : margin + ramp_len] = np.minimum(w[margin : margin + ramp_len], ramp)
-    if start + length < size:
-        w[n - margin :] = 0.0
-        seg = slice(n - margin - ramp_len, n - margin)
-        w[seg] = np.minimum(w[seg], ramp[::-1])
-    return w
-
-
-def _plan(
-    height: int, width: int, tile: int | None, overlap: int
-) -> list[tuple[int, int, int, int]]:
-    """Tiles ``(y0, x0, th, tw)`` covering one ``height x width`` plane."""
-    if tile is None:
-        tile = max(height, width) if height * width <= AUTO_WHOLE_PLANE_PIXELS else AUTO_TILE
-    ys, th = _tile_starts(height, tile, overlap)
-    xs, tw = _tile_starts(width, tile, overlap)
-    return [(y0, x0, th, tw) for y0 in ys for x0 in xs]
-
-
-# --------------------------------------------------------------------------------------------
 # network call
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in checks:
-        fn = getattr(torch.cpu, name, None)
-        try:
-            if callable(fn) and fn():
-                return True
-        except RuntimeError:
-            pass
-    return False
 
 
 def _autocast(dev: torch.device, half: bool) -> contextlib.AbstractContextManager:
@@ -406,7 +137,7 @@ def iter_apply(
     rgb: bool | None = None,
     device: str | torch.device = "auto",
     tile: int | None = None,
-    overlap: int = 32,
+    overlap: int = DEFAULT_OVERLAP,
     half: bool | None = None,
     data_range: Sequence[float] | None = None,
     net_channels: int = 3,
@@ -464,14 +195,14 @@ def iter_apply(
         Cancelled: ``cancel()`` returned True.
         RuntimeError: out of device memory (with advice to use a smaller ``tile``).
     """
-    arr, is_dask = _as_array(image)
+    arr, is_dask = as_array(image)
     dtype = np.dtype(arr.dtype)
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if arr.ndim < 2:
         raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"the image is empty (shape {arr.shape})")
-    is_rgb, has_alpha = _resolve_rgb(tuple(arr.shape), rgb)
+    is_rgb, has_alpha = resolve_rgb(tuple(arr.shape), rgb)
     plane_nd = 3 if is_rgb else 2
     lead = tuple(arr.shape[:-plane_nd])
     height, width = (int(s) for s in arr.shape[-plane_nd:][:2])
@@ -500,7 +231,7 @@ def iter_apply(
     else:
         use_half = bool(half)
 
-    lo, hi = _intensity_range(arr, has_alpha, data_range, is_dask)
+    lo, hi = intensity_range(arr, has_alpha, data_range, is_dask)
     # A constant image has hi == lo: any span maps it to 0 and the clip maps it back exactly.
     span = hi - lo if hi > lo else 1.0
     if stretch_range is not None and input_percentiles is None:
@@ -517,7 +248,7 @@ def iter_apply(
     else:
         clip_lo, clip_hi = lo, hi
 
-    tiles = _plan(height, width, tile, overlap)
+    tiles = plan(height, width, tile, overlap)
     n_planes = int(np.prod(lead)) if lead else 1
     total = n_planes * len(tiles)
     n_color = 3 if is_rgb else 1
@@ -525,8 +256,8 @@ def iter_apply(
 
     # Windows are separable: keep the 1-D factors (tiny) and form each 2-D window per tile, so
     # memory stays bounded by the tile and the plane, not by the number of tiles.
-    win_y = {y0: _window_1d(y0, th, height, overlap, scale) for (y0, _, th, _) in tiles}
-    win_x = {x0: _window_1d(x0, tw, width, overlap, scale) for (_, x0, _, tw) in tiles}
+    win_y = {y0: window_1d(y0, th, height, overlap, scale) for (y0, _, th, _) in tiles}
+    win_x = {x0: window_1d(x0, tw, width, overlap, scale) for (_, x0, _, tw) in tiles}
     # float64 keeps the blended identity exact at scale 1; at scale > 1 the output planes are
     # scale² larger and float32 halves their memory at no visible cost.
     acc_dtype = np.float64 if scale == 1 else np.float32

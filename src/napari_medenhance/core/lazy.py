@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import engine
+from . import engine, intensity, tiling
 from .engine import Cancelled, Progress
 from .jobs import drive
 
@@ -96,12 +96,12 @@ class _Layout:
 
 def _layout(arr: Any, rgb: bool | None) -> _Layout:
     shape = tuple(int(s) for s in arr.shape)
-    engine._check_dtype(np.dtype(arr.dtype))
+    intensity.check_dtype(np.dtype(arr.dtype))
     if len(shape) < 2:
         raise ValueError(f"expected an image with at least 2 dimensions (Y, X); got {shape}")
     if 0 in shape:
         raise ValueError(f"the image is empty (shape {shape})")
-    is_rgb, has_alpha = engine._resolve_rgb(shape, rgb)
+    is_rgb, has_alpha = intensity.resolve_rgb(shape, rgb)
     nd = 3 if is_rgb else 2
     return _Layout(shape[:-nd], shape[-nd], shape[-nd + 1], is_rgb, has_alpha)
 
@@ -231,7 +231,7 @@ def _iter_range(
         # done = 0 tiles: the scan is a stage of its own, and a point where workers can stop.
         yield Progress(0, total_tiles, f"intensity range: block {i + 1}/{len(keys)}")
     # The engine's own rule on the (min, max) pair, so [0, 1] floats are kept as they are.
-    return engine._intensity_range(np.array([lo, hi], dtype=arr.dtype), False, None, False)
+    return intensity.intensity_range(np.array([lo, hi], dtype=arr.dtype), False, None, False)
 
 
 def volume_range(
@@ -658,7 +658,7 @@ def iter_process_volume(
 
     keys = _blocks(arr, lay, block_bytes)
     mapping = _writable_mapping(arr)
-    tiles_per_plane = len(engine._plan(lay.height, lay.width, tile, overlap))
+    tiles_per_plane = len(tiling.plan(lay.height, lay.width, tile, overlap))
     total = lay.n_planes * tiles_per_plane
 
     # Check the arguments the engine would refuse before the (possibly long) intensity scan.
@@ -672,7 +672,7 @@ def iter_process_volume(
         dr: Sequence[float] | None = (lo, hi) if hi > lo else None
     else:
         dr = data_range
-    stretch = (engine.input_stretch(arr, input_percentiles, rgb=lay.is_rgb)
+    stretch = (intensity.input_stretch(arr, input_percentiles, rgb=lay.is_rgb)
                if input_percentiles is not None else None)
 
     plane_bytes = int(np.prod(out_plane)) * dtype.itemsize
