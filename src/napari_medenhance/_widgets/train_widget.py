@@ -39,6 +39,7 @@ from napari_medenhance.core.eta import StepRate, format_duration, iter_time_step
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST, TrainEvent
 from napari_medenhance.core.training.user_data import check_pair_shapes
+from napari_medenhance.core.training.recipes.sr import SCALE as SR_SCALE
 
 from ._bioimageio import ask_export_path, export_button, start_export
 from ._layers import surface_runtime_errors
@@ -408,7 +409,7 @@ class TrainWidget(QWidget):
             if mode == "paired" and isinstance(self.lq.value, Image) \
                     and isinstance(self.hq.value, Image):  # folders are checked by the core
                 check_pair_shapes(self.lq.value.data.shape, self.hq.value.data.shape,
-                                  ft.SR_SCALE if task == "sr" else 1,
+                                  SR_SCALE if task == "sr" else 1,
                                   lq_name=f"LQ '{lq_name}'", hq_name=f"HQ '{data_name}'",
                                   rgb=bool(rgb))
             if rgb is None:

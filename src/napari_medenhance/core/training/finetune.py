@@ -80,6 +80,7 @@ from ..weights import WeightsError, load_into, read_header
 from .loop import BEST, LAST, TrainEvent, TrainResult, train
 from .patches import Pool
 from .recipes import DenoiseRecipe, EnhanceRecipe, Recipe, SRRecipe, recipe_identity
+from .recipes.sr import SCALE as SR_SCALE
 from .user_data import (
     PairedData,
     PairedPatchSampler,
@@ -94,7 +95,6 @@ __all__ = [
     "MODES",
     "RECORD",
     "RUNS_DIR_ENV",
-    "SR_SCALE",
     "TASK_MODES",
     "PairedRecipe",
     "build_recipe",
@@ -119,8 +119,6 @@ TASK_MODES = {
 RUNS_DIR_ENV = "MEDENHANCE_RUNS_DIR"
 #: The run record inside a run folder.
 RECORD = "run.json"
-#: The factor the SR recipe trains (HQ pixels per LQ pixel in paired SR).
-SR_SCALE = 4
 #: What the widgets and the CLI call a new network.
 SCRATCH = "scratch"
 #: Architectures a task can be fine-tuned from (unpaired enhancement starts LaMEGAN's G).

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ADVERSARIAL_WEIGHT",
+    "DPE_ADVERSARIAL_WEIGHT",
     "FEATURE_SCALE",
     "FAKE_LABELS",
     "REAL_LABELS",
@@ -71,8 +71,8 @@ __all__ = [
     "noisy_labels",
 ]
 
-#: λ_G of the paper (eq. 11).
-ADVERSARIAL_WEIGHT = 1e-4
+#: λ_G of the DPE paper (eq. 11); the SR recipe's WGAN weight is ``recipes.sr.WGAN_WEIGHT``.
+DPE_ADVERSARIAL_WEIGHT = 1e-4
 #: s_F: VGG16 (caffe preprocessing) features → the scale of the authors' [-1, 1]-input VGG-19.
 FEATURE_SCALE = 1.0 / 127.5
 #: The authors' noisy label ranges for real and generated images.
@@ -155,7 +155,7 @@ class PerceptualObjective(nn.Module):
         *,
         feature_weight: float = 1.0,
         feature_scale: float = FEATURE_SCALE,
-        adversarial_weight: float = ADVERSARIAL_WEIGHT,
+        adversarial_weight: float = DPE_ADVERSARIAL_WEIGHT,
         real_labels: tuple[float, float] = REAL_LABELS,
         fake_labels: tuple[float, float] = FAKE_LABELS,
     ) -> None:

@@ -90,13 +90,13 @@ from ...metrics import ssim as _ssim
 from ...nets import build as _build
 from ...nets.discriminators import SwishDiscriminator
 from ...nets.dpe import DPE
-from ..losses import ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
+from ..losses import DPE_ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
 from ..patches import PatchSampler, Plane, Pool, center_crop
 
 __all__ = ["EnhanceRecipe", "LOSS_PRESETS", "LUMINANCE_CHECKS", "clahe", "percentile_stretch"]
 
 #: Named objectives: (feature weight, adversarial weight).
-LOSS_PRESETS = {"full": (1.0, ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
+LOSS_PRESETS = {"full": (1.0, DPE_ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
 #: The luminance checks of Algorithm 1 (module docstring): the paper's fixed B_T, or relative to
 #: each image's own luminance.
 LUMINANCE_CHECKS = ("paper", "relative")

@@ -115,7 +115,7 @@ from ...nets.srresnet import MSGANGenerator, SRResNet
 from ..patches import Plane, Pool
 
 __all__ = [
-    "ADVERSARIAL_WEIGHT",
+    "WGAN_WEIGHT",
     "GP_WEIGHT",
     "LesionPatchSampler",
     "SRRecipe",
@@ -133,8 +133,8 @@ SCALE = 4
 VGG_WEIGHT = 5e-7
 #: The VGG16 layer of the feature loss.
 VGG_LAYER = "pool4"
-#: w_A: weight of the generator's WGAN term.
-ADVERSARIAL_WEIGHT = 1e-3
+#: w_A: weight of the generator's WGAN term (not DPE's λ_G, ``losses.DPE_ADVERSARIAL_WEIGHT``).
+WGAN_WEIGHT = 1e-3
 #: λ of the gradient penalty.
 GP_WEIGHT = 10.0
 #: HR pixels cut around a training patch so the LR is made from real neighbours (multiple of 4).
@@ -144,7 +144,7 @@ KERNELS = ("bicubic", "gaussian", "blur3")
 #: The LaSSIM level reported (lowered for crops too small for it).
 LASSIM_LEVEL = 3
 #: (generator arch, default extra weights: mse2, vgg, adversarial) per mode.
-MODES = {"msgan": ("msgan", 1.0, VGG_WEIGHT, ADVERSARIAL_WEIGHT), "srresnet": ("srresnet", 0.0, 0.0, 0.0)}
+MODES = {"msgan": ("msgan", 1.0, VGG_WEIGHT, WGAN_WEIGHT), "srresnet": ("srresnet", 0.0, 0.0, 0.0)}
 
 
 def _defaults(cls: type) -> dict[str, Any]:
