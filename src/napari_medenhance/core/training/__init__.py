@@ -4,6 +4,10 @@
 preview image, checkpoints) and returns a :class:`TrainResult`; the napari Train widget and the
 CLI render the same events. Checkpoints are safetensors (no pickle), atomically written and
 exactly resumable. A new task is a new recipe in :mod:`.recipes`; the loop does not change.
+
+This is the **library** (installed with the plugin; the Train widget and ``medenhance train``
+run it). The repository's top-level ``training/`` folder holds the **scripts** that train the
+shipped models on the project's data pool with it; it is not installed.
 """
 
 from __future__ import annotations
