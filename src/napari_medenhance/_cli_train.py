@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_medenhance.core import zoo
     from napari_medenhance.core.training import CheckpointError
     from napari_medenhance.core.training import finetune as ft
+    from napari_medenhance.core.training.runs import run_folder
 
     save = not args.no_save
     stop = {"requested": False}
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as err:  # WeightsError is a ValueError
         return _fail(err)
-    run_dir = ft.run_folder(args.name, args.out)
+    run_dir = run_folder(args.name, args.out)
 
     def on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
         if stop["requested"]:

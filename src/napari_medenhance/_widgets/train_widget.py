@@ -38,6 +38,7 @@ from napari_medenhance.core.engine import device_choices, resolve_device
 from napari_medenhance.core.eta import StepRate, format_duration, iter_time_steps
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST, TrainEvent
+from napari_medenhance.core.training.runs import run_folder
 from napari_medenhance.core.training.user_data import check_pair_shapes
 from napari_medenhance.core.training.recipes.sr import SCALE as SR_SCALE
 
@@ -421,7 +422,7 @@ class TrainWidget(QWidget):
         name = self.name.value.strip()
         if not name:
             raise ValueError("Give the run a name (it is also the saved model's name).")
-        ft.run_folder(name)  # the name rules, checked now
+        run_folder(name)  # the name rules, checked now
         start = self.start.value
         if start is None:
             raise ValueError("Pick a model to start from, or 'scratch'.")
@@ -443,7 +444,7 @@ class TrainWidget(QWidget):
             self._fail(str(err))
             return
         self._run_key = self._estimate_key()
-        run_dir = ft.run_folder(kw["name"])
+        run_dir = run_folder(kw["name"])
         resuming = (run_dir / LAST).is_file()
         kw = {**kw, **self.options}
         task, mode, data = kw.pop("task"), kw.pop("mode"), kw.pop("data")

@@ -13,11 +13,12 @@ shipped models on the project's data pool with it; it is not installed.
 from __future__ import annotations
 
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from .finetune import PairedRecipe, iter_finetune, run_folder, save_finetuned
+from .finetune import iter_finetune, save_finetuned
 from .loop import BEST, LAST, CosineSchedule, TrainEvent, TrainResult, train
 from .losses import PerceptualObjective
 from .patches import PatchSampler, Plane, Pool, center_crop
-from .recipes import DenoiseRecipe, EnhanceRecipe, Recipe, recipe_identity
+from .recipes import DenoiseRecipe, EnhanceRecipe, PairedRecipe, Recipe, recipe_identity
+from .runs import run_folder
 from .user_data import PairedPool, PlanePair, load_paired_data, load_user_data
 
 __all__ = [

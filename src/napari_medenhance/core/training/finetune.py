@@ -6,7 +6,8 @@
     save_finetuned(run_folder("my-dran"), "my-dran")   # now in every model picker
 
 One training loop (:func:`~.loop.train`); this module only picks the recipe, reads the data
-(:mod:`.user_data`), keeps a run record and writes the model card.
+(:mod:`.user_data`), keeps the run record (its folder and file helpers are :mod:`.runs`) and
+saves the model with its card (written by :mod:`.cards`).
 
 Tasks and modes
 ---------------
@@ -16,9 +17,9 @@ task        mode         recipe and what the user gives
 denoise     simulated    :class:`~.recipes.DenoiseRecipe` on clean data: Gaussian noise added
 enhance     simulated    :class:`~.recipes.EnhanceRecipe` on good images: Algorithm 1 degrades
 sr          simulated    :class:`~.recipes.SRRecipe` on high-resolution data: bicubic ÷4
-any of the  paired       :class:`PairedRecipe` around the task's recipe: aligned real LQ / HQ
-three                    stacks (``lq=``); the real LQ window replaces the simulated input
-                         (for SR the LQ is 4× smaller in Y and X)
+any of the  paired       :class:`~.recipes.PairedRecipe` around the task's recipe: aligned
+three                    real LQ / HQ stacks (``lq=``); the real LQ window replaces the
+                         simulated input (for SR the LQ is 4× smaller in Y and X)
 enhance     unpaired     ``LaMEGANRecipe(lq_pool, hq_pool)`` (:mod:`.recipes.lamegan`):
                          unaligned LQ and HQ stacks (CycleGAN-style)
 ==========  ===========  =====================================================================
@@ -53,7 +54,6 @@ and in ``list_models()`` in later sessions.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import importlib
 import json
@@ -67,30 +67,31 @@ from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import zoo
 from ..engine import resolve_device
-from ..metrics import psnr as _psnr
-from ..metrics import ssim as _ssim
-from ..nets import ARCHITECTURES
 from ..nets import build as build_net
 from ..weights import WeightsError, load_into, read_header
+from .cards import _card_data, model_card
 from .loop import BEST, LAST, TrainEvent, TrainResult, train
 from .patches import Pool
-from .recipes import DenoiseRecipe, EnhanceRecipe, Recipe, SRRecipe, recipe_identity
+from .recipes import DenoiseRecipe, EnhanceRecipe, PairedRecipe, Recipe, SRRecipe, recipe_identity
 from .recipes.sr import SCALE as SR_SCALE
-from .user_data import (
-    PairedData,
-    PairedPatchSampler,
-    PairedPool,
-    UserData,
-    center_pair,
-    load_paired_data,
-    load_user_data,
+from .runs import (
+    _RECORD_VERSION,
+    RECORD,
+    RUNS_DIR_ENV,
+    _write_json,
+    _write_text,
+    read_record,
+    run_folder,
+    runs_dir,
 )
+from .user_data import PairedData, UserData, load_paired_data, load_user_data
 
+# Also the names that moved to .runs, .cards and .recipes.paired: they were this module's
+# public API, and ``finetune.X`` keeps working for the widget, the CLI, scripts and tests.
 __all__ = [
     "MODES",
     "RECORD",
@@ -115,229 +116,11 @@ TASK_MODES = {
     "enhance": ("simulated", "paired", "unpaired"),
     "sr": ("simulated", "paired"),
 }
-#: Environment variable naming the folder that holds run folders.
-RUNS_DIR_ENV = "MEDENHANCE_RUNS_DIR"
-#: The run record inside a run folder.
-RECORD = "run.json"
 #: What the widgets and the CLI call a new network.
 SCRATCH = "scratch"
 #: Architectures a task can be fine-tuned from (unpaired enhancement starts LaMEGAN's G).
 _START_ARCHS = {"denoise": ("dran",), "enhance": ("dpe",), "sr": ("msgan", "srresnet")}
-_RECORD_VERSION = 1
 _LAMEGAN = f"{__package__}.recipes.lamegan"
-
-
-# ------------------------------------------------------------------------------ folders
-
-
-def runs_dir() -> Path:
-    """Folder of the run folders (not created here): ``$MEDENHANCE_RUNS_DIR`` when set, else
-    ``platformdirs.user_data_dir("napari-medenhance") / "runs"``, never the working directory."""
-    env = os.environ.get(RUNS_DIR_ENV, "").strip()
-    if env:
-        return Path(env).expanduser().resolve()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-medenhance", appauthor=False)) / "runs"
-
-
-def run_folder(name: str, out_dir: str | os.PathLike | None = None) -> Path:
-    """The run folder of run ``name``: ``out_dir`` when given, else ``runs_dir() / name``.
-
-    Raises:
-        ValueError: ``name`` is not usable as a folder name (the model-name rules apply).
-    """
-    if out_dir is not None:
-        return Path(out_dir).expanduser().resolve()
-    zoo._check_name(name)  # the same rules as model names: it becomes a folder name
-    return runs_dir() / name
-
-
-def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The run record (``run.json``) of a run folder; ``{}`` when there is none."""
-    path = Path(run_dir) / RECORD
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable run record ({e}); delete the run folder to start "
-                         "over") from e
-    return record if isinstance(record, dict) else {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=False, default=_jsonable)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    # The record describes a run for people and cards; it is never turned back into objects,
-    # so anything else (a feature network passed as a recipe option) is recorded by its repr.
-    return str(value) if isinstance(value, Path) else repr(value)
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-# ------------------------------------------------------------------------------ paired recipe
-
-
-def _restorer(net: torch.nn.Module, task: str) -> torch.nn.Module:
-    """What the engine runs for ``net``: [0, 1] in, restored [0, 1] out (zoo's one adapter)."""
-    # inference_module only reads the task of its ModelInfo.
-    return zoo.inference_module(net, types.SimpleNamespace(task=task))  # type: ignore[arg-type]
-
-
-class PairedRecipe:
-    """A task recipe trained on real aligned LQ / HQ pairs instead of simulated degradations.
-
-    Everything about the network and the objective is the wrapped recipe's (build, extra
-    modules, loss or losses, per-step hooks, value range); only the data change: a batch is the
-    real LQ patch and the HQ patch at the same window (:class:`~.user_data.PairedPatchSampler`:
-    same flips / rotations on both, empty HQ background redrawn), mapped to the network's value
-    range ([-1, 1] for DPE), and validation runs the network as the engine would on the central
-    ≤ ``val_crop``² window of every validation pair and scores it against the HQ: ``psnr`` and
-    ``ssim`` (data range 1, output clipped to [0, 1], gray outputs averaged back to one
-    channel) and ``loss`` = mean absolute error, averaged over the pairs.
-
-    Args:
-        base: the task's recipe, built on the HQ planes (:meth:`PairedPool.hq_pool`); its own
-            sampling and validation are not used.
-        pairs: the paired train / validation split; ``pairs.scale`` must be the recipe's
-            factor (1, or 4 for SR).
-        val_crop: HQ pixels per side of a validation window at most.
-        min_std, max_empty: the sampler's background test (:class:`~.patches.PatchSampler`).
-    """
-
-    primary_metric = "psnr"
-    higher_is_better = True
-
-    def __init__(self, base: Recipe, pairs: PairedPool, *, val_crop: int = 256,
-                 min_std: float = 0.005, max_empty: float = 0.75) -> None:
-        if not pairs.train or not pairs.val:
-            raise ValueError("paired training needs training and validation pairs")
-        want = SR_SCALE if base.task == "sr" else 1
-        if pairs.scale != want:
-            raise ValueError(f"{base.task} pairs must have scale {want}; got {pairs.scale}")
-        if getattr(base, "input_norm", "none") == "stretch":
-            # A model trained on stretched input sees every LQ plane stretched by its own
-            # percentiles, as the engine stretches an image (the recipe's STRETCH_PERCENTILES).
-            from .recipes.enhance import percentile_stretch
-
-            pairs = PairedPool(
-                train=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.train],
-                val=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.val],
-                scale=pairs.scale)
-        self.base = base
-        self.pairs = pairs
-        self.task, self.arch, self.config = base.task, base.arch, base.config
-        self.val_crop = int(val_crop)
-        self.min_std, self.max_empty = float(min_std), float(max_empty)
-        vr = tuple(getattr(ARCHITECTURES.get(self.arch), "value_range", (0.0, 1.0)))
-        self._signed = vr == (-1.0, 1.0)
-        self._samplers: dict[int, PairedPatchSampler] = {}
-        self._val = [(p, *center_pair(p, self.val_crop)) for p in pairs.val]
-
-    @property
-    def objective(self) -> dict[str, Any]:
-        """The wrapped recipe's objective, marked as trained on real pairs (checkpoint identity:
-        a simulated-mode checkpoint is not resumed as a paired run, or vice versa)."""
-        return {"base": getattr(self.base, "objective", None), "pairs": "real",
-                "base_recipe": type(self.base).__name__, "scale": self.pairs.scale}
-
-    def build(self) -> torch.nn.Module:
-        return self.base.build()
-
-    def build_extras(self) -> dict[str, torch.nn.Module]:
-        fn = getattr(self.base, "build_extras", None)
-        return dict(fn()) if callable(fn) else {}
-
-    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
-        self.base.on_step(net, step, total)
-
-    def loss(self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
-             ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.base.loss(net, inputs, targets)
-
-    def losses(self, net: torch.nn.Module, extras: Mapping[str, torch.nn.Module],
-               inputs: torch.Tensor, targets: torch.Tensor
-               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        return self.base.losses(net, extras, inputs, targets)  # type: ignore[attr-defined]
-
-    def sampler(self, patch: int) -> PairedPatchSampler:
-        """The (cached) paired sampler for ``patch``-pixel HQ patches."""
-        if patch not in self._samplers:
-            self._samplers[patch] = PairedPatchSampler(
-                self.pairs.train, patch, min_std=self.min_std, max_empty=self.max_empty)
-        return self._samplers[patch]
-
-    def sample_batch(self, rng: np.random.Generator, batch: int, patch: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(LQ, HQ)``: ``batch×3×(patch/scale)²`` and ``batch×3×patch²``, in the network's
-        value range."""
-        lq, hq = self.sampler(patch).sample(rng, batch)
-        if self._signed:
-            lq, hq = lq * 2.0 - 1.0, hq * 2.0 - 1.0
-        return torch.from_numpy(lq), torch.from_numpy(hq)
-
-    def validate(self, net: torch.nn.Module, device: str | torch.device = "cpu"
-                 ) -> tuple[dict[str, float], np.ndarray]:
-        """``({"psnr", "ssim", "loss"}, preview)``; preview: the output on the first pair."""
-        device = torch.device(device)
-        run = _restorer(net, self.task)
-        rows, preview = [], None
-        was_training = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                for pair, lq, hq in self._val:
-                    x = lq.transpose(2, 0, 1) if pair.rgb else np.broadcast_to(lq, (3, *lq.shape))
-                    y = run(torch.from_numpy(np.ascontiguousarray(x))[None].to(device))[0]
-                    y = y.clamp(0.0, 1.0).cpu().numpy()
-                    out = (y.transpose(1, 2, 0) if pair.rgb else y.mean(axis=0)).astype(np.float32)
-                    rows.append((_psnr(hq, out, data_range=1.0, rgb=pair.rgb),
-                                 _ssim(hq, out, data_range=1.0, rgb=pair.rgb),
-                                 float(np.abs(out - hq).mean())))
-                    if preview is None:
-                        preview = np.ascontiguousarray(out)
-        finally:
-            net.train(was_training)
-        m = np.asarray(rows, dtype=np.float64).mean(axis=0)
-        assert preview is not None
-        return {"psnr": float(m[0]), "ssim": float(m[1]), "loss": float(m[2])}, preview
-
-    def describe(self) -> dict[str, Any]:
-        """The wrapped recipe's loss description and the pairs, for the weights header / card."""
-        base = getattr(self.base, "describe", None)
-        keep = ("loss", "objective", "mode", "discriminator", "input_norm", "input_percentiles")
-        info = {k: v for k, v in (base() if callable(base) else {}).items() if k in keep}
-        info.update(
-            pairs=f"real aligned LQ/HQ pairs (scale {self.pairs.scale}); no simulated degradation",
-            train_planes=[p.name for p in self.pairs.train],
-            val_planes=[p.name for p in self.pairs.val],
-            val_crop=self.val_crop,
-            validation="PSNR / SSIM of the output vs the HQ on the central validation windows",
-        )
-        return info
 
 
 # ------------------------------------------------------------------------------ recipes
@@ -780,122 +563,3 @@ def save_finetuned(run_dir: str | os.PathLike, name: str, *, overwrite: bool = F
         info = zoo.save_user_model(src, name, card=card, overwrite=overwrite)
     _write_text(info.path.with_suffix(".md"), model_card(name, card))
     return zoo.get_model(name)
-
-
-def _n_params(header: dict[str, Any]) -> int:
-    return int(sum(math.prod(t["shape"]) for t in header["tensors"].values()))
-
-
-def _card_data(record: dict[str, Any], header: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    meta = header["meta"]
-    after = {"step": meta.get("step"), "metrics": meta.get("metrics", {})}
-    training = meta.get("training") or {}
-    return {
-        "trained_with": "napari-medenhance fine-tuning (core.training.finetune)",
-        "task": record.get("task", meta.get("task")),
-        "mode": record.get("mode"),
-        "arch": header["arch"],
-        "config": header["config"],
-        "parameters": _n_params(header),
-        "started_from": record.get("start"),
-        "data": record.get("data"),
-        "settings": record.get("settings"),
-        "steps_done": record.get("steps_done"),
-        "steps_planned": meta.get("total"),
-        "primary_metric": meta.get("primary_metric", record.get("primary_metric")),
-        "validation": {"before": record.get("before"), "after": after},
-        "recipe": {k: v for k, v in training.items()
-                   if k not in ("train_planes", "val_planes")},
-        "sessions": record.get("sessions", []),
-        "run_folder": str(run_dir),
-        "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-_MODE_TEXT = {
-    ("denoise", "simulated"): "Gaussian noise (σ ~ U(0, 50)/255) added to your clean images; "
-                              "validation at σ = 15, 25, 50",
-    ("enhance", "simulated"): "Algorithm 1 of the DPE paper (noise, contrast, brightness) "
-                              "applied to your good images",
-    ("sr", "simulated"): "your high-resolution images downsampled ×4 (antialiased bicubic)",
-    ("enhance", "unpaired"): "unpaired low- and high-quality images (LaMEGAN)",
-}
-
-
-_ROLES = {"data": "images", "hq": "HQ", "lq": "LQ"}
-#: Card rows first (the summary metrics), then the rest alphabetically.
-_MAIN = ("psnr", "ssim", "lassim", "delta_e", "loss")
-
-
-def model_card(name: str, card: Mapping[str, Any]) -> str:
-    """The readable model card (markdown) of a fine-tuned model, from its card data."""
-    task, mode = card.get("task"), card.get("mode")
-    start = card.get("started_from")
-    started = (f"`{start['name']}` ({start['source']}, {start['arch']})" if start
-               else "scratch (a new network)")
-    s = card.get("settings") or {}
-    val = card.get("validation") or {}
-    before = (val.get("before") or {}).get("metrics") or {}
-    after_entry = val.get("after") or {}
-    after = after_entry.get("metrics") or {}
-    how = _MODE_TEXT.get((task, mode), "your real, aligned low-/high-quality pairs"
-                         if mode == "paired" else "")
-    L = [
-        f"# {name} — {task} model fine-tuned on your data",
-        "",
-        "Trained with napari-medenhance's Train module (the same training loop and recipes as "
-        "the shipped models).",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| task / mode | {task}, {mode}: {how} |",
-        f"| started from | {started} |",
-        f"| architecture | `{card.get('arch')}`, config `{json.dumps(card.get('config'), sort_keys=True)}`, "
-        f"{card.get('parameters', 0):,} parameters |",
-        f"| steps | {card.get('steps_done')} of {card.get('steps_planned')}; saved model from "
-        f"step {after_entry.get('step')} (best validation {card.get('primary_metric')}) |",
-        f"| settings | batch {s.get('batch')}, patch {s.get('patch')} px, learning rate "
-        f"{s.get('lr')} (cosine decay to 1 %), seed {s.get('seed')}, validation every "
-        f"{s.get('val_every')} steps |",
-        f"| run folder | `{card.get('run_folder')}` |",
-        f"| saved | {card.get('saved')} |",
-        "",
-        "## Data",
-        "",
-        "| role | source | shape | dtype | planes used | intensities |",
-        "|---|---|---|---|---|---|",
-    ]
-    data = card.get("data") or {}
-    splits = []
-    for role, d in data.items():
-        for src in d.get("sources", []):
-            items = [("LQ", src["lq"]), ("HQ", src["hq"])] if "lq" in src and "hq" in src \
-                else [(_ROLES.get(role, role), src)]
-            for r, x in items:
-                L.append(f"| {r} | {x['name']} | {tuple(x['shape'])} | {x['dtype']} | "
-                         f"{x['planes_used']} of {x['planes_total']} | {x['normalisation']} |")
-        sp = d.get("split") or {}
-        splits.append(f"- {role}: {sp.get('how', '?')}; {len(sp.get('train', []))} training / "
-                      f"{len(sp.get('val', []))} validation planes (validation: "
-                      f"{', '.join(sp.get('val', [])[:8])}{' ...' if len(sp.get('val', [])) > 8 else ''})")
-    L += ["", *splits, "",
-          "## Validation (on the held-out part of your data)", "",
-          "'before' is the starting model, 'after' the saved one, on the same validation set.",
-          "",
-          "| metric | before | after |", "|---|---|---|"]
-    keys = [*after, *(k for k in before if k not in after)]
-    keys.sort(key=lambda k: (_MAIN.index(k) if k in _MAIN else len(_MAIN), k))
-    for k in keys:
-        L.append(f"| {k} | {_fmt(before.get(k))} | {_fmt(after.get(k))} |")
-    hw = sorted({x.get("hardware", "?") for x in card.get("sessions", [])})
-    L += ["", f"Hardware: {'; '.join(hw) or 'not recorded'}.", ""]
-    return "\n".join(L)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    try:
-        return f"{float(v):.4f}"
-    except (TypeError, ValueError):
-        return str(v)

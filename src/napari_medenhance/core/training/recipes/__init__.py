@@ -28,12 +28,14 @@ import torch
 from .denoise import DenoiseRecipe
 from .enhance import EnhanceRecipe
 from .lamegan import LaMEGANRecipe, export_generator
+from .paired import PairedRecipe
 from .sr import SRRecipe
 
 __all__ = [
     "DenoiseRecipe",
     "EnhanceRecipe",
     "LaMEGANRecipe",
+    "PairedRecipe",
     "Recipe",
     "SRRecipe",
     "export_generator",
