@@ -154,9 +154,11 @@ def make_recipe(name: str, pool: Any, config: dict[str, Any], *, tiny: bool = Fa
         return SRRecipe(pool, mode="msgan", config=cfg, critic_config=extra, kernels=KERNELS,
                         **val_crop)
     if name == "dpe":
-        # train_dpe.py: the luminance check relative to each image, so every modality trains.
+        # train_dpe.py: the luminance check relative to each image, so every modality trains,
+        # and the input contrast-stretched by its image's percentiles (as the engine does).
         return EnhanceRecipe(pool, config=config, loss="full", disc_config=extra,
                              luminance_check="relative", relative_luminance=0.5,
+                             input_norm="stretch",
                              acceptance_samples=20 if tiny else 200, **val_crop)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
