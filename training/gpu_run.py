@@ -74,6 +74,8 @@ for _p in (ROOT / "src", Path(__file__).resolve().parent):  # the GPU machine ha
 
 from pack_pool import PACK, load_pack  # noqa: E402
 
+from napari_medenhance.core.tasks import default_model_name  # noqa: E402  (plain data, no torch)
+
 #: Files written into --out besides the weights.
 JSON_NAME = "gpu_run.json"
 LOG_NAME = "gpu_run.log"
@@ -96,7 +98,8 @@ DRAN_ANNEAL_FRACTION = 0.1
 class ModelSpec:
     """One model of the run: its recipe's paper settings and a tiny variant for tests.
 
-    ``file``: the stem of the weights written (the zoo's name); ``batch``, ``patch`` (HR pixels),
+    ``file``: the stem of the weights written (the zoo's name: the task's shipped default, from
+    the task table ``napari_medenhance.core.tasks``); ``batch``, ``patch`` (HR pixels),
     ``lr``: the CPU script's defaults; ``tiny`` / ``tiny_extra``: network and discriminator
     configs of ``--tiny`` (tests and CPU smoke runs).
     """
@@ -114,11 +117,11 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "dran": ModelSpec("dran", "dran", "dran", 24, 128, 1e-4, False, 0,
+    "dran": ModelSpec("dran", default_model_name("denoise"), "dran", 24, 128, 1e-4, False, 0,
                       {"features": 16, "blocks": 1, "layers_per_block": 1}),
-    "msgan": ModelSpec("msgan", "msgan-x4", "msgan", 16, 128, 1e-4, True, 1,
+    "msgan": ModelSpec("msgan", default_model_name("sr", 4), "msgan", 16, 128, 1e-4, True, 1,
                        {"features": 8, "blocks": 1, "blocks_x2": 1}, {"widths": [8, 8, 16, 16]}),
-    "dpe": ModelSpec("dpe", "dpe", "dpe", 24, 128, 5e-4, True, 2,
+    "dpe": ModelSpec("dpe", default_model_name("enhance"), "dpe", 24, 128, 5e-4, True, 2,
                      {"widths": [8, 12, 16, 20, 24]}, {"widths": [8, 8, 16, 16, 16, 16, 16, 16]}),
 }
 #: ``--tiny`` batch and patch.

@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The task table: plain data, no torch (``--help`` stays fast).
+from napari_medenhance.core.tasks import MODES, TASKS
+
 __all__ = ["add_parser", "run"]
 
 
@@ -36,8 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Re-running the same command resumes the run."
         ),
     )
-    p.add_argument("--task", choices=["denoise", "enhance", "sr"], required=True)
-    p.add_argument("--mode", choices=["simulated", "paired", "unpaired"], default="simulated",
+    p.add_argument("--task", choices=list(TASKS), required=True)
+    p.add_argument("--mode", choices=list(MODES), default="simulated",
                    help="simulated: the low-quality input is simulated from --data (default); "
                         "paired: --lq holds aligned low-quality images (for sr 4× smaller); "
                         "unpaired (enhance): --lq holds low-quality images of other scenes")
@@ -89,7 +92,7 @@ def _no_shipped_model(task: str, start: str) -> str | None:
 
     if start != "shipped":
         return None
-    name = zoo.DEFAULT_MODEL[task]
+    name = TASKS[task].default_model_name()
     if any(m.name == name and m.source == "shipped" for m in zoo.list_models(task)):
         return None
     mine = [m.name for m in zoo.list_models(task) if m.source == "user"]

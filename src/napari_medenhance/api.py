@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core import engine, intensity, tiling, zoo
+from .core import engine, intensity, tasks, tiling, zoo
 from .core.engine import Cancelled, Progress
 from .core.jobs import drive
 from .core.zoo import ModelInfo
@@ -27,6 +27,11 @@ __all__ = [
     "Cancelled", "ModelInfo", "Progress", "denoise", "enhance", "iter_denoise", "iter_enhance",
     "iter_super_resolve", "list_models", "super_resolve",
 ]
+
+
+# The default models of the task table (core.tasks), for the signatures below.
+_DENOISE = tasks.default_model_name("denoise")
+_ENHANCE = tasks.default_model_name("enhance")
 
 
 def list_models(task: str | None = None) -> list[ModelInfo]:
@@ -42,7 +47,7 @@ def list_models(task: str | None = None) -> list[ModelInfo]:
 
 def iter_denoise(
     image: Any,
-    model: str | os.PathLike = "dran",
+    model: str | os.PathLike = _DENOISE,
     *,
     rgb: bool | None = None,
     device: str | torch.device = "auto",
@@ -134,7 +139,7 @@ def _one_plane(
 
 def denoise(
     image: Any,
-    model: str | os.PathLike = "dran",
+    model: str | os.PathLike = _DENOISE,
     *,
     rgb: bool | None = None,
     device: str | torch.device = "auto",
@@ -175,7 +180,7 @@ def denoise(
 
 def iter_enhance(
     image: Any,
-    model: str | os.PathLike = "dpe",
+    model: str | os.PathLike = _ENHANCE,
     *,
     rgb: bool | None = None,
     device: str | torch.device = "auto",
@@ -200,7 +205,7 @@ def iter_enhance(
 
 def enhance(
     image: Any,
-    model: str | os.PathLike = "dpe",
+    model: str | os.PathLike = _ENHANCE,
     *,
     rgb: bool | None = None,
     device: str | torch.device = "auto",
@@ -242,16 +247,20 @@ def enhance(
 
 
 def _sr_model(model: str | os.PathLike | None, scale: int) -> str | os.PathLike:
-    """The model to use for ``scale`` (``msgan-x{scale}`` by default), checked to upscale by it."""
+    """The model to use for ``scale`` (the task table's ``msgan-x{scale}`` by default), checked
+    to upscale by it."""
+    sr = tasks.TASKS["sr"]
+    shipped = " and ".join(str(f) for f in sr.scales)
     if int(scale) != scale or scale < 2:
-        raise ValueError(f"scale must be an integer >= 2 (the shipped models do 2 and 4); got {scale!r}")
+        raise ValueError(f"scale must be an integer >= 2 (the shipped models do {shipped}); got {scale!r}")
     if model is None:
-        if scale not in (2, 4):
+        if scale not in sr.scales:
             raise ValueError(
-                f"no default model for scale={scale}: the shipped models are msgan-x2 and "
-                "msgan-x4; pass scale=2 or 4, or model= a ×{scale} model of your own"
+                f"no default model for scale={scale}: the shipped models are "
+                f"{' and '.join(sr.default_models)}; pass scale="
+                f"{' or '.join(str(f) for f in sr.scales)}, or model= a ×{scale} model of your own"
             )
-        model = f"msgan-x{int(scale)}"
+        model = sr.default_model_name(scale)
     info = zoo.get_model(model, task="sr")
     if info.scale != scale:
         others = [m.name for m in zoo.list_models("sr") if m.scale == scale]

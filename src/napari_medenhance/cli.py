@@ -25,6 +25,9 @@ import csv
 import sys
 from pathlib import Path
 
+# The task table: plain data, no torch (``--help`` stays fast).
+from napari_medenhance.core.tasks import TASKS
+
 # One convention for every command (documented in `medenhance --help` and the README): errors
 # are one line on stderr, ``medenhance COMMAND: message``, and the exit status says what kind.
 EXIT_OK = 0
@@ -117,7 +120,7 @@ def _metrics(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    """``medenhance denoise|enhance``: ``args.task`` picks the model family (core.batch.TASKS)."""
+    """``medenhance denoise|enhance``: ``args.task`` picks the model family (core.tasks.TASKS)."""
     src = Path(args.input)
     if src.is_dir() and src.suffix.lower() != ".zarr" and not _one_dicom_series(src, args):
         return _restore_folder(args)
@@ -425,8 +428,7 @@ def _sr(args: argparse.Namespace) -> int:
 
 def _add_sr_parser(sub: argparse._SubParsersAction) -> None:
     n = sub.add_parser(
-        "sr", help="super-resolve an image (×2 or ×4), regions of interest of it, or every "
-                   "image in a folder (MS-GAN)",
+        "sr", help=TASKS["sr"].help,
         description="Multiplies Y and X by --scale; the output keeps the input's dtype and "
                     "geometry: Y/X spacing divided by the factor, the origin (NIfTI: the "
                     "affine's voxel 0) moved so the output pixels cover exactly the input "
@@ -442,7 +444,7 @@ def _add_sr_parser(sub: argparse._SubParsersAction) -> None:
                                   "folder")
     n.add_argument("--scale", type=int, choices=[2, 4], required=True,
                    help="upscaling factor of Y and X (the model must upscale by it)")
-    _add_model_options(n, "sr", "msgan-x{SCALE}")
+    _add_model_options(n, "sr", TASKS["sr"].default_model.format(scale="{SCALE}"))
     n.add_argument("--roi", type=_parse_roi, nargs="+", action="extend", metavar="Y0,Y1,X0,X1",
                    help="region in data pixels, end-exclusive (Y0 <= y < Y1, X0 <= x < X1), "
                         "applied to every selected plane; several ROIs (--roi A B or --roi A "
@@ -519,13 +521,13 @@ def _add_model_options(n: argparse.ArgumentParser, task: str, default_model: str
 
 
 def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str,
-                        input_help: str, help: str, default_model: str) -> None:
+                        input_help: str) -> None:
     """``medenhance TASK IN OUT``: the options every restoration task shares (file and folder
-    modes). ``--model`` defaults to None, which the batch resolves to the task's model
-    (:data:`napari_medenhance.core.batch.TASKS`, not imported here: it pulls in torch, too
-    slow for ``--help``); ``default_model`` only names it in the help."""
+    modes). ``--model`` defaults to None, which the batch resolves to the task's model; the
+    help names it and says what the task does from the task table
+    (:data:`napari_medenhance.core.tasks.TASKS`, which imports no torch)."""
     n = sub.add_parser(
-        task, help=help,
+        task, help=TASKS[task].help,
         description=f"A file: writes OUTPUT with the input's dtype, shape and spacing (TIFF "
                     "resolution / ImageJ metadata, NIfTI affine), block by block, so stacks "
                     f"larger than memory work. A folder: {what} every file matching "
@@ -536,7 +538,7 @@ def _add_restore_parser(sub: argparse._SubParsersAction, task: str, *, what: str
     n.add_argument("input", help=f"{input_help} (TIFF, NIfTI, zarr, a DICOM series folder; "
                                  "PNG/JPEG also read) or a folder of images")
     n.add_argument("output", help="file to write (.tif, .zarr, .nii.gz...), or a folder for a folder")
-    _add_model_options(n, task, default_model)
+    _add_model_options(n, task, TASKS[task].default_model_name())
     _add_folder_options(n)
     n.set_defaults(func=_restore, task=task)
 
@@ -582,13 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--csv", help="write per-slice values to this CSV file")
     m.set_defaults(func=_metrics)
 
+    _add_restore_parser(sub, "denoise", what="denoises", input_help="noisy image")
     _add_restore_parser(
-        sub, "denoise", what="denoises", input_help="noisy image", default_model="dran",
-        help="denoise every 2-D plane of an image, or of every image in a folder")
-    _add_restore_parser(
-        sub, "enhance", what="enhances (perceptual enhancement, DPE)", input_help="image to enhance",
-        default_model="dpe",
-        help="enhance every 2-D plane of an image, or of every image in a folder (DPE)")
+        sub, "enhance", what="enhances (perceptual enhancement, DPE)", input_help="image to enhance")
     _add_sr_parser(sub)
 
     from . import _cli_train  # argparse only at import: torch loads when a run starts
@@ -598,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("models", help="list the installed models, or add your own",
                         description="Lists shipped and user models (name, task, source, path).",
                         epilog=_EPILOG)
-    ls.add_argument("--task", choices=["denoise", "enhance", "sr"], help="only models for this task")
+    ls.add_argument("--task", choices=list(TASKS), help="only models for this task")
     ls.add_argument("--add", metavar="FILE",
                     help="copy this .safetensors file, or the model of a BioImage.IO package "
                          "(.zip) exported by napari-medenhance, into the user models folder")

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medenhance.core import zoo
+from napari_medenhance.core import tasks, zoo
 from napari_medenhance.core.engine import device_choices
 
 from ._bioimageio import ask_export_path, export_button, start_export
@@ -81,7 +81,7 @@ class RunModelWidget(QWidget):
     Subclasses set the wording and the task, and implement :meth:`job`.
     """
 
-    #: Registry task whose models the picker offers (:data:`napari_medenhance.core.zoo.TASKS`).
+    #: Registry task whose models the picker offers (:data:`napari_medenhance.core.tasks.TASKS`).
     TASK: ClassVar[str] = ""
     #: Imperative, for the progress bar and tooltips: "Denoise".
     VERB: ClassVar[str] = ""
@@ -206,8 +206,9 @@ class RunModelWidget(QWidget):
         self._layout.insertWidget(self._layout.count() - 1, widget)
 
     def default_model_name(self) -> str:
-        """The shipped model this widget would use (named when it is missing)."""
-        return zoo.DEFAULT_MODEL[self.TASK]
+        """The shipped model this widget would use (named when it is missing; the task
+        table's)."""
+        return tasks.default_model_name(self.TASK)
 
     def no_model_message(self) -> str:
         """What to tell the user when no model of this task is installed."""

@@ -22,7 +22,7 @@ from napari.utils.transforms import CompositeAffine
 from qtpy.QtWidgets import QPushButton
 
 from napari_medenhance.api import iter_super_resolve
-from napari_medenhance.core import zoo
+from napari_medenhance.core import tasks, zoo
 from napari_medenhance.core.roi import (
     ROI,
     roi_output_affine,
@@ -122,7 +122,7 @@ class SuperResolveWidget(RunModelWidget):
     def default_model_name(self) -> str:
         """The shipped model of the chosen factor (``msgan-x2`` for ×2)."""
         factor = self.factor.value if hasattr(self, "factor") else None
-        return zoo.default_model_name(self.TASK, factor)
+        return tasks.default_model_name(self.TASK, factor)
 
     def _on_planes_mode(self, mode: str) -> None:
         image = self.layer.value

@@ -33,7 +33,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
-from napari_medenhance.core import zoo
+from napari_medenhance.core import tasks, zoo
 from napari_medenhance.core.engine import device_choices, resolve_device
 from napari_medenhance.core.eta import StepRate, format_duration, iter_time_steps
 from napari_medenhance.core.training import finetune as ft
@@ -188,7 +188,7 @@ class TrainWidget(QWidget):
         self.validations: list[tuple[int, dict[str, float]]] = []
         self._default_name = "my-denoise"
 
-        self.task = ComboBox(label="task", choices=list(ft.TASK_MODES), value="denoise",
+        self.task = ComboBox(label="task", choices=list(tasks.TASKS), value="denoise",
                              tooltip="What the model learns: denoising (DRAN), perceptual "
                                      "enhancement (DPE / LaMEGAN) or ×4 super-resolution")
         self.mode = ComboBox(label="mode", choices=self._mode_choices, tooltip=MODE_HELP["simulated"])
@@ -315,7 +315,7 @@ class TrainWidget(QWidget):
 
     # ---------------------------------------------------------------- pickers
     def _mode_choices(self, _widget: Any = None) -> list[str]:
-        return list(ft.TASK_MODES[self.task.value])
+        return list(tasks.TASKS[self.task.value].modes)
 
     def _data_choices(self, role: str) -> list[tuple[str, Any]]:
         # Labels hold class ids, not intensities; the preview is the model's own output.

@@ -11,9 +11,9 @@ is never taken for one and is overwritten when the file is done again.
 A file that fails (unreadable, NaN values, out of memory, its worker died...) is reported with a
 one-line reason and the batch goes on; the generator returns a :class:`BatchSummary`.
 
-Tasks: :data:`TASKS` maps a task name to how its model is found and run. All tasks go through
-the model registry (:mod:`.zoo`: ``load_model``, ``inference_module``, ``engine_kwargs``), so a
-new task is one :class:`TaskSpec` entry. ``scale`` (super-resolution: 2 or 4) picks the task's
+Tasks: :data:`TASKS` is the task table (:mod:`.tasks`: each task's default model and scale).
+All tasks go through the model registry (:mod:`.zoo`: ``load_model``, ``inference_module``,
+``engine_kwargs``), so a new task is one entry in that table. ``scale`` (super-resolution: 2 or 4) picks the task's
 default model and is checked against the model's own factor; an upscaled output keeps the
 input's geometry with its pixels tiling the input's (:func:`.lazy.upscaled_like`).
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import lazy, zoo
+from . import lazy, tasks, zoo
 from .engine import Cancelled, Progress
 from .jobs import drive
 
@@ -69,31 +69,12 @@ DEFAULT_PATTERNS: tuple[str, ...] = ("*.tif", "*.tiff", "*.nii", "*.nii.gz")
 # tasks
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """How a task finds and runs its model.
+#: How a task finds and runs its model: the task table's :class:`~.tasks.Task` (``name``,
+#: ``default_model`` with ``{scale}`` for the factor asked for, ``default_scale``...).
+TaskSpec = tasks.Task
 
-    Attributes:
-        name: the task's name in the API and CLI (``"denoise"``).
-        zoo_task: the registry task its models are filed under.
-        default_model: the model used when none is given; ``{scale}`` in it is replaced by the
-            upscaling factor asked for (``"msgan-x{scale}"``).
-        default_scale: the factor of the default model when no scale is asked for (1: the
-            task keeps the image size).
-    """
-
-    name: str
-    zoo_task: str
-    default_model: str
-    default_scale: int = 1
-
-
-#: Tasks a batch can run. A new one is one entry (its models come from the registry).
-TASKS: dict[str, TaskSpec] = {
-    "denoise": TaskSpec("denoise", zoo_task="denoise", default_model="dran"),
-    "enhance": TaskSpec("enhance", zoo_task="enhance", default_model="dpe"),
-    "sr": TaskSpec("sr", zoo_task="sr", default_model="msgan-x{scale}", default_scale=4),
-}
+#: Tasks a batch can run: the task table (its models come from the registry).
+TASKS: dict[str, TaskSpec] = tasks.TASKS
 
 
 def task_spec(task: str) -> TaskSpec:
@@ -114,7 +95,7 @@ def _default_name(spec: TaskSpec, model: str | os.PathLike | None, scale: int | 
         raise ValueError(f"scale must be a positive integer; got {scale!r}")
     if model is not None:
         return model
-    return spec.default_model.format(scale=int(spec.default_scale if scale is None else scale))
+    return spec.default_model_name(scale)
 
 
 def resolve_model(
@@ -132,9 +113,9 @@ def resolve_model(
             ``scale``.
     """
     spec = task_spec(task)
-    info = zoo.get_model(_default_name(spec, model, scale), spec.zoo_task)
+    info = zoo.get_model(_default_name(spec, model, scale), spec.name)
     if scale is not None and info.scale != int(scale):
-        others = [m.name for m in zoo.list_models(spec.zoo_task) if m.scale == int(scale)]
+        others = [m.name for m in zoo.list_models(spec.name) if m.scale == int(scale)]
         raise ValueError(
             f"{spec.name} model {info.name!r} upscales ×{info.scale}, not ×{int(scale)}: use a "
             f"×{int(scale)} model" + (f" ({', '.join(others)})" if others else "")
@@ -183,7 +164,7 @@ def load_task_model(
         if hit is not None:
             return hit
         resolve_model(task, name, scale)  # the scale check, before building the network
-        net, info = zoo.load_model(name, device=device, task=spec.zoo_task)
+        net, info = zoo.load_model(name, device=device, task=spec.name)
         loaded = LoadedModel(zoo.inference_module(net, info), zoo.engine_kwargs(info), info)
         _MODELS[key] = loaded
         while len(_MODELS) > _MODELS_MAX:

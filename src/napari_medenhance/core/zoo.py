@@ -53,6 +53,7 @@ from typing import Any
 
 import torch
 
+from . import tasks
 from .engine import resolve_device
 from .nets import ARCHITECTURES, build
 from .weights import WeightsError, load_into, read_header
@@ -75,13 +76,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASKS = ("denoise", "enhance", "sr")
+#: The task names (the task table's, :data:`napari_medenhance.core.tasks.TASKS`).
+TASKS = tuple(tasks.TASKS)
 MODELS_DIR_ENV = "MEDENHANCE_MODELS_DIR"
 SUFFIX = ".safetensors"
-# The name each task's public function uses by default; named in "not bundled yet" messages.
-DEFAULT_MODEL = {"denoise": "dran", "enhance": "dpe", "sr": "msgan-x4"}
-# Headers written before the 'task' key existed still say what they are through their arch.
-_ARCH_TASK = {"dran": "denoise", "dpe": "enhance", "srresnet": "sr", "msgan": "sr"}
+# The name each task's public function uses by default (the task table's); named in "not
+# bundled yet" messages.
+DEFAULT_MODEL = {t.name: t.default_model_name() for t in tasks.TASKS.values()}
 # Header 'kind's of files that share the models folder but are not restoration models.
 _NOT_MODELS = {"feature-extractor": "a frozen feature network used by the training losses"}
 # Keys the registry consumes; the rest of the header metadata is the model card.
@@ -219,7 +220,8 @@ def _info(path: Path, source: str) -> ModelInfo:
             "update napari-medenhance or use weights made for a known architecture"
         )
     meta = dict(header["meta"])
-    task = meta.get("task") or _ARCH_TASK.get(arch)
+    # Headers written before the 'task' key existed still say what they are through their arch.
+    task = meta.get("task") or tasks.task_of(arch)
     if task not in TASKS:
         raise WeightsError(
             f"{path}: the header's task is {task!r}; expected one of {', '.join(TASKS)}. "
@@ -332,7 +334,7 @@ def _looks_like_path(x: str | os.PathLike) -> bool:
 
 
 def _how_to_add(task: str | None = None) -> str:
-    train = f"--task {task}" if task else "--task denoise|enhance|sr"
+    train = f"--task {task}" if task else f"--task {'|'.join(TASKS)}"
     return (
         f"add one with `medenhance models --add FILE.safetensors --name NAME` (it is copied to "
         f"{user_models_dir()}), train one on your images with `medenhance train {train} "
@@ -342,24 +344,19 @@ def _how_to_add(task: str | None = None) -> str:
 
 
 def default_model_name(task: str, scale: int | None = None) -> str:
-    """The shipped model a task uses when none is named: ``DEFAULT_MODEL[task]``, and for
-    ``"sr"`` the one for ``scale`` (``msgan-x2`` for 2; None: the task's default, ×4)."""
-    if task == "sr" and scale is not None:
-        return f"msgan-x{int(scale)}"
-    return DEFAULT_MODEL[task]
+    """The shipped model a task uses when none is named (the task table's): ``dran``,
+    ``dpe``, and for ``"sr"`` the one for ``scale`` (``msgan-x2`` for 2; None: the task's
+    default, ×4)."""
+    return tasks.default_model_name(task, scale)
 
 
 def _shipped_default_for(name: str, task: str | None) -> list[str]:
     """The shipped default(s) a failed lookup of ``name`` should say are missing: ``name``
     itself when it is one (``msgan-x2`` is the ×2 default, not ``msgan-x4``), else the task's."""
-    defaults = set(DEFAULT_MODEL.values()) | {default_model_name("sr", s) for s in (2, 4)}
-    if name in defaults and (task is None or _default_task(name) == task):
+    owner = next((t.name for t in tasks.TASKS.values() if name in t.default_models), None)
+    if owner is not None and (task is None or owner == task):
         return [name]
-    return [DEFAULT_MODEL[task]] if task else []
-
-
-def _default_task(name: str) -> str:
-    return "sr" if name.startswith("msgan-x") else next(t for t, d in DEFAULT_MODEL.items() if d == name)
+    return [default_model_name(task)] if task else []
 
 
 def _unknown(name: str, task: str | None) -> ValueError:

@@ -2,7 +2,10 @@
 
 Each architecture is one module in this package and one entry in
 :data:`ARCHITECTURES`, mapping a short name to a constructor that takes keyword
-configuration and returns an ``nn.Module``.
+configuration and returns an ``nn.Module``. The networks that serve a task (``dran``,
+``dpe``, ``msgan``, ``srresnet``) come from the task table
+(:mod:`napari_medenhance.core.tasks`), where a new one is one line (or one
+``register_architecture`` call); the networks trained beside them are listed here.
 """
 
 from __future__ import annotations
@@ -11,22 +14,18 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .. import tasks
 from .cycle import CycleGenerators
 from .discriminators import SwishDiscriminator, WGANCritic
-from .dpe import DPE
-from .dran import DRAN
 from .patchgan import PatchGAN
-from .srresnet import MSGANGenerator, SRResNet
 
 __all__ = ["ARCHITECTURES", "build"]
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "dran": DRAN,
-    "dpe": DPE,
+    # The task networks (dran, dpe, msgan, srresnet): the task table's, in its order.
+    **{name: tasks.resolve(tasks.architecture(name).constructor) for name in tasks.architectures()},
     # Trained next to a generator, never shipped as a model on its own.
     "dpe_discriminator": SwishDiscriminator,
-    "srresnet": SRResNet,
-    "msgan": MSGANGenerator,
     # The WGAN-GP critic of the SR recipe: trained next to a generator, never shipped.
     "wgan_critic": WGANCritic,
     # LaMEGAN: G (LQ -> HQ, its forward) and F (HQ -> LQ), two DPEs trained together.

@@ -69,14 +69,15 @@ from typing import Any
 
 import torch
 
-from .. import zoo
+from .. import tasks, zoo
 from ..engine import resolve_device
 from ..nets import build as build_net
 from ..weights import WeightsError, load_into, read_header
 from .cards import _card_data, model_card
 from .loop import BEST, LAST, TrainEvent, TrainResult, train
 from .patches import Pool
-from .recipes import DenoiseRecipe, EnhanceRecipe, PairedRecipe, Recipe, SRRecipe, recipe_identity
+from .recipes import PairedRecipe, Recipe, recipe_identity
+from .recipes.sr import MODES as SR_MODES
 from .recipes.sr import SCALE as SR_SCALE
 from .runs import (
     _RECORD_VERSION,
@@ -109,17 +110,11 @@ __all__ = [
     "save_finetuned",
 ]
 
-MODES = ("simulated", "paired", "unpaired")
-#: The modes each task can be trained in.
-TASK_MODES = {
-    "denoise": ("simulated", "paired"),
-    "enhance": ("simulated", "paired", "unpaired"),
-    "sr": ("simulated", "paired"),
-}
+MODES = tasks.MODES
+#: The modes each task can be trained in (the task table's).
+TASK_MODES = {t.name: t.modes for t in tasks.TASKS.values()}
 #: What the widgets and the CLI call a new network.
 SCRATCH = "scratch"
-#: Architectures a task can be fine-tuned from (unpaired enhancement starts LaMEGAN's G).
-_START_ARCHS = {"denoise": ("dran",), "enhance": ("dpe",), "sr": ("msgan", "srresnet")}
 _LAMEGAN = f"{__package__}.recipes.lamegan"
 
 
@@ -157,8 +152,10 @@ def build_recipe(
             :class:`~.user_data.PairedData` (paired).
         lq_data: the LQ side of unpaired training.
         config: network constructor arguments (a starting model's own, or overrides).
-        arch: the starting model's architecture; for SR it picks the mode (``msgan`` or
-            ``srresnet``).
+        arch: the starting model's architecture, or the one asked for a new network; its
+            recipe is the task table's (:func:`~napari_medenhance.core.tasks.recipe_for`).
+            None: the task's first architecture. For SR ``msgan`` or ``srresnet`` picks the
+            SR recipe's mode.
         start_path: the starting model's file, for unpaired training (LaMEGAN starts its
             LQ → HQ generator from a ``dpe`` enhance model; the other recipes get it through
             the loop's ``init_weights``).
@@ -170,7 +167,7 @@ def build_recipe(
     """
     _check_task_mode(task, mode)
     opts = dict(options or {})
-    if task == "sr" and arch is not None:
+    if task == "sr" and arch in SR_MODES:
         if opts.get("mode", arch) != arch:
             raise ValueError(f"the starting model is an {arch!r} network; SR mode "
                              f"{opts['mode']!r} cannot start from it")
@@ -191,20 +188,18 @@ def build_recipe(
             # here, so dark HQ validation planes must not make the wrapped recipe refuse them.
             opts.setdefault("brightness_threshold", -1.0)
             opts.setdefault("acceptance_samples", 0)
-        base = _simulated(task, pool, config, opts)
+        base = _simulated(task, pool, config, opts, arch)
         return PairedRecipe(base, data.pool, val_crop=int(opts.get("val_crop", 256)), **pair_opts)
     if not isinstance(data, UserData):
         raise ValueError("simulated training needs one data set (the clean / HQ images)")
-    return _simulated(task, data.pool, config, opts)
+    return _simulated(task, data.pool, config, opts, arch)
 
 
 def _simulated(task: str, pool: Pool, config: Mapping[str, Any] | None,
-               opts: dict[str, Any]) -> Recipe:
-    if task == "denoise":
-        return DenoiseRecipe(pool, config=config, **opts)
-    if task == "enhance":
-        return EnhanceRecipe(pool, config=config, **opts)
-    return SRRecipe(pool, config=config, **opts)
+               opts: dict[str, Any], arch: str | None = None) -> Recipe:
+    """The recipe the task table names for ``arch`` (None: the task's first architecture)."""
+    make = tasks.recipe_for(arch if arch is not None else tasks.architectures(task)[0])
+    return make(pool, config=config, **opts)
 
 
 def _check_task_mode(task: str, mode: str) -> None:
@@ -226,7 +221,7 @@ def resolve_start(task: str, start: str | os.PathLike | None) -> zoo.ModelInfo |
     if start is None or (isinstance(start, str) and start.strip().lower() == SCRATCH):
         return None
     if isinstance(start, str) and start == "shipped":
-        name = zoo.DEFAULT_MODEL[task]
+        name = tasks.default_model_name(task)
         shipped = [m.name for m in zoo.list_models(task) if m.source == "shipped"]
         if name not in shipped:
             mine = [m.name for m in zoo.list_models(task) if m.source == "user"]
@@ -264,8 +259,11 @@ def _start_record(info: zoo.ModelInfo | None) -> dict[str, Any] | None:
 
 
 def _default_name(task: str, mode: str, fingerprints: list[str], start: dict | None,
-                  config: Mapping | None) -> str:
-    key = json.dumps([task, mode, fingerprints, start and start["path"], config], sort_keys=True)
+                  config: Mapping | None, arch: str | None = None) -> str:
+    parts = [task, mode, fingerprints, start and start["path"], config]
+    if arch is not None:  # asked for; the names of runs that did not ask stay what they were
+        parts.append(arch)
+    key = json.dumps(parts, sort_keys=True)
     return f"{task}-{mode}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
@@ -293,6 +291,7 @@ def iter_finetune(
     data_name: str = "data",
     lq_name: str = "LQ",
     cancel: Callable[[], bool] | None = None,
+    arch: str | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Fine-tune (or train from scratch) on the user's data; yields the loop's
     :class:`~.loop.TrainEvent` s and returns its :class:`~.loop.TrainResult`.
@@ -321,6 +320,12 @@ def iter_finetune(
             enhance, ``{"mode": "srresnet"}`` for SR from scratch, ``{"val_crop": 128}``).
         data_name, lq_name: names of array data in plane names and the model card.
         cancel: polled before every step; True stops with a checkpoint (the best model kept).
+        arch: the architecture of a new network (``start=None``): one of the task's
+            registered architectures (:func:`napari_medenhance.core.tasks.architectures`,
+            :func:`~napari_medenhance.core.tasks.register_architecture` adds one); None: the
+            task's first (``dran``, ``dpe``, ``msgan``; SR's ``recipe_options={"mode":
+            "srresnet"}`` still picks SRResNet). With a starting model it must be None or
+            that model's architecture. Not for unpaired training (LaMEGAN trains a DPE).
 
     Argument errors (task, mode, missing ``lq``, ``start``) raise at the call; data and
     recipe errors when the generator first runs (in the worker thread of a GUI).
@@ -345,12 +350,25 @@ def iter_finetune(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if name is not None and out_dir is None:
         run_folder(name)  # validates the name now
+    if arch is not None:
+        arch = str(arch).lower()
+        if arch not in tasks.architectures(task):
+            raise ValueError(f"unknown {task} architecture {arch!r}; known: "
+                             f"{', '.join(tasks.architectures(task))}")
+        if mode == "unpaired":
+            raise ValueError("arch= applies to simulated and paired training; unpaired training "
+                             "trains LaMEGAN's DPE generator")
     info = resolve_start(task, start)
-    if info is not None and info.arch not in _START_ARCHS[task]:
+    starts = tasks.architectures(task)  # what a task can be fine-tuned from
+    if info is not None and info.arch not in starts:
         raise WeightsError(
             f"{info.name!r} ({info.path}) is a {info.arch!r} network; {task} training starts "
-            f"from {' or '.join(repr(a) for a in _START_ARCHS[task])} models or from scratch"
+            f"from {' or '.join(repr(a) for a in starts)} models or from scratch"
         )
+    if info is not None and arch is not None and arch != info.arch:
+        raise ValueError(f"arch={arch!r} describes a new network; {info.name!r} is a "
+                         f"{info.arch!r} network. Pass arch=None, or start=None to train a new "
+                         "network")
     if info is not None and task == "sr" and info.scale != SR_SCALE:
         raise ValueError(
             f"{info.name!r} is a ×{info.scale} model; SR training makes ×{SR_SCALE} models: "
@@ -373,7 +391,7 @@ def iter_finetune(
                 "recipe_options": dict(recipe_options or {})}
     return _run(task, mode, data, lq, info, dev, settings, out_dir, name, rgb,
                 dict(info.config) if info is not None else (dict(config) if config else None),
-                data_name, lq_name, cancel)
+                data_name, lq_name, cancel, arch)
 
 
 def _load(task: str, mode: str, data: Any, lq: Any, settings: dict, rgb: bool | None,
@@ -398,7 +416,8 @@ def _fingerprints(desc: dict[str, Any]) -> list[str]:
 def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
          dev: torch.device, settings: dict[str, Any], out_dir: Any, name: str | None,
          rgb: bool | None, config: dict | None, data_name: str, lq_name: str,
-         cancel: Callable[[], bool] | None) -> Generator[TrainEvent, None, TrainResult]:
+         cancel: Callable[[], bool] | None,
+         new_arch: str | None = None) -> Generator[TrainEvent, None, TrainResult]:
     hq_data, lq_data, desc = _load(task, mode, data, lq, settings, rgb, data_name, lq_name)
     options = dict(settings["recipe_options"])
     if (info is not None and task == "enhance" and mode != "unpaired"
@@ -406,7 +425,7 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
         # a model trained on contrast-stretched input goes on seeing stretched input
         options.setdefault("input_norm", "stretch")
     recipe = build_recipe(task, mode, hq_data, lq_data=lq_data, config=config,
-                          arch=info.arch if info is not None else None,
+                          arch=info.arch if info is not None else new_arch,
                           start_path=info.path if info is not None else None,
                           options=options)
     init_weights = None
@@ -430,8 +449,11 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
         load_into(net, info.path, strict=True, expected_arch=arch)
         init_weights = None if mode == "unpaired" else info.path
     start = _start_record(info)
+    if new_arch is not None and recipe.arch != new_arch:
+        raise ValueError(f"arch={new_arch!r} but the recipe options make {task} training train "
+                         f"a {recipe.arch!r} network; drop one of them")
     if name is None and out_dir is None:
-        name = _default_name(task, mode, _fingerprints(desc), start, config)
+        name = _default_name(task, mode, _fingerprints(desc), start, config, new_arch)
     run_dir = run_folder(name or Path(out_dir).name, out_dir)
     old = read_record(run_dir)
     resumable = (run_dir / LAST).is_file()

@@ -53,17 +53,19 @@ import torch
 
 from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
+from ...nets import ARCHITECTURES
 from ...nets import build as _build
-from ...nets.dran import DRAN, set_temperature, temperature_schedule
+from ...nets.dran import set_temperature, temperature_schedule
 from ..patches import PatchSampler, Plane, Pool, center_crop
 
 __all__ = ["DenoiseRecipe"]
 
 
-def _dran_defaults() -> dict[str, Any]:
+def _defaults(ctor: Any) -> dict[str, Any]:
+    """The keyword defaults of a network's constructor (its full config)."""
     return {
         name: p.default
-        for name, p in inspect.signature(DRAN.__init__).parameters.items()
+        for name, p in inspect.signature(ctor).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
 
@@ -91,6 +93,11 @@ class DenoiseRecipe:
         val_clipped: also validate on the noisy images clipped to [0, 1].
         intensity_aug: share of the training samples whose clean patch is moved to a random
             place in [0, 1] (and half of them inverted) before the noise (module docstring).
+        arch: the network trained (DRAN by default): any registered residual-noise
+            architecture (:func:`napari_medenhance.core.tasks.register_architecture`) whose
+            ``forward`` predicts the noise and whose ``denoise(x)`` returns the clean image;
+            ``config`` overrides its constructor's defaults. The attention temperature is set
+            on the dynamic convs it has (none: nothing to anneal).
     """
 
     task = "denoise"
@@ -115,17 +122,23 @@ class DenoiseRecipe:
         clip_fraction: float = 0.0,
         val_clipped: bool = False,
         intensity_aug: float = 0.0,
+        arch: str = "dran",
     ) -> None:
+        ctor = ARCHITECTURES.get(str(arch).lower())
+        if ctor is None:
+            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        self.arch = str(arch).lower()
         if not 0.0 <= clip_fraction <= 1.0:
             raise ValueError(f"clip_fraction must be in [0, 1], got {clip_fraction}")
         if not pool.train:
             raise ValueError("the pool has no training planes")
         if not pool.val:
             raise ValueError("the pool has no validation planes")
-        defaults = _dran_defaults()
+        defaults = _defaults(ctor)
         unknown = sorted(set(config or {}) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown DRAN config keys {unknown}; known: {sorted(defaults)}")
+            raise ValueError(f"unknown {self.arch.upper()} config keys {unknown}; known: "
+                             f"{sorted(defaults)}")
         self.config: dict[str, Any] = {**defaults, **dict(config or {})}
         self.pool = pool
         self.sigma_max = float(sigma_max)
@@ -147,7 +160,7 @@ class DenoiseRecipe:
 
     # ------------------------------------------------------------------ training
     def build(self) -> torch.nn.Module:
-        """A freshly initialised DRAN with :attr:`config`."""
+        """A freshly initialised network (DRAN unless ``arch``) with :attr:`config`."""
         return _build(self.arch, **self.config)
 
     def anneal_steps(self, total: int) -> int:
