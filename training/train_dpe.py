@@ -19,7 +19,7 @@ The network sees the degraded image contrast-stretched by its whole image's 2 / 
 (``--input-norm stretch``, the default; the engine stretches a user's image the same way and
 the model's header says so): Algorithm 1's contrast and brightness are affine, so on the raw
 input a patch-sized receptive field cannot tell how dark its image was made, and on this pool
-the raw-input network stayed below the classical stretch on 4 of 7 modalities
+the raw-input network stayed below the better classical correction on 4 of 7 modalities
 (``dpe_trials.md``). ``--input-norm none`` trains on the raw input, as the paper.
 Objective: L1 + regularized VGG16 feature loss + 1e-4 × conditional GAN
 (``core/training/losses.py``); ``--ablation l1`` trains the same network with L1 alone, into its
