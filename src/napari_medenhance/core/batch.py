@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import lazy, tasks, zoo
+from . import lazy, tasks, volume_stores, zoo
 from .engine import Cancelled, Progress
 from .jobs import drive
 
@@ -223,7 +223,7 @@ def iter_process_file(
         rgb = bool(vol.rgb)
     tiff_kwargs = None
     same_grid = int(loaded.engine_kwargs.get("scale", 1)) == 1
-    if vol.format == "tiff" and same_grid and lazy._full_suffix(Path(dst)).lower() in (".tif", ".tiff"):
+    if vol.format == "tiff" and same_grid and volume_stores.full_suffix(Path(dst)).lower() in (".tif", ".tiff"):
         tiff_kwargs = dict(vol.meta.get("tiff_kw") or {})
         photometric = vol.meta.get("photometric")
         if photometric is not None:  # keep the input's own colour interpretation
@@ -368,7 +368,7 @@ def output_path(
     rel = src.relative_to(input_dir)
     if suffix is None:
         return output_dir / rel
-    old = lazy._full_suffix(rel)
+    old = volume_stores.full_suffix(rel)
     stem = rel.name[: len(rel.name) - len(old)] if old else rel.name
     return output_dir / rel.parent / (stem + (suffix if suffix.startswith(".") else "." + suffix))
 

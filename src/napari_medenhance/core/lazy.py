@@ -29,10 +29,8 @@ the output store straight away, so peak memory follows the block size, not the v
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
-import shutil
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import engine, intensity, tiling
+from . import engine, intensity, tiling, volume_stores
 from .engine import Cancelled, Progress
 from .jobs import drive
+from .volume_stores import PARTIAL_SUFFIX, partial_path
 
 if TYPE_CHECKING:
     import torch
@@ -60,23 +59,6 @@ __all__ = [
 
 #: Input bytes read per block when the input has no chunks of its own (numpy, memmap).
 DEFAULT_BLOCK_BYTES = 64 * 2**20
-#: Suffix of the temporary file a result is written to before it is renamed into place.
-PARTIAL_SUFFIX = ".medenhance-partial"
-
-
-def partial_path(output: str | os.PathLike) -> Path:
-    """The temporary path a result for ``output`` is written to before the final rename.
-
-    ``DIR/.STEM.medenhance-partial.SUFFIX``: hidden, with the output's suffix (so the format
-    is known), and deterministic, so a file left by a killed run is overwritten by the next one
-    instead of piling up, and never mistaken for a result.
-    """
-    p = Path(output)
-    suffix = _full_suffix(p)
-    stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
-    return p.with_name(f".{stem}{PARTIAL_SUFFIX}{suffix}")
-
-
 # --------------------------------------------------------------------------------------------
 # layout and blocks
 
@@ -158,45 +140,6 @@ def _flat_plane(key: tuple, lead: tuple[int, ...]) -> int:
     return int(np.ravel_multi_index(key[:-1] + (key[-1].start,), lead))
 
 
-def _writable_mapping(arr: Any) -> mmap.mmap | None:
-    """The shared memory mapping behind a ``np.memmap`` (view), if it is safe to drop pages of.
-
-    Copy-on-write maps (mode ``"c"``) are left alone: dropping their pages would discard the
-    caller's in-memory changes.
-    """
-    obj = arr
-    while isinstance(obj, np.ndarray):
-        if isinstance(obj, np.memmap):
-            m = getattr(obj, "_mmap", None)
-            if isinstance(m, mmap.mmap) and getattr(obj, "mode", "c") in ("r", "r+", "w+"):
-                return m
-            if getattr(obj, "mode", None) == "c":
-                return None
-        obj = obj.base
-    return obj if isinstance(obj, mmap.mmap) else None
-
-
-def _release(mapping: mmap.mmap | None) -> None:
-    # The kernel keeps the pages in its page cache; the process just stops holding them, so a
-    # memory-mapped input does not inflate the resident set (and trip a dask worker's limit).
-    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    with contextlib.suppress(ValueError, OSError):
-        mapping.madvise(mmap.MADV_DONTNEED)
-
-
-def _read(arr: Any, key: tuple, mapping: mmap.mmap | None) -> np.ndarray:
-    """One block as a numpy array; from a memory map, a copy, and the mapped pages let go."""
-    part = arr[key] if key else arr
-    if hasattr(part, "compute") and not isinstance(part, np.ndarray):
-        return np.asarray(part.compute())
-    if mapping is None:
-        return np.asarray(part)  # in memory already (numpy) or freshly read (zarr)
-    block = np.array(part, copy=True)
-    _release(mapping)
-    return block
-
-
 # --------------------------------------------------------------------------------------------
 # intensity range
 
@@ -214,7 +157,7 @@ def _iter_range(
     for i, key in enumerate(keys):
         if cancel is not None and cancel():
             raise Cancelled(f"cancelled while scanning intensities (block {i + 1}/{len(keys)})")
-        block = _read(arr, key, mapping)
+        block = volume_stores.read_block(arr, key, mapping)
         color = block[..., :3] if lay.has_alpha else block
         if is_float:
             n_nan, n_inf = int(np.count_nonzero(np.isnan(block))), int(np.count_nonzero(np.isinf(block)))
@@ -253,200 +196,7 @@ def volume_range(
     """
     arr = _as_array(image)
     lay = _layout(arr, rgb)
-    return drive(_iter_range(arr, lay, _blocks(arr, lay, block_bytes), _writable_mapping(arr), 0, cancel))
-
-
-# --------------------------------------------------------------------------------------------
-# output stores
-
-
-class _Store:
-    """A result being written under :func:`partial_path`; ``commit`` renames it into place."""
-
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.tmp = partial_path(final)
-        _remove(self.tmp)  # left by a killed run
-
-    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
-        raise NotImplementedError
-
-    def finish(self) -> None:
-        """Flush and close (before the rename)."""
-
-    def commit(self) -> Path:
-        self.finish()
-        _replace(self.tmp, self.final)
-        return self.final
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self.finish()
-        _remove(self.tmp)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
-def _replace(tmp: Path, final: Path) -> None:
-    if tmp.is_dir() and final.exists():
-        # A directory (zarr) cannot be renamed over a non-empty one: move the old one aside
-        # first, so the final name is never missing for long and never half-written.
-        old = final.with_name(f".{final.name}.medenhance-old")
-        _remove(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        _remove(old)
-    else:
-        os.replace(tmp, final)
-
-
-class _FileStore(_Store):
-    """A contiguous, uncompressed file filled with positioned writes (C order from ``offset``).
-
-    Plain writes instead of writing through a memory map: written pages then live only in the
-    kernel's page cache and never count towards this process's resident memory.
-    """
-
-    def _open(self, offset: int, dtype: np.dtype, plane_bytes: int) -> None:
-        self.offset, self.dtype, self.plane_bytes = offset, dtype, plane_bytes
-        self.fh = open(self.tmp, "r+b")  # noqa: SIM115 - closed in finish()
-
-    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
-        data = np.ascontiguousarray(block, dtype=self.dtype)
-        self.fh.seek(self.offset + flat * self.plane_bytes)
-        self.fh.write(memoryview(data).cast("B"))
-
-    def finish(self) -> None:
-        fh = getattr(self, "fh", None)
-        if fh is not None and not fh.closed:
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-
-
-class _TiffStore(_FileStore):
-    """A TIFF whose pixels are one contiguous run, filled in place.
-
-    Its header comes from :func:`~napari_medenhance.core.io.write_volume` (the same ImageJ /
-    resolution / exact-spacing metadata as any TIFF the plugin writes), given an all-zero lazy
-    array of the output's shape, or from :func:`tifffile.memmap` with the caller's ``tiff_kwargs``.
-    """
-
-    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, plane_bytes: int,
-                 tiff_kwargs: dict | None, geometry: dict) -> None:
-        import tifffile
-
-        super().__init__(final)
-        try:
-            if tiff_kwargs is not None:
-                mm = tifffile.memmap(self.tmp, shape=shape, dtype=dtype, **tiff_kwargs)
-            else:
-                from .io import write_volume
-
-                write_volume(self.tmp, _Zeros(shape, dtype), **geometry)
-                mm = tifffile.memmap(self.tmp, mode="r+")
-            if mm.size != int(np.prod(shape)) or mm.dtype.newbyteorder("=") != dtype:
-                raise ValueError(f"the TIFF holds {mm.shape} {mm.dtype}, not {shape} {dtype}")
-            offset, disk = int(mm.offset), mm.dtype
-            del mm
-        except BaseException:
-            _remove(self.tmp)
-            raise
-        self._open(offset, disk, plane_bytes)
-
-
-class _ZarrStore(_Store):
-    """A zarr array (one chunk per plane) created by ``write_volume``, filled block by block."""
-
-    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, geometry: dict) -> None:
-        import zarr
-
-        from .io import write_volume
-
-        super().__init__(final)
-        try:
-            # All-zero chunks are not stored by zarr, so laying out the array costs nothing.
-            write_volume(self.tmp, _Zeros(shape, dtype), **geometry)
-            self.z = zarr.open_array(str(self.tmp), mode="r+")
-        except BaseException:
-            _remove(self.tmp)
-            raise
-
-    def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
-        self.z[key if key else ...] = block
-
-
-class _SpillReader:
-    """A ``.npy`` spill file seen as an array whose blocks are read into fresh memory."""
-
-    def __init__(self, path: Path) -> None:
-        self.mm = np.load(path, mmap_mode="r")
-        self.shape, self.dtype, self.ndim = self.mm.shape, self.mm.dtype, self.mm.ndim
-        self.mapping = _writable_mapping(self.mm)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return _read(self.mm, index if isinstance(index, tuple) else (index,), self.mapping)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        whole = self[()]  # write_volume asks for the whole array when it is small
-        return whole if dtype is None else whole.astype(dtype)
-
-
-class _SpillStore(_FileStore):
-    """Formats that cannot be filled in place (NIfTI, gzip): a ``.npy`` beside the output, then
-    :func:`~napari_medenhance.core.io.write_volume` (atomic on its own) reads it block by block."""
-
-    def __init__(self, final: Path, shape: tuple[int, ...], dtype: np.dtype, plane_bytes: int,
-                 geometry: dict) -> None:
-        super().__init__(final)
-        self.tmp = _with_suffix(self.tmp, ".npy")
-        _remove(self.tmp)
-        self.geometry = geometry
-        mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
-        offset = int(mm.offset)
-        del mm
-        self._open(offset, np.dtype(dtype), plane_bytes)
-
-    def commit(self) -> Path:
-        from .io import write_volume
-
-        self.finish()
-        try:
-            write_volume(self.final, _SpillReader(self.tmp), **self.geometry)
-        finally:
-            _remove(self.tmp)
-        return self.final
-
-
-class _Zeros:
-    """An all-zero array of any size that takes no memory (a broadcast view), for
-    ``write_volume`` to lay out an output file before the blocks are written into it."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
-        self._view = np.broadcast_to(np.zeros((), self.dtype), self.shape)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return self._view[index]
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return self._view if dtype is None else self._view.astype(dtype)
-
-
-def _full_suffix(path: Path) -> str:
-    name = path.name.lower()
-    return path.name[-7:] if name.endswith(".nii.gz") else path.suffix
-
-
-def _with_suffix(path: Path, suffix: str) -> Path:
-    old = _full_suffix(path)
-    return path.with_name(path.name[: len(path.name) - len(old)] + suffix)
+    return drive(_iter_range(arr, lay, _blocks(arr, lay, block_bytes), volume_stores.writable_mapping(arr), 0, cancel))
 
 
 def _spacing_for(
@@ -625,7 +375,7 @@ def iter_process_volume(
     src_file = getattr(arr, "filename", None)
     if src_file and Path(src_file).resolve() == out_path.resolve():
         raise ValueError(f"output {out_path} is the input file; choose a different output path")
-    suffix = _full_suffix(out_path).lower()
+    suffix = volume_stores.full_suffix(out_path).lower()
     from .io import writable_suffixes
 
     if suffix not in writable_suffixes():
@@ -657,7 +407,7 @@ def iter_process_volume(
         sp = _spacing_for(None, spacing, n_axes, scale)
 
     keys = _blocks(arr, lay, block_bytes)
-    mapping = _writable_mapping(arr)
+    mapping = volume_stores.writable_mapping(arr)
     tiles_per_plane = len(tiling.plan(lay.height, lay.width, tile, overlap))
     total = lay.n_planes * tiles_per_plane
 
@@ -678,12 +428,7 @@ def iter_process_volume(
     plane_bytes = int(np.prod(out_plane)) * dtype.itemsize
     # What write_volume needs to give the output the input's geometry and kind of file.
     geometry = {"like": like, "spacing": sp, "rgb": lay.is_rgb}
-    if suffix in (".tif", ".tiff"):
-        store: _Store = _TiffStore(out_path, out_shape, dtype, plane_bytes, tiff_kwargs, geometry)
-    elif suffix == ".zarr":
-        store = _ZarrStore(out_path, out_shape, dtype, geometry)
-    else:
-        store = _SpillStore(out_path, out_shape, dtype, plane_bytes, geometry)
+    store = volume_stores.open_store(out_path, out_shape, dtype, plane_bytes, tiff_kwargs, geometry)
 
     try:
         done = 0
@@ -691,7 +436,7 @@ def iter_process_volume(
             if cancel is not None and cancel():
                 raise Cancelled(f"cancelled after {done} of {total} tiles")
             first = _flat_plane(key, lay.lead)
-            block = _read(arr, key, mapping)
+            block = volume_stores.read_block(arr, key, mapping)
             job = engine.iter_apply(
                 block, net, scale=scale, rgb=lay.is_rgb, device=device, tile=tile,
                 overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
