@@ -3,6 +3,9 @@
 The loop (:func:`napari_medenhance.core.training.train`) never changes when a task is added; a
 new task is a new recipe module here. A recipe says which network to build, how to draw a batch
 of (input, target) pairs, the loss, how to validate, and what to do before each step.
+The recipes here share :class:`~.base.RecipeBase` (the network's config from its constructor's
+signature, ``build()``, the evaluation guard, validation helpers); the loop only needs
+:class:`Recipe`.
 
 Optional members, for recipes that train more than the network (a GAN's discriminator):
 
@@ -25,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .base import RecipeBase
 from .denoise import DenoiseRecipe
 from .enhance import EnhanceRecipe
 from .lamegan import LaMEGANRecipe, export_generator
@@ -37,6 +41,7 @@ __all__ = [
     "LaMEGANRecipe",
     "PairedRecipe",
     "Recipe",
+    "RecipeBase",
     "SRRecipe",
     "export_generator",
     "recipe_identity",

@@ -43,7 +43,6 @@ With ``val_clipped`` the same noisy images are validated a second time clipped t
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -54,23 +53,14 @@ import torch
 from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
 from ...nets import ARCHITECTURES
-from ...nets import build as _build
 from ...nets.dran import set_temperature, temperature_schedule
 from ..patches import PatchSampler, Plane, Pool, center_crop
+from .base import RecipeBase, evaluating, modality_mean, network_config, plane_ids
 
 __all__ = ["DenoiseRecipe"]
 
 
-def _defaults(ctor: Any) -> dict[str, Any]:
-    """The keyword defaults of a network's constructor (its full config)."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(ctor).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-class DenoiseRecipe:
+class DenoiseRecipe(RecipeBase):
     """DRAN blind Gaussian denoising on a :class:`Pool` of real planes.
 
     Args:
@@ -130,16 +120,10 @@ class DenoiseRecipe:
         self.arch = str(arch).lower()
         if not 0.0 <= clip_fraction <= 1.0:
             raise ValueError(f"clip_fraction must be in [0, 1], got {clip_fraction}")
-        if not pool.train:
-            raise ValueError("the pool has no training planes")
-        if not pool.val:
-            raise ValueError("the pool has no validation planes")
-        defaults = _defaults(ctor)
-        unknown = sorted(set(config or {}) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown {self.arch.upper()} config keys {unknown}; known: "
-                             f"{sorted(defaults)}")
-        self.config: dict[str, Any] = {**defaults, **dict(config or {})}
+        self._require_planes(pool)
+        # not JSON-normalised: passed to the constructor as given (recipe_identity normalises)
+        self.config: dict[str, Any] = network_config(ctor, config, self.arch.upper(),
+                                                     normalise=False)
         self.pool = pool
         self.sigma_max = float(sigma_max)
         self.val_sigmas = tuple(float(s) for s in val_sigmas)
@@ -159,10 +143,6 @@ class DenoiseRecipe:
         self._val = self._prepare_validation()
 
     # ------------------------------------------------------------------ training
-    def build(self) -> torch.nn.Module:
-        """A freshly initialised network (DRAN unless ``arch``) with :attr:`config`."""
-        return _build(self.arch, **self.config)
-
     def anneal_steps(self, total: int) -> int:
         """Steps over which the attention temperature anneals 30 → 1 in a ``total``-step run."""
         if self.anneal_fraction <= 0:  # a run from trained weights: temperature 1 from step 0
@@ -246,11 +226,6 @@ class DenoiseRecipe:
                 )
         return items
 
-    @staticmethod
-    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
-        """3×Y×X -> Y×X×3 (RGB) or Y×X (gray: the channel mean, as the engine returns it)."""
-        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
-
     def evaluate(
         self, net: torch.nn.Module, device: str | torch.device = "cpu"
     ) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -264,38 +239,33 @@ class DenoiseRecipe:
             eval mode for the call and restored afterwards.
         """
         device = torch.device(device)
-        was_training = net.training
-        net.eval()
         rows: list[dict[str, Any]] = []
         preview = None
-        try:
-            with torch.no_grad():
-                for k, item in enumerate(self._val):
-                    plane: Plane = item["plane"]
-                    x = torch.from_numpy(item["noisy"]).to(device)
-                    pred = net(x)
-                    clean3 = torch.from_numpy(item["clean3"]).to(device)
-                    l1 = (pred - (x - clean3)).abs().mean(dim=(1, 2, 3)).cpu().numpy()
-                    out = (x - pred).clamp_(0.0, 1.0).cpu().numpy()
-                    for i, s in enumerate(self.val_sigmas):
-                        img = self._to_plane(out[i], plane.rgb)
-                        rows.append(
-                            {
-                                "name": plane.name,
-                                "modality": plane.modality,
-                                "sigma": s,
-                                "clipped": item["clipped"],
-                                "psnr": float(_psnr(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
-                                "ssim": float(_ssim(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
-                                "psnr_input": float(item["psnr_input"][i]),
-                                "ssim_input": float(item["ssim_input"][i]),
-                                "l1": float(l1[i]),
-                            }
-                        )
-                        if k == 0 and i == self._preview_index:
-                            preview = img.astype(np.float32)
-        finally:
-            net.train(was_training)
+        with evaluating(net):
+            for k, item in enumerate(self._val):
+                plane: Plane = item["plane"]
+                x = torch.from_numpy(item["noisy"]).to(device)
+                pred = net(x)
+                clean3 = torch.from_numpy(item["clean3"]).to(device)
+                l1 = (pred - (x - clean3)).abs().mean(dim=(1, 2, 3)).cpu().numpy()
+                out = (x - pred).clamp_(0.0, 1.0).cpu().numpy()
+                for i, s in enumerate(self.val_sigmas):
+                    img = self._to_plane(out[i], plane.rgb)
+                    rows.append(
+                        {
+                            "name": plane.name,
+                            "modality": plane.modality,
+                            "sigma": s,
+                            "clipped": item["clipped"],
+                            "psnr": float(_psnr(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
+                            "ssim": float(_ssim(item["clean"], img, data_range=1.0, rgb=plane.rgb)),
+                            "psnr_input": float(item["psnr_input"][i]),
+                            "ssim_input": float(item["ssim_input"][i]),
+                            "l1": float(l1[i]),
+                        }
+                    )
+                    if k == 0 and i == self._preview_index:
+                        preview = img.astype(np.float32)
         assert preview is not None
         return rows, preview
 
@@ -306,13 +276,8 @@ class DenoiseRecipe:
     ) -> float:
         """Mean of ``key`` over modalities of the per-modality means (rows at ``sigma``, or all;
         unclipped inputs by default, ``clipped=True`` the clipped ones, None both)."""
-        by_mod: dict[str, list[float]] = {}
-        for r in rows:
-            if (sigma is None or r["sigma"] == sigma) and (
-                clipped is None or bool(r.get("clipped", False)) == clipped
-            ):
-                by_mod.setdefault(r["modality"], []).append(float(r[key]))
-        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+        return modality_mean(rows, key, lambda r: (sigma is None or r["sigma"] == sigma) and (
+            clipped is None or bool(r.get("clipped", False)) == clipped))
 
     def validate(
         self, net: torch.nn.Module, device: str | torch.device = "cpu"
@@ -345,8 +310,8 @@ class DenoiseRecipe:
             "intensity_aug": self.intensity_aug,
             "val_clipped": self.val_clipped,
             "loss": "L1(predicted noise, true noise)",
-            "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
-            "val_planes": [f"{p.modality}:{p.name}" for p in self.pool.val],
+            "train_planes": plane_ids(self.pool.train),
+            "val_planes": plane_ids(self.pool.val),
             "val_sigmas": list(self.val_sigmas),
             "val_crop": self.val_crop,
             "val_seed": self.val_seed,

@@ -66,8 +66,6 @@ hues are kept).
 
 from __future__ import annotations
 
-import inspect
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,6 +90,7 @@ from ...nets.discriminators import SwishDiscriminator
 from ...nets.dpe import DPE
 from ..losses import DPE_ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
 from ..patches import PatchSampler, Plane, Pool, center_crop
+from .base import RecipeBase, evaluating, modality_mean, network_config, plane_ids
 
 __all__ = ["EnhanceRecipe", "LOSS_PRESETS", "LUMINANCE_CHECKS", "clahe", "percentile_stretch"]
 
@@ -107,19 +106,6 @@ INPUT_NORMS = ("none", "stretch")
 STRETCH_PERCENTILES = (2.0, 98.0)
 #: The LaSSIM level reported (the metric's default), lowered for crops too small for it.
 LASSIM_LEVEL = 3
-
-
-def _defaults(cls: type) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def _json(value: Any) -> Any:
-    """JSON-normalised copy (tuples → lists), the form checkpoints and headers store."""
-    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def clahe(image: np.ndarray) -> np.ndarray:
@@ -145,7 +131,7 @@ def percentile_stretch(image: np.ndarray, lo: float = STRETCH_PERCENTILES[0],
     return np.clip((image - p0) / (p1 - p0), 0.0, 1.0).astype(np.float32)
 
 
-class EnhanceRecipe:
+class EnhanceRecipe(RecipeBase):
     """DPE perceptual enhancement on a :class:`Pool` of real planes (module docstring).
 
     Args:
@@ -207,26 +193,14 @@ class EnhanceRecipe:
         acceptance_samples: int = 200,
         input_norm: str = "none",
     ) -> None:
-        if not pool.train:
-            raise ValueError("the pool has no training planes")
-        if not pool.val:
-            raise ValueError("the pool has no validation planes")
+        self._require_planes(pool)
         if loss not in LOSS_PRESETS:
             raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
-        defaults = _defaults(DPE)
-        unknown = sorted(set(config or {}) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown DPE config keys {unknown}; known: {sorted(defaults)}")
-        self.config: dict[str, Any] = _json({**defaults, **dict(config or {})})
-        disc_defaults = _defaults(SwishDiscriminator)
-        unknown = sorted(set(disc_config or {}) - set(disc_defaults) - {"in_channels"})
-        if unknown:
-            raise ValueError(
-                f"unknown discriminator config keys {unknown}; known: {sorted(disc_defaults)}"
-            )
-        self.disc_config: dict[str, Any] = _json(
-            {**disc_defaults, **dict(disc_config or {}), "in_channels": 6 if conditional else 3}
-        )
+        self.config: dict[str, Any] = network_config(DPE, config, "DPE")
+        # in_channels follows ``conditional`` (SwishDiscriminator takes it: never unknown)
+        self.disc_config: dict[str, Any] = network_config(
+            SwishDiscriminator, disc_config, "discriminator",
+            fixed={"in_channels": 6 if conditional else 3})
         self.loss_name = loss
         preset_f, preset_a = LOSS_PRESETS[loss]
         self.feature_weight = float(preset_f if feature_weight is None else feature_weight)
@@ -296,18 +270,11 @@ class EnhanceRecipe:
         }
 
     # ------------------------------------------------------------------ training
-    def build(self) -> torch.nn.Module:
-        """A freshly initialised DPE with :attr:`config`."""
-        return _build(self.arch, **self.config)
-
     def build_extras(self) -> dict[str, torch.nn.Module]:
         """``{"disc": SwishDiscriminator}`` when the objective has a GAN term, else ``{}``."""
         if self.adversarial_weight <= 0:
             return {}
         return {"disc": _build("dpe_discriminator", **self.disc_config)}
-
-    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
-        """Nothing changes during a DPE run (constant objective; the loop owns the rate)."""
 
     def sampler(self, patch: int) -> PatchSampler:
         """The (cached) patch sampler over the training planes for ``patch``-pixel patches."""
@@ -489,11 +456,6 @@ class EnhanceRecipe:
         return np.ascontiguousarray(chw * 2.0 - 1.0, dtype=np.float32)
 
     @staticmethod
-    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
-        """3×Y×X -> Y×X×3 (RGB) or Y×X (gray: the channel mean, as the engine returns it)."""
-        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
-
-    @staticmethod
     def _score(item: Mapping[str, Any], out: np.ndarray) -> dict[str, float]:
         plane: Plane = item["plane"]
         clean, rgb = item["clean"], plane.rgb
@@ -528,23 +490,18 @@ class EnhanceRecipe:
         norm = self.input_norm if input_norm is None else input_norm
         if norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {norm!r}; choose one of {', '.join(INPUT_NORMS)}")
-        was_training = net.training
-        net.eval()
         rows: list[dict[str, Any]] = []
         preview = None
-        try:
-            with torch.no_grad():
-                for item in self._val:
-                    plane: Plane = item["plane"]
-                    x = torch.from_numpy(item["inputs"][norm][None]).to(device)
-                    y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
-                    out = self._to_plane(y, plane.rgb).astype(np.float32)
-                    rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
-                                 **self._score(item, out)})
-                    if preview is None:
-                        preview = out
-        finally:
-            net.train(was_training)
+        with evaluating(net):
+            for item in self._val:
+                plane: Plane = item["plane"]
+                x = torch.from_numpy(item["inputs"][norm][None]).to(device)
+                y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
+                out = self._to_plane(y, plane.rgb).astype(np.float32)
+                rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
+                             **self._score(item, out)})
+                if preview is None:
+                    preview = out
         assert preview is not None
         return rows, preview
 
@@ -567,13 +524,8 @@ class EnhanceRecipe:
     def summarize(rows: Sequence[Mapping[str, Any]], key: str, method: str | None = None) -> float:
         """Mean of ``key`` over modalities of the per-modality means (rows of ``method``, or
         all); NaN when no row has ``key`` (e.g. ΔE without colour planes)."""
-        by_mod: dict[str, list[float]] = {}
-        for r in rows:
-            if (method is None or r.get("method") == method) and key in r:
-                by_mod.setdefault(r["modality"], []).append(float(r[key]))
-        if not by_mod:
-            return float("nan")
-        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+        return modality_mean(rows, key,
+                             lambda r: (method is None or r.get("method") == method) and key in r)
 
     def validate(
         self, net: torch.nn.Module, device: str | torch.device = "cpu"
@@ -613,8 +565,8 @@ class EnhanceRecipe:
             "loss": self.loss_name,
             "objective": self.objective,
             "discriminator": self.disc_config if self.adversarial_weight > 0 else None,
-            "train_planes": [f"{p.modality}:{p.name}" for p in self.pool.train],
-            "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],
+            "train_planes": plane_ids(self.pool.train),
+            "val_planes": plane_ids(i["plane"] for i in self._val),
             "val_skipped_too_dark": list(self.val_skipped),
             "luminance_check": self.luminance_check,
             "relative_luminance": self.relative_luminance

@@ -86,8 +86,6 @@ lists it as an enhance model and the Enhance widget / ``napari_medenhance.enhanc
 
 from __future__ import annotations
 
-import inspect
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -107,6 +105,7 @@ from ...weights import WeightsError, load_into, read_header, save_weights
 from ..checkpoint import CHECKPOINT_KIND, load_checkpoint
 from ..laplacian import band_shape, laplacian_band
 from ..patches import PatchSampler, Plane, Pool, center_crop
+from .base import RecipeBase, evaluating, json_normalised, network_config, plane_ids
 
 __all__ = [
     "LaMEGANRecipe",
@@ -132,19 +131,6 @@ STRUCTURE_LAYER = "pool2"
 #: Quantiles compared by the validation's intensity distance.
 _QUANTILES = 256
 _ARCH = "cycle_dpe"
-
-
-def _defaults(cls: type) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def _json(value: Any) -> Any:
-    """JSON-normalised copy (tuples → lists), the form checkpoints and headers store."""
-    return json.loads(json.dumps(value, sort_keys=True))
 
 
 class StructureLoss(nn.Module):
@@ -242,7 +228,7 @@ def _distance(a: list[np.ndarray], ref_q: np.ndarray) -> float:
     return float(np.mean([np.abs(_quantiles(pooled[c]) - ref_q[c]).mean() for c in range(3)]))
 
 
-class LaMEGANRecipe:
+class LaMEGANRecipe(RecipeBase):
     """LaMEGAN on two unpaired pools (module docstring).
 
     Args:
@@ -297,22 +283,9 @@ class LaMEGANRecipe:
         for what, pool in (("lq", lq), ("hq", hq)):
             if not isinstance(pool, Pool):
                 raise ValueError(f"{what} must be a Pool of planes; got {type(pool).__name__}")
-            if not pool.train:
-                raise ValueError(f"the {what} pool has no training planes")
-            if not pool.val:
-                raise ValueError(f"the {what} pool has no validation planes")
-        defaults = _defaults(DPE)
-        unknown = sorted(set(config or {}) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown DPE config keys {unknown}; known: {sorted(defaults)}")
-        self.config: dict[str, Any] = _json({**defaults, **dict(config or {})})
-        disc_defaults = _defaults(PatchGAN)
-        unknown = sorted(set(disc_config or {}) - set(disc_defaults))
-        if unknown:
-            raise ValueError(
-                f"unknown PatchGAN config keys {unknown}; known: {sorted(disc_defaults)}"
-            )
-        self.disc_config: dict[str, Any] = _json({**disc_defaults, **dict(disc_config or {})})
+            self._require_planes(pool, what)
+        self.config: dict[str, Any] = network_config(DPE, config, "DPE")
+        self.disc_config: dict[str, Any] = network_config(PatchGAN, disc_config, "PatchGAN")
         for name, w in (("cycle_weight", cycle_weight), ("structure_weight", structure_weight),
                         ("identity_weight", identity_weight)):
             if not float(w) >= 0:
@@ -346,7 +319,7 @@ class LaMEGANRecipe:
     @property
     def objective(self) -> dict[str, Any]:
         """The loss switches, part of the checkpoint identity (a run cannot change them)."""
-        return _json({
+        return json_normalised({
             "gan": "lsgan",
             "cycle_weight": self.cycle_weight,
             "structure_weight": self.structure_weight,
@@ -363,7 +336,7 @@ class LaMEGANRecipe:
     # ------------------------------------------------------------------ training
     def build(self) -> CycleGenerators:
         """Fresh G and F (:attr:`config`); G loaded from ``init_generator`` when given."""
-        net = _build(self.arch, **self.config)
+        net = super().build()
         if self.init_generator is not None:
             load_into(net.g, self.init_generator, strict=True, expected_arch="dpe")
         return net
@@ -372,9 +345,6 @@ class LaMEGANRecipe:
         """``{"d_hq": D_Y, "d_lq": D_X}``: two 70×70 PatchGANs."""
         return {"d_hq": _build("patchgan", **self.disc_config),
                 "d_lq": _build("patchgan", **self.disc_config)}
-
-    def on_step(self, net: nn.Module, step: int, total: int) -> None:
-        """Nothing changes during a run (constant objective; the loop owns the rate)."""
 
     def min_patch(self) -> int:
         """Smallest patch the discriminators and the structure loss accept."""
@@ -482,27 +452,21 @@ class LaMEGANRecipe:
         modality, lassim`` (NaN when the crop is smaller than 7×7), outputs float32 [0, 1]
         (Y×X or Y×X×3). The network's mode is restored afterwards."""
         device = torch.device(device)
-        was_training = net.training
-        net.eval()
         rows, outs = [], []
-        try:
-            with torch.no_grad():
-                for item in self._val["items"]:
-                    plane: Plane = item["plane"]
-                    x = torch.from_numpy(item["input"][None]).to(device)
-                    y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
-                    out = (np.ascontiguousarray(y.transpose(1, 2, 0)) if plane.rgb
-                           else y.mean(axis=0)).astype(np.float32)
-                    lv = item["level"]
-                    rows.append({
-                        "name": plane.name,
-                        "modality": plane.modality,
-                        "lassim": float(_lassim(item["lq"], out, level=lv, rgb=plane.rgb))
-                        if lv >= 0 else float("nan"),
-                    })
-                    outs.append(out)
-        finally:
-            net.train(was_training)
+        with evaluating(net):
+            for item in self._val["items"]:
+                plane: Plane = item["plane"]
+                x = torch.from_numpy(item["input"][None]).to(device)
+                y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
+                out = self._to_plane(y, plane.rgb).astype(np.float32)
+                lv = item["level"]
+                rows.append({
+                    "name": plane.name,
+                    "modality": plane.modality,
+                    "lassim": float(_lassim(item["lq"], out, level=lv, rgb=plane.rgb))
+                    if lv >= 0 else float("nan"),
+                })
+                outs.append(out)
         return rows, outs
 
     def validate(
@@ -536,10 +500,10 @@ class LaMEGANRecipe:
             "objective": self.objective,
             "generators": {"arch": "dpe", "config": self.config},
             "init_generator": str(self.init_generator) if self.init_generator else None,
-            "lq_train_planes": [f"{p.modality}:{p.name}" for p in self.lq.train],
-            "lq_val_planes": [f"{p.modality}:{p.name}" for p in self.lq.val],
-            "hq_train_planes": [f"{p.modality}:{p.name}" for p in self.hq.train],
-            "hq_val_planes": [f"{p.modality}:{p.name}" for p in self.hq.val],
+            "lq_train_planes": plane_ids(self.lq.train),
+            "lq_val_planes": plane_ids(self.lq.val),
+            "hq_train_planes": plane_ids(self.hq.train),
+            "hq_val_planes": plane_ids(self.hq.val),
             "val_crop": self.val_crop,
             "selection": "score = lassim - hq_distance / input_hq_distance (higher is better)",
         }
@@ -639,6 +603,6 @@ def export_generator(
             raise ValueError(f"name must be a non-empty string; got {name!r}")
         header["name"] = name
     if facts:
-        header["lamegan"] = _json(facts)
+        header["lamegan"] = json_normalised(facts)
     header.update(meta)
     return save_weights(path, g, arch="dpe", config=config, meta=header, dtype=dtype)

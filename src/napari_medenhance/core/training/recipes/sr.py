@@ -96,8 +96,6 @@ planes of a modality, then over modalities.
 
 from __future__ import annotations
 
-import inspect
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -113,6 +111,7 @@ from ...nets import build as _build
 from ...nets.discriminators import WGANCritic
 from ...nets.srresnet import MSGANGenerator, SRResNet
 from ..patches import Plane, Pool
+from .base import RecipeBase, evaluating, modality_mean, network_config, plane_ids
 
 __all__ = [
     "WGAN_WEIGHT",
@@ -145,18 +144,6 @@ KERNELS = ("bicubic", "gaussian", "blur3")
 LASSIM_LEVEL = 3
 #: (generator arch, default extra weights: mse2, vgg, adversarial) per mode.
 MODES = {"msgan": ("msgan", 1.0, VGG_WEIGHT, WGAN_WEIGHT), "srresnet": ("srresnet", 0.0, 0.0, 0.0)}
-
-
-def _defaults(cls: type) -> dict[str, Any]:
-    return {
-        name: p.default
-        for name, p in inspect.signature(cls.__init__).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value, sort_keys=True))
 
 
 # ------------------------------------------------------------------------------ degradation
@@ -429,7 +416,7 @@ def _any_in_cells(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, stride: int)
 # ------------------------------------------------------------------------------ recipe
 
 
-class SRRecipe:
+class SRRecipe(RecipeBase):
     """Lesion-focused SR training on a :class:`Pool` (module docstring).
 
     Args:
@@ -477,23 +464,16 @@ class SRRecipe:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if not pool.train:
-            raise ValueError("the pool has no training planes")
-        if not pool.val:
-            raise ValueError("the pool has no validation planes")
+        self._require_planes(pool)
         self.mode = mode
         self.arch, d_mse2, d_vgg, d_adv = MODES[mode]
         # MS-GAN ships two models from one network: its best weights are those best at both.
         self.primary_metric = "psnr_both" if self.arch == "msgan" else "psnr"
         cls = MSGANGenerator if self.arch == "msgan" else SRResNet
-        defaults = _defaults(cls)
         fixed = {"output_scale": SCALE} if self.arch == "msgan" else {"scale": SCALE}
-        unknown = sorted(set(config or {}) - set(defaults))
-        if unknown:
-            raise ValueError(f"unknown {self.arch} config keys {unknown}; known: {sorted(defaults)}")
+        self.config: dict[str, Any] = network_config(cls, config, self.arch, fixed=fixed)
         if any(k in (config or {}) and (config or {})[k] != v for k, v in fixed.items()):
             raise ValueError(f"the SR recipe trains at ×{SCALE}; leave {list(fixed)} at {SCALE}")
-        self.config: dict[str, Any] = _json({**defaults, **dict(config or {}), **fixed})
         self.mse2_weight = float(d_mse2 if mse2_weight is None else mse2_weight)
         self.vgg_weight = float(d_vgg if vgg_weight is None else vgg_weight)
         self.adversarial_weight = float(d_adv if adversarial_weight is None else adversarial_weight)
@@ -502,11 +482,7 @@ class SRRecipe:
             raise ValueError("loss weights must be >= 0")
         if self.arch == "srresnet" and self.mse2_weight > 0:
             raise ValueError("SRResNet has no ×2 head: mse2_weight must be 0 in mode 'srresnet'")
-        critic_defaults = _defaults(WGANCritic)
-        unknown = sorted(set(critic_config or {}) - set(critic_defaults))
-        if unknown:
-            raise ValueError(f"unknown critic config keys {unknown}; known: {sorted(critic_defaults)}")
-        self.critic_config: dict[str, Any] = _json({**critic_defaults, **dict(critic_config or {})})
+        self.critic_config: dict[str, Any] = network_config(WGANCritic, critic_config, "critic")
         self.vgg_layer = str(vgg_layer)
         if self.vgg_weight > 0 and features is None:
             from ...nets.vgg import VGG16Features
@@ -556,7 +532,7 @@ class SRRecipe:
         """A fresh generator with :attr:`config`; its output convs start at zero, so the
         untrained network returns the bicubic enlargement (global residual) and every gain
         over bicubic is learnt."""
-        net = _build(self.arch, **self.config)
+        net = super().build()
         if self.config.get("global_residual", True):
             for name in ("out", "out2", "out4"):
                 conv = getattr(net, name, None)
@@ -570,9 +546,6 @@ class SRRecipe:
         if self.adversarial_weight <= 0:
             return {}
         return {"critic": _build("wgan_critic", **self.critic_config)}
-
-    def on_step(self, net: torch.nn.Module, step: int, total: int) -> None:
-        """Nothing changes during a run (the loop owns the learning rate)."""
 
     def sampler(self, patch: int) -> LesionPatchSampler:
         """The (cached) lesion-focused sampler for ``patch``-pixel HR patches."""
@@ -731,10 +704,6 @@ class SRRecipe:
                 self._whole.append(self._lr_versions(item, hr, 0))
         return self._whole
 
-    @staticmethod
-    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
-        return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
-
     def _score(self, item: Mapping[str, Any], out: np.ndarray) -> dict[str, float]:
         plane: Plane = item["plane"]
         hr, rgb = item["hr"], plane.rgb
@@ -771,24 +740,19 @@ class SRRecipe:
             network's mode is restored afterwards.
         """
         device = torch.device(device)
-        was_training = net.training
-        net.eval()
         rows: list[dict[str, Any]] = []
         preview = None
-        try:
-            with torch.no_grad():
-                for item in self._items(whole):
-                    for k in self.kernels:
-                        y4 = net(item[("lr", SCALE, k)].to(device))
-                        row, out = self._rows(item, self.mode, SCALE, k, y4)
-                        rows.append(row)
-                        if preview is None:
-                            preview = out
-                        if self.arch == "msgan":
-                            y2 = net.forward_x2(item[("lr", 2, k)].to(device))
-                            rows.append(self._rows(item, self.mode, 2, k, y2)[0])
-        finally:
-            net.train(was_training)
+        with evaluating(net):
+            for item in self._items(whole):
+                for k in self.kernels:
+                    y4 = net(item[("lr", SCALE, k)].to(device))
+                    row, out = self._rows(item, self.mode, SCALE, k, y4)
+                    rows.append(row)
+                    if preview is None:
+                        preview = out
+                    if self.arch == "msgan":
+                        y2 = net.forward_x2(item[("lr", 2, k)].to(device))
+                        rows.append(self._rows(item, self.mode, 2, k, y2)[0])
         assert preview is not None
         return rows, preview
 
@@ -809,13 +773,8 @@ class SRRecipe:
         ``scale``, and with the values in ``match``, e.g. ``kernel="gaussian"``,
         ``region="plane"``; all when None); NaN when no row matches."""
         want = {k: v for k, v in {"method": method, "scale": scale, **match}.items() if v is not None}
-        by_mod: dict[str, list[float]] = {}
-        for r in rows:
-            if key in r and all(r.get(k) == v for k, v in want.items()):
-                by_mod.setdefault(r["modality"], []).append(float(r[key]))
-        if not by_mod:
-            return float("nan")
-        return float(np.mean([np.mean(v) for v in by_mod.values()]))
+        return modality_mean(rows, key,
+                             lambda r: key in r and all(r.get(k) == v for k, v in want.items()))
 
     def validate(
         self, net: torch.nn.Module, device: str | torch.device = "cpu"
@@ -849,8 +808,8 @@ class SRRecipe:
             ),
             "kernels": list(self.kernels),
             "objective": self.objective,
-            "train_planes": [f"{p.modality}:{p.name}" for p in self.train_planes],
-            "val_planes": [f"{i['plane'].modality}:{i['plane'].name}" for i in self._val],
+            "train_planes": plane_ids(self.train_planes),
+            "val_planes": plane_ids(i["plane"] for i in self._val),
             "val_crop": self.val_crop,
         }
 
