@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import napari_medenhance as me
-from napari_medenhance import _cli_train
+from napari_medenhance._cli import train as _cli_train
 from napari_medenhance.core import zoo
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.training import finetune as ft

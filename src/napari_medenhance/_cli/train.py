@@ -25,6 +25,8 @@ from typing import Any
 # The task table: plain data, no torch (``--help`` stays fast).
 from napari_medenhance.core.tasks import MODES, TASKS
 
+from .common import fail
+
 __all__ = ["add_parser", "run"]
 
 
@@ -80,8 +82,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _fail(msg: object) -> int:
-    print(f"medenhance train: {msg}", file=sys.stderr)
-    return 2
+    return fail("train", msg)
 
 
 def _no_shipped_model(task: str, start: str) -> str | None:
