@@ -1,4 +1,5 @@
-"""Degradation simulators: Algorithm 1 of the DPE paper (low-quality medical image simulation).
+"""Degradation simulators: Algorithm 1 of the DPE paper (low-quality medical image simulation),
+and the low-resolution images of super-resolution training (:func:`downsample`).
 
 Sharif et al., "Deep Perceptual Enhancement for Medical Image Analysis", IEEE JBHI 2022 (section
 II-C, Algorithm 1). The authors' code does not contain it, so this follows the
@@ -41,18 +42,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 __all__ = [
     "BRIGHTNESS_THRESHOLD",
     "FACTOR_RANGE",
+    "KERNELS",
     "SIGMA_MAX",
     "Degradation",
     "TooDarkError",
     "adjust_brightness",
     "adjust_contrast",
     "apply_degradation",
+    "blur3",
     "bright_enough",
     "degrade",
+    "downsample",
     "draw_degradation",
     "mean_luminance",
 ]
@@ -219,3 +225,44 @@ def degrade(
             )
     params = draw_degradation(rng, sigma_max=sigma_max, factor_range=factor_range)
     return apply_degradation(a, params, rng)
+
+
+# --------------------------------------------------------------------------------------------
+# low-resolution simulation for super-resolution (the SR recipe's LR kernels)
+
+#: The LR kernels a recipe can train and validate with (``recipes.sr``'s module docstring):
+#: antialiased bicubic; scikit-image's Gaussian anti-aliasing then linear decimation; and the
+#: MS-GAN authors' 3×3 binomial blur then antialiased bicubic.
+KERNELS = ("bicubic", "gaussian", "blur3")
+
+
+def blur3(x: torch.Tensor) -> torch.Tensor:
+    """3×3 Gaussian blur with the binomial kernel [1 2 1]/4 per axis (OpenCV's 3×3 kernel for
+    sigma 0); B×C×H×W → same shape, reflected borders."""
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    k = (k1[:, None] * k1[None, :]).expand(x.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), k, groups=x.shape[1])
+
+
+def downsample(x: torch.Tensor, factor: int, *, kernel: str = "bicubic") -> torch.Tensor:
+    """LR simulation with one of :data:`KERNELS` (``recipes.sr``'s module docstring).
+
+    B×C×H×W (H, W multiples of ``factor``) → B×C×(H/factor)×(W/factor), float.
+    """
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(
+            f"downsample needs sides that are multiples of {factor}; got {tuple(x.shape[-2:])}"
+        )
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown LR kernel {kernel!r}; choose from {', '.join(KERNELS)}")
+    if kernel == "gaussian":
+        from skimage.transform import resize
+
+        a = x.detach().cpu().numpy()
+        shape = (*a.shape[:2], a.shape[2] // factor, a.shape[3] // factor)
+        out = resize(a, shape, order=1, mode="reflect", anti_aliasing=True)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(x.device, x.dtype)
+    if kernel == "blur3":
+        x = blur3(x)
+    return F.interpolate(x, scale_factor=1.0 / factor, mode="bicubic", antialias=True,
+                         align_corners=False)

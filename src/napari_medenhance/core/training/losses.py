@@ -68,6 +68,7 @@ __all__ = [
     "PerceptualObjective",
     "bce_with_logits",
     "gradient_l1",
+    "gradient_penalty",
     "noisy_labels",
 ]
 
@@ -248,3 +249,15 @@ def _disc_logits(disc: nn.Module, image: torch.Tensor, inputs: torch.Tensor) -> 
     x = torch.cat([image, inputs], dim=1) if cond else image
     logits = getattr(disc, "logits", None)
     return logits(x) if callable(logits) else torch.logit(disc(x).clamp(1e-7, 1 - 1e-7))
+
+
+def gradient_penalty(critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: mean over samples of (‖∇_x̂ C(x̂)‖₂ − 1)², x̂ = ε·real + (1 − ε)·fake.
+
+    ε ~ U(0, 1) per sample from torch's CPU RNG (device-independent and checkpointed). The
+    graph is kept (``create_graph``) so the penalty trains the critic.
+    """
+    eps = torch.rand(real.shape[0], 1, 1, 1).to(device=real.device, dtype=real.dtype)
+    xhat = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(xhat).sum(), xhat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()

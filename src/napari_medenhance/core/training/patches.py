@@ -15,12 +15,14 @@ needed: a patch that is 99 % padding with a sliver of body has a large standard 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Plane", "Pool", "PatchSampler", "as_plane_array", "center_crop"]
+__all__ = ["LesionPatchSampler", "Plane", "Pool", "PatchSampler", "as_plane_array",
+           "background_mask", "center_crop"]
 
 
 @dataclass(frozen=True)
@@ -201,3 +203,194 @@ class PatchSampler:
             else:
                 out[i] = patch.transpose(2, 0, 1)
         return out, gray
+
+
+# --------------------------------------------------------------------------------------------
+# lesion-focused sampling (super-resolution; Zhu, Yang and Lio, ISBI 2019)
+
+
+class LesionPatchSampler:
+    """Lesion- or structure-centred ``patch``² windows, never mostly background (the SR
+    recipe's module docstring, ``recipes.sr``).
+
+    Args:
+        planes: float32 [0, 1] planes (``Y×X`` or ``Y×X×3``).
+        patch: edge of the patch that must not be mostly background (HR pixels).
+        margin: extra pixels around the patch in the returned window (its context for the
+            downsampling); the window, ``patch + 2·margin`` per side, lies inside the plane.
+        masks: ``{plane name: Y×X array}``, non-zero = lesion. Planes with a mask get patches
+            centred on lesion pixels; the others (or a mask none of whose pixels can centre a
+            valid patch) on structure.
+        background_level: smoothed intensity at or below which a pixel is background (colour:
+            also at or above ``1 − background_level`` in every channel, the empty slide).
+        max_background: the largest background fraction a patch may have (0.5: never mostly
+            background).
+        structure_quantile: without a mask, centres are pixels whose gradient magnitude is at
+            least this quantile of the plane's foreground gradients, drawn in proportion to it.
+        balance: ``"modality"``: every modality equally often, planes within one in proportion
+            to their area; ``"area"``: planes in proportion to their area alone.
+
+    Raises:
+        ValueError: no plane can hold a window, or no plane has a valid centre.
+    """
+
+    def __init__(
+        self,
+        planes: Sequence[Plane],
+        patch: int,
+        *,
+        margin: int = 0,
+        masks: Mapping[str, np.ndarray] | None = None,
+        background_level: float = 0.02,
+        max_background: float = 0.5,
+        structure_quantile: float = 0.75,
+        balance: str = "modality",
+    ) -> None:
+        from scipy.ndimage import gaussian_gradient_magnitude
+
+        if patch < 1 or margin < 0:
+            raise ValueError(f"patch must be >= 1 and margin >= 0; got patch={patch}, margin={margin}")
+        if not 0.0 <= max_background < 1.0:
+            raise ValueError(f"max_background must be in [0, 1); got {max_background}")
+        if balance not in ("modality", "area"):
+            raise ValueError(f"balance must be 'modality' or 'area'; got {balance!r}")
+        masks = dict(masks or {})
+        unknown = sorted(set(masks) - {p.name for p in planes})
+        if unknown:
+            raise ValueError(f"masks given for unknown planes {unknown}; keys must be plane names")
+        self.patch, self.margin = int(patch), int(margin)
+        self.max_background = float(max_background)
+        self.window = self.patch + 2 * self.margin
+        # Candidate centres on a grid (memory stays bounded on 2000² planes); a draw jitters
+        # within the grid cell and falls back to the grid point when the jittered patch fails.
+        self.stride = max(1, self.patch // 8)
+        self.planes: list[Plane] = []
+        self.sources: list[str] = []  # "mask" or "structure", per kept plane
+        #: Names of planes that cannot hold a valid patch (too small, or all background).
+        self.skipped: list[str] = []
+        self._ii: list[np.ndarray] = []
+        self._cand: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        p, m = self.patch, self.margin
+        for plane in planes:
+            h, w = plane.shape_yx
+            if min(h, w) < self.window:
+                self.skipped.append(plane.name)
+                continue
+            data = plane.data
+            bg = background_mask(plane, background_level)
+            lum = data.mean(axis=2) if plane.rgb else data
+            ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+            ii[1:, 1:] = bg.cumsum(0).cumsum(1)
+            # Grid of centres whose patch top-left (cy - p//2) keeps the whole window inside.
+            ys = np.arange(m + p // 2, h - m - (p - p // 2) + 1, self.stride)
+            xs = np.arange(m + p // 2, w - m - (p - p // 2) + 1, self.stride)
+            gy, gx = np.meshgrid(ys, xs, indexing="ij")
+            frac = _box_fraction(ii, gy - p // 2, gx - p // 2, p)
+            ok = frac <= self.max_background
+            source, weight = "structure", None
+            mask = masks.get(plane.name)
+            if mask is not None:
+                mask = np.asarray(mask)
+                if mask.shape != (h, w):
+                    raise ValueError(
+                        f"mask of {plane.name} is shaped {mask.shape}; the plane is {(h, w)}"
+                    )
+                # A grid cell counts when any lesion pixel lies in it (small lesions between
+                # grid points are not lost); the centre is then that cell's grid point.
+                hit = _any_in_cells(mask != 0, ys, xs, self.stride)
+                if np.any(hit & ok):
+                    source, weight = "mask", (hit & ok).astype(np.float64)
+            if weight is None:
+                grad = gaussian_gradient_magnitude(lum.astype(np.float32), 1.0)
+                fg = grad[~bg]
+                if fg.size == 0:
+                    self.skipped.append(plane.name)
+                    continue
+                thr = float(np.quantile(fg, structure_quantile))
+                g = grad[gy, gx].astype(np.float64)
+                weight = np.where(ok & (g >= thr) & (g > 0), g, 0.0)
+            keep = weight > 0
+            if not keep.any():
+                self.skipped.append(plane.name)
+                continue
+            self.planes.append(plane)
+            self.sources.append(source)
+            self._ii.append(ii)
+            self._cand.append((gy[keep].astype(np.int32), gx[keep].astype(np.int32),
+                               np.cumsum(weight[keep])))
+        if not self.planes:
+            raise ValueError(
+                f"no plane has a {self.window}×{self.window} window whose central {p}×{p} patch "
+                f"is at most {self.max_background:.0%} background; use a smaller patch or a "
+                "lower background_level"
+            )
+        # Area, not the number of candidates: a plane with a small lesion is drawn as often as
+        # a plane of the same size without one (its mask says where, not how often).
+        n = np.array([pl.shape_yx[0] * pl.shape_yx[1] for pl in self.planes], dtype=np.float64)
+        if balance == "modality":
+            mods = [pl.modality for pl in self.planes]
+            per_mod = {md: n[[i for i, q in enumerate(mods) if q == md]].sum() for md in mods}
+            n = n / np.array([per_mod[md] for md in mods])
+        self._p = n / n.sum()
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """``(plane index, y0, x0)``: top-left of a valid patch in ``self.planes[index]``."""
+        i = int(rng.choice(len(self.planes), p=self._p))
+        ys, xs, cum = self._cand[i]
+        k = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+        k = min(k, len(ys) - 1)
+        p, m, s = self.patch, self.margin, self.stride
+        cy, cx = int(ys[k]), int(xs[k])
+        y0, x0 = cy - p // 2, cx - p // 2
+        if s > 1:
+            jy, jx = (int(v) for v in rng.integers(-(s // 2), s - s // 2, size=2))
+            h, w = self.planes[i].shape_yx
+            ty, tx = y0 + jy, x0 + jx
+            if (m <= ty <= h - m - p and m <= tx <= w - m - p
+                    and self._frac(i, ty, tx) <= self.max_background):
+                y0, x0 = ty, tx
+        return i, y0, x0
+
+    def _frac(self, i: int, y0: int, x0: int) -> float:
+        return float(_box_fraction(self._ii[i], y0, x0, self.patch))
+
+    def sample_one(self, rng: np.random.Generator) -> np.ndarray:
+        """One window, ``(patch + 2·margin)²`` (× 3 for colour), float32 [0, 1]; a view into the
+        plane (copy before writing)."""
+        i, y0, x0 = self.draw(rng)
+        m = self.margin
+        return self.planes[i].data[y0 - m : y0 + self.patch + m, x0 - m : x0 + self.patch + m]
+
+
+def background_mask(plane: Plane, level: float) -> np.ndarray:
+    """Background mask of a plane: pixels at or below ``level``, raw or Gaussian-smoothed
+    (σ = 2 px, so noisy air counts too); colour planes: dark, or near-white in every channel
+    (the empty slide). The raw test makes the sampler's bound hold for raw pixels exactly."""
+    from scipy.ndimage import gaussian_filter
+
+    data = plane.data
+    if plane.rgb:
+        hi, lo = data.max(axis=2), data.min(axis=2)
+        dark = (hi <= level) | (gaussian_filter(hi, 2.0) <= level)
+        white = (lo >= 1.0 - level) | (gaussian_filter(lo, 2.0) >= 1.0 - level)
+        return dark | white
+    return (data <= level) | (gaussian_filter(data, 2.0) <= level)
+
+
+def _box_fraction(ii: np.ndarray, y0: Any, x0: Any, size: int) -> Any:
+    """Fraction of ones in the ``size``² boxes with top-left (y0, x0) of the integral image ii."""
+    s = ii[y0 + size, x0 + size] - ii[y0, x0 + size] - ii[y0 + size, x0] + ii[y0, x0]
+    return s / float(size * size)
+
+
+def _any_in_cells(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray, stride: int) -> np.ndarray:
+    """For each grid point (ys[a], xs[b]): whether ``mask`` is set anywhere within ±stride/2."""
+    h, w = mask.shape
+    ii = np.zeros((h + 1, w + 1), dtype=np.int64)
+    ii[1:, 1:] = mask.cumsum(0).cumsum(1)
+    r0, r1 = stride // 2, stride - stride // 2
+    y0 = np.clip(ys - r0, 0, h)[:, None]
+    y1 = np.clip(ys + r1, 0, h)[:, None]
+    x0 = np.clip(xs - r0, 0, w)[None, :]
+    x1 = np.clip(xs + r1, 0, w)[None, :]
+    return (ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]) > 0
