@@ -22,12 +22,12 @@ from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training import load_checkpoint
 from napari_medenhance.core.training.loop import BEST, LAST, CosineSchedule
-from napari_medenhance.core.training.user_data import (
+from napari_medenhance.core.training.paired_data import (
     PairedPatchSampler,
     PlanePair,
     load_paired_data,
-    load_user_data,
 )
+from napari_medenhance.core.training.user_data import load_user_data
 from napari_medenhance.core.weights import WeightsError, read_header, save_weights
 from napari_medenhance.sample_data import load
 

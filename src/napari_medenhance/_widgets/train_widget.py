@@ -39,7 +39,7 @@ from napari_medenhance.core.eta import StepRate, format_duration, iter_time_step
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training.loop import BEST, LAST, TrainEvent
 from napari_medenhance.core.training.runs import run_folder
-from napari_medenhance.core.training.user_data import check_pair_shapes
+from napari_medenhance.core.training.paired_data import check_pair_shapes
 from napari_medenhance.core.training.recipes.sr import SCALE as SR_SCALE
 
 from ._bioimageio import ask_export_path, export_button, start_export

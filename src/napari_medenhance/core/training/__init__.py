@@ -19,7 +19,8 @@ from .losses import PerceptualObjective
 from .patches import PatchSampler, Plane, Pool, center_crop
 from .recipes import DenoiseRecipe, EnhanceRecipe, PairedRecipe, Recipe, recipe_identity
 from .runs import run_folder
-from .user_data import PairedPool, PlanePair, load_paired_data, load_user_data
+from .paired_data import PairedPool, PlanePair, load_paired_data
+from .user_data import load_user_data
 
 __all__ = [
     "BEST",

@@ -89,7 +89,8 @@ from .runs import (
     run_folder,
     runs_dir,
 )
-from .user_data import PairedData, UserData, load_paired_data, load_user_data
+from .paired_data import PairedData, load_paired_data
+from .user_data import UserData, load_user_data
 
 # Also the names that moved to .runs, .cards and .recipes.paired: they were this module's
 # public API, and ``finetune.X`` keeps working for the widget, the CLI, scripts and tests.
@@ -149,7 +150,7 @@ def build_recipe(
 
     Args:
         data: :class:`~.user_data.UserData` (simulated; the HQ side of unpaired) or
-            :class:`~.user_data.PairedData` (paired).
+            :class:`~.paired_data.PairedData` (paired).
         lq_data: the LQ side of unpaired training.
         config: network constructor arguments (a starting model's own, or overrides).
         arch: the starting model's architecture, or the one asked for a new network; its

@@ -20,7 +20,7 @@ from ... import zoo
 from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
 from ...nets import ARCHITECTURES
-from ..user_data import PairedPatchSampler, PairedPool, center_pair
+from ..paired_data import PairedPatchSampler, PairedPool, center_pair
 from .base import RecipeBase, evaluating
 from .enhance import percentile_stretch
 from .sr import SCALE as SR_SCALE
@@ -43,7 +43,7 @@ class PairedRecipe(RecipeBase):
 
     Everything about the network and the objective is the wrapped recipe's (build, extra
     modules, loss or losses, per-step hooks, value range); only the data change: a batch is the
-    real LQ patch and the HQ patch at the same window (:class:`~..user_data.PairedPatchSampler`:
+    real LQ patch and the HQ patch at the same window (:class:`~..paired_data.PairedPatchSampler`:
     same flips / rotations on both, empty HQ background redrawn), mapped to the network's value
     range ([-1, 1] for DPE), and validation runs the network as the engine would on the central
     ≤ ``val_crop``² window of every validation pair and scores it against the HQ: ``psnr`` and
