@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -124,21 +123,8 @@ def resolve_model(
     return info
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for the engine: the module it runs and the keywords the model fixes."""
-
-    module: torch.nn.Module
-    engine_kwargs: dict
-    info: zoo.ModelInfo
-
-
-# One cache per process: a dask worker loads each (task, model, device) once, however many
-# files it is given. Bounded, so a long-lived worker switching models does not accumulate them.
-_MODELS: dict[tuple[str, str, str, int | None], LoadedModel] = {}
-_MODELS_MAX = 2
-_models_lock = threading.Lock()
-_loads = 0
+#: A model ready for the engine (the registry's :class:`~.zoo.RunnableModel`).
+LoadedModel = zoo.RunnableModel
 
 
 def load_task_model(
@@ -147,35 +133,25 @@ def load_task_model(
     device: str | torch.device,
     scale: int | None = None,
 ) -> LoadedModel:
-    """Load (once per process) the model of ``task``: a registered name or a weights path, or
-    the task's default for ``scale`` (see :func:`resolve_model`).
+    """The model of ``task``, ready for the engine: a registered name or a weights path, or
+    the task's default for ``scale`` (see :func:`resolve_model`). Loaded once per process and
+    file (the registry's cache, :func:`~.zoo.load_runnable`): a dask worker given many files
+    builds each network once.
 
     Raises:
         ValueError / WeightsError: unknown task, unknown model (the message lists the
             available ones), a model for another task or of another scale, bad weights, bad
             device.
     """
-    global _loads
     spec = task_spec(task)
     name = _default_name(spec, model, scale)
-    key = (spec.name, os.fspath(name), str(device), scale)
-    with _models_lock:
-        hit = _MODELS.get(key)
-        if hit is not None:
-            return hit
-        resolve_model(task, name, scale)  # the scale check, before building the network
-        net, info = zoo.load_model(name, device=device, task=spec.name)
-        loaded = LoadedModel(zoo.inference_module(net, info), zoo.engine_kwargs(info), info)
-        _MODELS[key] = loaded
-        while len(_MODELS) > _MODELS_MAX:
-            _MODELS.pop(next(iter(_MODELS)))
-        _loads += 1
-        return loaded
+    resolve_model(task, name, scale)  # the scale check, before building the network
+    return zoo.load_runnable(name, device=device, task=spec.name)
 
 
 def model_loads() -> int:
-    """How many times this process has loaded a model for a batch (for tests and benchmarks)."""
-    return _loads
+    """How many networks this process has built (for tests and benchmarks)."""
+    return zoo.network_loads()
 
 
 # --------------------------------------------------------------------------------------------

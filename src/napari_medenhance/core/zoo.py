@@ -62,12 +62,15 @@ __all__ = [
     "MODELS_DIR_ENV",
     "TASKS",
     "ModelInfo",
+    "RunnableModel",
     "clear_cache",
     "engine_kwargs",
     "get_model",
     "inference_module",
     "list_models",
     "load_model",
+    "load_runnable",
+    "network_loads",
     "on_models_changed",
     "save_user_model",
     "shipped_models_dir",
@@ -418,8 +421,11 @@ def get_model(name_or_path: str | os.PathLike, task: str | None = None) -> Model
 
 
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple, tuple[torch.nn.Module, ModelInfo]] = OrderedDict()
+# Networks (load_model) and the engine-ready models made from them (load_runnable), keyed by
+# file, modification time, size and device: the one model cache of the process.
+_cache: OrderedDict[tuple, Any] = OrderedDict()
 _cache_lock = threading.Lock()
+_builds = 0
 
 
 def clear_cache() -> None:
@@ -464,11 +470,61 @@ def load_model(
         ) from e
     load_into(net, info.path, strict=True, expected_arch=info.arch)
     net.to(dev).eval()
+    global _builds
     with _cache_lock:
-        _cache[key] = (net, info)
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
+        _builds += 1
+        _put(key, (net, info))
     return net, info
+
+
+def _put(key: tuple, value: Any) -> None:
+    _cache[key] = value
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class RunnableModel:
+    """A model ready for the engine: the module it runs (:func:`inference_module`), the
+    keywords it fixes (:func:`engine_kwargs`) and its registry entry."""
+
+    module: torch.nn.Module
+    engine_kwargs: dict
+    info: ModelInfo
+
+
+def load_runnable(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    task: str | None = None,
+) -> RunnableModel:
+    """:func:`load_model`, adapted for the engine and cached with it: repeated calls (a batch
+    of files, a dask worker given many) return the same object until the file changes.
+
+    Raises:
+        As :func:`load_model`, and WeightsError for a header :func:`engine_kwargs` refuses.
+    """
+    info = get_model(name_or_path, task)
+    dev = resolve_device(device)
+    path = info.path.resolve()
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), "runnable")
+    with _cache_lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    net, info = load_model(name_or_path, device=dev, task=task)
+    runnable = RunnableModel(inference_module(net, info), engine_kwargs(info), info)
+    with _cache_lock:
+        _put(key, runnable)
+    return runnable
+
+
+def network_loads() -> int:
+    """How many networks this process has built from weights files (cache misses)."""
+    return _builds
 
 
 class _SignedRange(torch.nn.Module):
