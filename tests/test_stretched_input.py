@@ -116,3 +116,23 @@ def test_block_by_block_volume_uses_the_whole_volumes_stretch(isolated_models, n
                                    device="cpu", block_bytes=2 * stack[0].nbytes,
                                    **loaded.engine_kwargs))
     np.testing.assert_array_equal(tifffile.imread(dst), me.enhance(stack, "stretchy", device="cpu"))
+
+
+def test_what_a_stretched_model_sees_ignores_a_hot_pixel_and_an_offset(nuclei):
+    plane = nuclei[12].astype(np.float32)
+    hot = plane.copy()
+    hot[0, 0] = 1e6  # one hot pixel, far above the data
+    shifted = plane * 3.0 + 1000.0  # another gain and offset
+    seen = []
+    for img in (plane, hot, shifted):
+        net = Seen()
+        engine.apply(img, net, device="cpu", input_percentiles=(2, 98))
+        seen.append(net.inputs[0][0, 0].numpy())
+    inside = np.ones(plane.shape, bool)
+    inside[0, 0] = False
+    np.testing.assert_allclose(seen[1][inside], seen[0][inside], atol=1e-5)
+    np.testing.assert_allclose(seen[2], seen[0], atol=1e-5)
+    # the plain min-max mapping is squashed by the hot pixel
+    plain = Seen()
+    engine.apply(hot, plain, device="cpu")
+    assert plain.inputs[0][0, 0].numpy()[inside].max() < 0.5 * seen[0].max()

@@ -228,9 +228,9 @@ def enhance(
 
     A model trained on contrast-stretched input (its header has ``input_percentiles``, as
     ``train_dpe.py`` writes by default) sees every plane with the 2nd and 98th percentiles of
-    the *whole* array mapped to 0 and 1 (clipped), so the result does not depend on how the
-    data happen to be scaled (one hot pixel in a 16-bit stack); its output is mapped back to
-    the input's own range (min to max, or ``data_range``).
+    the *whole* array mapped to 0 and 1 (clipped), so what it sees does not depend on how the
+    data happen to be scaled (a hot pixel in a 16-bit stack, an offset); its output is mapped
+    back to the input's own range (min to max, or ``data_range``).
 
     Returns:
         numpy array of the input's shape and dtype, in the input's intensity units.
