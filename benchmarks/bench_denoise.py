@@ -69,12 +69,12 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
     denoise(noisy[:64, :64], model=model, device="cpu")  # warm-up: model load, allocator
     import denoise_gate
 
-    from napari_medenhance.core import engine, zoo
+    from napari_medenhance.core import engine, runtime, zoo
 
     net, info = zoo.load_model(model, device="cpu", task="denoise")
-    kw = zoo.engine_kwargs(info)
+    kw = runtime.engine_kwargs(info)
     unfolded = zoo._DenoiseOutput(net)  # the v0.2 engine: BatchNorm kept, fp32
-    folded = zoo.inference_module(net, info)
+    folded = runtime.inference_module(net, info)
     variants = [
         ("dran (public denoise(): the engine's default here)",
          lambda: denoise(noisy, model=model, device="cpu")),

@@ -14,7 +14,7 @@ import safetensors
 import torch
 import torch.nn.functional as F
 
-from napari_medenhance.core import zoo
+from napari_medenhance.core import runtime, zoo
 from napari_medenhance.core.engine import apply
 from napari_medenhance.core.nets import ARCHITECTURES, build
 from napari_medenhance.core.nets.discriminators import SwishDiscriminator
@@ -344,13 +344,13 @@ def test_registry_runs_dpe_in_signed_range(tmp_path, monkeypatch):
     save_weights(tmp_path / "mine.safetensors", net, arch="dpe", config=TINY,
                  meta={"task": "enhance", "name": "mine"})
     model, info = zoo.load_model("mine", task="enhance")
-    assert info.channels == 3 and zoo.engine_kwargs(info)["pad_multiple"] == 16
-    module = zoo.inference_module(model, info)
+    assert info.channels == 3 and runtime.engine_kwargs(info)["pad_multiple"] == 16
+    module = runtime.inference_module(model, info)
     x = torch.rand(1, 3, 16, 32)
     with torch.no_grad():
         torch.testing.assert_close(module(x), (model(x * 2 - 1) + 1) / 2)
     img = (load("ihc_rgb")[:37, :45]).copy()
-    out = apply(img, module, device="cpu", **zoo.engine_kwargs(info))
+    out = apply(img, module, device="cpu", **runtime.engine_kwargs(info))
     assert out.shape == img.shape and out.dtype == np.uint8
     zoo.clear_cache()
 

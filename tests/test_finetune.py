@@ -17,7 +17,7 @@ import torch
 
 import napari_medenhance as me
 from napari_medenhance._cli import train as _cli_train
-from napari_medenhance.core import zoo
+from napari_medenhance.core import runtime, zoo
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.training import finetune as ft
 from napari_medenhance.core.training import load_checkpoint
@@ -298,7 +298,7 @@ def test_fine_tuning_a_stretched_enhancer_keeps_its_stretch(env, stack):
             recipe_options={"loss": "l1", "val_crop": 64, "luminance_check": "relative"}))
         info = ft.save_finetuned(env / "runs" / f"st-{mode}", f"st2-{mode}")
         # the fine-tuned model is run on stretched input, as it was trained
-        assert zoo.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
+        assert runtime.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
     # paired: the network is trained on the LQ planes stretched by their own percentiles
     pairs = ft.build_recipe("enhance", "paired", load_paired_data(dim, stack),
                             options={"loss": "l1", "input_norm": "stretch", "val_crop": 64})

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import napari_medenhance as me
-from napari_medenhance.core import zoo
+from napari_medenhance.core import runtime, zoo
 from napari_medenhance.core.nets import ARCHITECTURES, build
 from napari_medenhance.core.nets.discriminators import WGANCritic
 from napari_medenhance.core.nets.srresnet import MSGANGenerator, SRResNet, bicubic_up
@@ -146,8 +146,8 @@ def test_registry_knows_sr_models_and_their_factor(tmp_path, monkeypatch):
                  config={"features": 8, "blocks": 1, "scale": 2}, meta={"name": "s"})
     got = {m.name: (m.task, m.scale) for m in zoo.list_models("sr")}
     assert got == {"m-x2": ("sr", 2), "m-x4": ("sr", 4), "s": ("sr", 2)}
-    assert zoo.engine_kwargs(zoo.get_model("m-x4"))["scale"] == 4
-    assert zoo.engine_kwargs(zoo.get_model("m-x2"))["scale"] == 2
+    assert runtime.engine_kwargs(zoo.get_model("m-x4"))["scale"] == 4
+    assert runtime.engine_kwargs(zoo.get_model("m-x2"))["scale"] == 2
     cfg = {**TINY, "output_scale": 2}
     save_weights(tmp_path / "liar.safetensors", MSGANGenerator(**cfg), arch="msgan", config=cfg,
                  meta={"task": "sr", "scale": 4, "name": "liar"})

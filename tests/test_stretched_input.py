@@ -11,7 +11,7 @@ import tifffile
 import torch
 
 import napari_medenhance as me
-from napari_medenhance.core import engine, intensity, lazy, zoo
+from napari_medenhance.core import engine, intensity, lazy, runtime, zoo
 from napari_medenhance.core.batch import load_task_model
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.nets.dpe import DPE
@@ -82,7 +82,7 @@ def test_large_arrays_are_read_on_a_grid(monkeypatch, nuclei):
 def test_registry_preview_and_full_run_agree_for_a_stretched_model(isolated_models, nuclei):
     _save(isolated_models / "stretchy.safetensors", {"input_percentiles": [2, 98]})
     info = zoo.get_model("stretchy")
-    assert zoo.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
+    assert runtime.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
     stack = nuclei[:4, :64, :64]
     full = me.enhance(stack, "stretchy", device="cpu")
     # a one-plane preview is stretched by the whole stack's percentiles, as the full run is
@@ -96,14 +96,14 @@ def test_registry_preview_and_full_run_agree_for_a_stretched_model(isolated_mode
 def test_a_runs_weights_file_carries_the_stretch_in_its_training_record(isolated_models):
     _save(isolated_models / "run-best.safetensors",
           {"training": {"input_norm": "stretch", "input_percentiles": [2, 98]}})
-    assert zoo.engine_kwargs(zoo.get_model("run-best"))["input_percentiles"] == (2.0, 98.0)
+    assert runtime.engine_kwargs(zoo.get_model("run-best"))["input_percentiles"] == (2.0, 98.0)
 
 
 @pytest.mark.parametrize("bad", [[98, 2], [2], "2-98", [2, 101]])
 def test_a_bad_header_is_refused_with_what_to_do(isolated_models, bad):
     _save(isolated_models / "broken.safetensors", {"input_percentiles": bad})
     with pytest.raises(WeightsError, match="input_percentiles .* re-save"):
-        zoo.engine_kwargs(zoo.get_model("broken"))
+        runtime.engine_kwargs(zoo.get_model("broken"))
 
 
 def test_block_by_block_volume_uses_the_whole_volumes_stretch(isolated_models, nuclei, tmp_path):

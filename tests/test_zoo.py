@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 import napari_medenhance
-from napari_medenhance.core import zoo
+from napari_medenhance.core import runtime, zoo
 from napari_medenhance.core.nets.dran import DRAN
 from napari_medenhance.core.weights import WeightsError, save_weights
 
@@ -226,13 +226,13 @@ def test_inference_module_returns_the_clean_estimate(dirs):
     make_weights(user / "tiny-e.safetensors", task="enhance")
     net, info = zoo.load_model("tiny")
     x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(0))
-    module = zoo.inference_module(net, info)
+    module = runtime.inference_module(net, info)
     with torch.no_grad():
         torch.testing.assert_close(module(x), x - net(x))  # DRAN.forward predicts the noise
-    assert zoo.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
+    assert runtime.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
     enet, einfo = zoo.load_model("tiny-e")
     # not a denoiser: the network itself, as the copy its for_inference() gives (BN folded)
-    emodule = zoo.inference_module(enet, einfo)
+    emodule = runtime.inference_module(enet, einfo)
     assert type(emodule) is type(enet) and emodule is not enet
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in emodule.modules())
     with torch.no_grad():

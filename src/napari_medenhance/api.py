@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core import engine, intensity, tasks, tiling, zoo
+from .core import engine, intensity, runtime, tasks, tiling, zoo
 from .core.engine import Cancelled, Progress
 from .core.jobs import drive
 from .core.zoo import ModelInfo
@@ -91,13 +91,13 @@ def _iter_task(
     """The body of every ``iter_<task>``: a model of ``task`` run by the engine, tile by tile.
 
     ``task`` is a :data:`~napari_medenhance.core.zoo.TASKS` name; the registry refuses a model
-    of another task, :func:`~napari_medenhance.core.zoo.inference_module` adapts the network's
-    value convention and :func:`~napari_medenhance.core.zoo.engine_kwargs` its scale, channels
+    of another task, :func:`~napari_medenhance.core.runtime.inference_module` adapts the network's
+    value convention and :func:`~napari_medenhance.core.runtime.engine_kwargs` its scale, channels
     and padding, so a new task needs no code here.
     """
     net, info = zoo.load_model(model, device=device, task=task)
-    module = zoo.inference_module(net, info)
-    kw = zoo.engine_kwargs(info)
+    module = runtime.inference_module(net, info)
+    kw = runtime.engine_kwargs(info)
     if plane is not None:
         whole = image
         image, data_range = _one_plane(image, plane, rgb, data_range)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import lazy, tasks, volume_stores, zoo
+from . import lazy, runtime, tasks, volume_stores, zoo
 from .engine import Cancelled, Progress
 from .jobs import drive
 
@@ -123,8 +123,8 @@ def resolve_model(
     return info
 
 
-#: A model ready for the engine (the registry's :class:`~.zoo.RunnableModel`).
-LoadedModel = zoo.RunnableModel
+#: A model ready for the engine (the registry's :class:`~.runtime.RunnableModel`).
+LoadedModel = runtime.RunnableModel
 
 
 def load_task_model(
@@ -135,7 +135,7 @@ def load_task_model(
 ) -> LoadedModel:
     """The model of ``task``, ready for the engine: a registered name or a weights path, or
     the task's default for ``scale`` (see :func:`resolve_model`). Loaded once per process and
-    file (the registry's cache, :func:`~.zoo.load_runnable`): a dask worker given many files
+    file (the registry's cache, :func:`~.runtime.load_runnable`): a dask worker given many files
     builds each network once.
 
     Raises:
@@ -146,7 +146,7 @@ def load_task_model(
     spec = task_spec(task)
     name = _default_name(spec, model, scale)
     resolve_model(task, name, scale)  # the scale check, before building the network
-    return zoo.load_runnable(name, device=device, task=spec.name)
+    return runtime.load_runnable(name, device=device, task=spec.name)
 
 
 def model_loads() -> int:

@@ -204,11 +204,11 @@ def _test_image(task: str, channels: int, pad: int) -> tuple[np.ndarray, str]:
 
 def _engine_output(info: Any, image: np.ndarray) -> np.ndarray:
     """The plugin's engine on ``image`` ((1, C, H, W)), in float32 on the CPU, no bf16."""
-    from . import engine, zoo
+    from . import engine, runtime, zoo
 
     net, _ = zoo.load_model(info.path, device="cpu")
-    module = zoo.inference_module(net, info)
-    kw = zoo.engine_kwargs(info)
+    module = runtime.inference_module(net, info)
+    kw = runtime.engine_kwargs(info)
     kw.pop("cpu_bf16", None)
     rgb = image.shape[1] == 3
     plane = np.moveaxis(image[0], 0, -1) if rgb else image[0, 0]
@@ -332,7 +332,7 @@ def export_package(
     """
     from napari_medenhance import __version__ as plugin_version
 
-    from . import zoo
+    from . import runtime, zoo
 
     info = zoo.get_model(model)
     arch = info.arch
@@ -341,7 +341,7 @@ def export_package(
         out = out.with_name(out.name + ".zip")
     out.parent.mkdir(parents=True, exist_ok=True)
     card = dict(info.card)
-    kw = zoo.engine_kwargs(info)
+    kw = runtime.engine_kwargs(info)
     from .nets import ARCHITECTURES
 
     net_cls = ARCHITECTURES.get(arch)

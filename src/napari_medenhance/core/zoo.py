@@ -22,15 +22,13 @@ Header metadata convention (``save_weights(..., meta=...)``): ``task`` (``"denoi
 config builds, via its class's ``scale_from_config``, else 1; a header that disagrees with the
 config is refused), optional ``channels``, ``pad_multiple`` and ``input_percentiles`` (``[2,
 98]``: the model was trained on images contrast-stretched by those percentiles, which the
-engine then applies, :func:`engine_kwargs`); every other key goes into
+engine then applies, :func:`.runtime.engine_kwargs`); every other key goes into
 :attr:`ModelInfo.card`. A file whose header says
 ``"kind": "feature-extractor"`` (the VGG16 weights of the perceptual losses, which ship in the
 same folder) is not a model: listings skip it silently and asking for it says what it is.
 
-What a network's class may declare (read here, so the engine stays model-agnostic):
-``value_range = (-1.0, 1.0)`` when it reads and writes [-1, 1] instead of the engine's [0, 1]
-(:func:`inference_module` maps), and ``pad_multiple`` when its input sides must be multiples of
-it (:func:`engine_kwargs` passes the larger of that and the header's value).
+How a registered model is run by the engine (its value range, padding, scale, stretched input)
+is :mod:`.runtime`'s job.
 """
 
 from __future__ import annotations
@@ -62,14 +60,11 @@ __all__ = [
     "MODELS_DIR_ENV",
     "TASKS",
     "ModelInfo",
-    "RunnableModel",
+    "cached",
     "clear_cache",
-    "engine_kwargs",
     "get_model",
-    "inference_module",
     "list_models",
     "load_model",
-    "load_runnable",
     "network_loads",
     "on_models_changed",
     "save_user_model",
@@ -444,7 +439,7 @@ def load_model(
 
     Networks are cached per (file, modification time, size, device), so pickers and repeated
     runs do not reload; a file replaced on disk is loaded afresh. The returned module is
-    shared: use it for inference only (through :func:`inference_module`).
+    shared: use it for inference only (through :func:`.runtime.inference_module`).
 
     Raises:
         ValueError / WeightsError: as :func:`get_model`, or when the weights do not fit the
@@ -483,130 +478,27 @@ def _put(key: tuple, value: Any) -> None:
         _cache.popitem(last=False)
 
 
-@dataclass(frozen=True)
-class RunnableModel:
-    """A model ready for the engine: the module it runs (:func:`inference_module`), the
-    keywords it fixes (:func:`engine_kwargs`) and its registry entry."""
-
-    module: torch.nn.Module
-    engine_kwargs: dict
-    info: ModelInfo
-
-
-def load_runnable(
-    name_or_path: str | os.PathLike,
-    *,
-    device: str | torch.device = "cpu",
-    task: str | None = None,
-) -> RunnableModel:
-    """:func:`load_model`, adapted for the engine and cached with it: repeated calls (a batch
-    of files, a dask worker given many) return the same object until the file changes.
-
-    Raises:
-        As :func:`load_model`, and WeightsError for a header :func:`engine_kwargs` refuses.
-    """
-    info = get_model(name_or_path, task)
-    dev = resolve_device(device)
+def cached(info: ModelInfo, device: torch.device, kind: str, make: Callable[[], Any]) -> Any:
+    """``make()``, cached with the networks under (the model's file, its modification time and
+    size, ``device``, ``kind``): what is derived from a loaded network (the engine-ready model
+    of :mod:`.runtime`) lives and is evicted with it, in the process's one model cache."""
     path = info.path.resolve()
     st = path.stat()
-    key = (str(path), st.st_mtime_ns, st.st_size, str(dev), "runnable")
+    key = (str(path), st.st_mtime_ns, st.st_size, str(device), kind)
     with _cache_lock:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
             return hit
-    net, info = load_model(name_or_path, device=dev, task=task)
-    runnable = RunnableModel(inference_module(net, info), engine_kwargs(info), info)
+    value = make()
     with _cache_lock:
-        _put(key, runnable)
-    return runnable
+        _put(key, value)
+    return value
 
 
 def network_loads() -> int:
     """How many networks this process has built from weights files (cache misses)."""
     return _builds
-
-
-class _SignedRange(torch.nn.Module):
-    """Adapter: a network working in [-1, 1] (e.g. DPE) run on the engine's [0, 1] values."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x * 2.0 - 1.0) + 1.0) * 0.5
-
-
-class _DenoiseOutput(torch.nn.Module):
-    """Adapter: the clean estimate of a residual-noise network (``net.denoise(x)``)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.denoise(x)
-
-
-def inference_module(net: torch.nn.Module, info: ModelInfo) -> torch.nn.Module:
-    """The module the engine runs for a model: image in [0, 1] -> restored image in [0, 1].
-
-    The one place that knows a network's output convention, so the engine stays
-    model-agnostic: a network with a ``for_inference()`` method is replaced by the copy it
-    returns (same function, faster: DRAN folds its BatchNorms); a denoiser with a ``denoise`` method (DRAN predicts the noise from
-    ``forward``) is wrapped to return ``net.denoise(x)``; a net whose ``value_range`` is
-    (-1, 1) (DPE) gets ``2x - 1`` in and ``(y + 1) / 2`` out; every other net is used as it is.
-    """
-    # A network may offer a faster copy of itself for inference (DRAN folds its BatchNorms).
-    prepare = getattr(net, "for_inference", None)
-    if callable(prepare):
-        net = prepare()
-    if info.task == "denoise" and callable(getattr(net, "denoise", None)):
-        return _DenoiseOutput(net)
-    if tuple(getattr(net, "value_range", (0.0, 1.0))) == (-1.0, 1.0):
-        return _SignedRange(net)
-    return net
-
-
-def engine_kwargs(info: ModelInfo) -> dict[str, Any]:
-    """Keywords of :func:`~napari_medenhance.core.engine.iter_apply` that a model fixes.
-
-    ``scale``: the model's upscaling factor (1, or 2 / 4 for SR models: the engine multiplies
-    Y and X by it). ``pad_multiple``: the larger of the header's ``pad_multiple`` and the
-    architecture class's own (DPE: 16, one factor 2 per stride-2 level). ``cpu_bf16``: the
-    header says the model was validated in bf16 at a negligible cost (its card gives it).
-    ``input_percentiles``: the header's (a model trained on contrast-stretched input).
-
-    Raises:
-        WeightsError: the header's ``input_percentiles`` is not a valid pair.
-    """
-    try:
-        pad = max(1, int(info.card.get("pad_multiple", 1)))
-    except (TypeError, ValueError):
-        pad = 1
-    try:
-        pad = max(pad, int(getattr(ARCHITECTURES.get(info.arch), "pad_multiple", 1)))
-    except (TypeError, ValueError):
-        pass
-    kw: dict[str, Any] = {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
-    if info.card.get("cpu_bf16") is True:
-        kw["cpu_bf16"] = True
-    # The header's own key, else the training record of a run's weights file (a fine-tuned or
-    # interim model saved as the loop wrote it).
-    training = info.card.get("training")
-    pct = info.card.get("input_percentiles")
-    if pct is None and isinstance(training, dict):
-        pct = training.get("input_percentiles")
-    if pct is not None:
-        ok = (isinstance(pct, (list, tuple)) and len(pct) == 2
-              and all(isinstance(v, (int, float)) for v in pct) and 0 <= pct[0] < pct[1] <= 100)
-        if not ok:
-            raise WeightsError(f"{info.path}: its header's input_percentiles {pct!r} is not a "
-                               "pair 0 <= lo < hi <= 100; re-save the model with the "
-                               "percentiles it was trained with")
-        kw["input_percentiles"] = (float(pct[0]), float(pct[1]))
-    return kw
 
 
 # --------------------------------------------------------------------------------------------

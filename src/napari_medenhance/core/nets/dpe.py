@@ -53,10 +53,10 @@ Choices and why
 - Any input size: ``forward`` reflect-pads H and W (bottom / right) to a multiple of
   :attr:`DPE.pad_multiple` = 16 (four stride-2 levels) and crops the output back; the authors'
   code only accepts multiples of 16. The inference engine pads tiles itself
-  (``zoo.engine_kwargs`` gives ``pad_multiple=16`` for this architecture), so there the
+  (``runtime.engine_kwargs`` gives ``pad_multiple=16`` for this architecture), so there the
   padding here is a no-op; 128² training crops need none.
 - Values: the network works in [-1, 1] (:attr:`DPE.value_range`), input and output;
-  ``zoo.inference_module`` maps the engine's [0, 1] to it and back. Grayscale images are
+  ``runtime.inference_module`` maps the engine's [0, 1] to it and back. Grayscale images are
   replicated to three channels by the engine and averaged back from the output.
 """
 

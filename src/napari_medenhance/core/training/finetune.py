@@ -69,7 +69,7 @@ from typing import Any
 
 import torch
 
-from .. import tasks, zoo
+from .. import runtime, tasks, zoo
 from ..engine import resolve_device
 from ..nets import build as build_net
 from ..weights import WeightsError, load_into, read_header
@@ -422,7 +422,7 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
     hq_data, lq_data, desc = _load(task, mode, data, lq, settings, rgb, data_name, lq_name)
     options = dict(settings["recipe_options"])
     if (info is not None and task == "enhance" and mode != "unpaired"
-            and "input_percentiles" in zoo.engine_kwargs(info)):
+            and "input_percentiles" in runtime.engine_kwargs(info)):
         # a model trained on contrast-stretched input goes on seeing stretched input
         options.setdefault("input_norm", "stretch")
     recipe = build_recipe(task, mode, hq_data, lq_data=lq_data, config=config,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ... import zoo
+from ... import runtime
 from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
 from ...nets import ARCHITECTURES
@@ -35,7 +35,7 @@ __all__ = ["PairedRecipe"]
 def _restorer(net: torch.nn.Module, task: str) -> torch.nn.Module:
     """What the engine runs for ``net``: [0, 1] in, restored [0, 1] out (zoo's one adapter)."""
     # inference_module only reads the task of its ModelInfo.
-    return zoo.inference_module(net, types.SimpleNamespace(task=task))  # type: ignore[arg-type]
+    return runtime.inference_module(net, types.SimpleNamespace(task=task))  # type: ignore[arg-type]
 
 
 class PairedRecipe(RecipeBase):
