@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
-import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.training import train
+from napari_medenhance.core.training.driver import GracefulStop, hardware
 
 
 class AdaptiveThreads:
@@ -154,17 +153,6 @@ def resolve_start(args: argparse.Namespace, file_stem: str, **where: Path) -> bo
     return args.init_weights is not None
 
 
-def hardware(device: torch.device) -> str:
-    """A one-line description of the machine torch runs on."""
-    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
-    if device.type == "cuda":
-        p = torch.cuda.get_device_properties(device)
-        return f"{p.name} ({p.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}; CPU {cpu}"
-    if device.type == "mps":
-        return f"Apple MPS; CPU {cpu}"
-    return f"CPU only: {cpu}"
-
-
 def run_training(
     args: argparse.Namespace,
     recipe: Any,
@@ -184,76 +172,65 @@ def run_training(
 
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv once
-    stop = {"requested": False}
-
-    def on_sigint(signum, frame):  # noqa: ARG001
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
     # A machine that is shut down sends SIGTERM: stop at the next step with a checkpoint too.
-    old_term = signal.signal(signal.SIGTERM, on_sigint)
-    session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                               "hardware": hardware(dev), "torch": torch.__version__}
-    gen = train(
-        recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
-        lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
-        seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-        cancel=lambda: stop["requested"], precision=getattr(args, "precision", "fp32"),
-    )
-    bar = None
-    first = None
-    t0 = time.perf_counter()
-    result = None
-    threads = AdaptiveThreads([torch.get_num_threads(), 1]) if dev.type == "cpu" else None
+    with GracefulStop(tqdm.write, term=True) as stop:
+        session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                   "hardware": hardware(dev), "torch": torch.__version__}
+        gen = train(
+            recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
+            lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
+            seed=args.seed, resume=args.resume, init_weights=args.init_weights,
+            cancel=lambda: stop.requested, precision=getattr(args, "precision", "fp32"),
+        )
+        bar = None
+        first = None
+        t0 = time.perf_counter()
+        result = None
+        threads = AdaptiveThreads([torch.get_num_threads(), 1]) if dev.type == "cpu" else None
 
-    def show(ev) -> None:
-        nonlocal bar, first, t0
-        if threads is not None and ev.kind == "step":
-            threads.step()
-        elif threads is not None:
-            threads.interrupted()
-        if bar is None:
-            bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
-                       unit="step", dynamic_ncols=True)
-        if ev.kind == "step":
-            if first is None:
-                first, t0 = ev.step, time.perf_counter()
-            bar.update(1)
-            losses = {k: format(v, fmt) for k, v in ev.losses.items() if shown is None or k in shown}
-            extra = {"threads": threads.threads} if threads is not None else {}
-            bar.set_postfix({**losses, "lr": f"{ev.lr:.2e}", **extra}, refresh=False)
-        elif ev.kind == "validation":
-            tqdm.write(f"step {ev.step}: {describe(ev.metrics)}" + ("  * best" if ev.path else ""))
-            record_validation(args.out, ev.step, ev.metrics, best=ev.path is not None)
-        elif ev.kind == "checkpoint" and first is not None:
-            # run.json is kept current at every checkpoint, so a run killed without warning
-            # still has its stretch (hardware, steps, speed) on record for the model card.
-            dt = time.perf_counter() - t0
-            session.update(first_step=first, last_step=ev.step,
-                           steps_per_s=round((ev.step - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch,
-                           precision=getattr(args, "precision", "fp32"))
-            upsert_session(args, session)
-        elif ev.kind == "cancelled":
-            tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
+        def show(ev) -> None:
+            nonlocal bar, first, t0
+            if threads is not None and ev.kind == "step":
+                threads.step()
+            elif threads is not None:
+                threads.interrupted()
+            if bar is None:
+                bar = tqdm(total=ev.total, initial=ev.step - 1 if ev.kind == "step" else ev.step,
+                           unit="step", dynamic_ncols=True)
+            if ev.kind == "step":
+                if first is None:
+                    first, t0 = ev.step, time.perf_counter()
+                bar.update(1)
+                losses = {k: format(v, fmt) for k, v in ev.losses.items() if shown is None or k in shown}
+                extra = {"threads": threads.threads} if threads is not None else {}
+                bar.set_postfix({**losses, "lr": f"{ev.lr:.2e}", **extra}, refresh=False)
+            elif ev.kind == "validation":
+                tqdm.write(f"step {ev.step}: {describe(ev.metrics)}" + ("  * best" if ev.path else ""))
+                record_validation(args.out, ev.step, ev.metrics, best=ev.path is not None)
+            elif ev.kind == "checkpoint" and first is not None:
+                # run.json is kept current at every checkpoint, so a run killed without warning
+                # still has its stretch (hardware, steps, speed) on record for the model card.
+                dt = time.perf_counter() - t0
+                session.update(first_step=first, last_step=ev.step,
+                               steps_per_s=round((ev.step - first) / dt, 3) if dt > 0 else None,
+                               batch=args.batch, patch=args.patch,
+                               precision=getattr(args, "precision", "fp32"))
+                upsert_session(args, session)
+            elif ev.kind == "cancelled":
+                tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
 
-    try:
-        result = drive(gen, show)
-    finally:
-        if bar is not None:
-            bar.close()
-        signal.signal(signal.SIGINT, old_handler)
-        signal.signal(signal.SIGTERM, old_term)
-        if first is not None and result is not None:
-            dt = time.perf_counter() - t0
-            session.update(first_step=first, last_step=result.steps,
-                           steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                           batch=args.batch, patch=args.patch,
-                           precision=getattr(args, "precision", "fp32"))
-            upsert_session(args, session)
+        try:
+            result = drive(gen, show)
+        finally:
+            if bar is not None:
+                bar.close()
+            if first is not None and result is not None:
+                dt = time.perf_counter() - t0
+                session.update(first_step=first, last_step=result.steps,
+                               steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
+                               batch=args.batch, patch=args.patch,
+                               precision=getattr(args, "precision", "fp32"))
+                upsert_session(args, session)
     return bool(result is not None and not result.cancelled)
 
 

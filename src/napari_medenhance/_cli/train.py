@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,10 +115,11 @@ def run(args: argparse.Namespace) -> int:
     from napari_medenhance.core import zoo
     from napari_medenhance.core.training import CheckpointError
     from napari_medenhance.core.training import finetune as ft
+    from napari_medenhance.core.training.driver import GracefulStop
     from napari_medenhance.core.training.runs import run_folder
 
     save = not args.no_save
-    stop = {"requested": False}
+    stop = GracefulStop(tqdm.write)
     try:
         if save and not args.overwrite:
             taken = [m for m in zoo.list_models() if m.name == args.name and m.source == "user"]
@@ -134,22 +134,12 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
             device=args.device, out_dir=args.out, name=args.name, val_every=args.val_every,
             seed=args.seed, config=args.config, recipe_options=args.recipe_options,
-            cancel=lambda: stop["requested"],
+            cancel=lambda: stop.requested,
         )
     except ValueError as err:  # WeightsError is a ValueError
         return _fail(err)
     run_dir = run_folder(args.name, args.out)
 
-    def on_sigint(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        tqdm.write("stopping after this step (Ctrl-C again to abort at once) ...")
-
-    try:
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not the main thread (run() called from a script's worker)
-        old_handler = None
     bar = None
     result = None
 
@@ -176,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         from napari_medenhance.core.jobs import drive
 
-        result = drive(job, show)
+        with stop:  # Ctrl-C: stop after this step with a checkpoint; twice: abort at once
+            result = drive(job, show)
     except (ValueError, CheckpointError, FloatingPointError, RuntimeError, OSError) as err:
         if bar is not None:
             bar.close()
@@ -187,9 +178,6 @@ def run(args: argparse.Namespace) -> int:
         print("medenhance train: aborted; the last checkpoint is kept (run the same command to "
               "resume)", file=sys.stderr)
         return 130
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
     if bar is not None:
         bar.close()
     if result.cancelled:

@@ -74,6 +74,7 @@ from ..engine import resolve_device
 from ..nets import build as build_net
 from ..weights import WeightsError, load_into, read_header
 from .cards import _card_data, model_card
+from .driver import hardware
 from .loop import BEST, LAST, TrainEvent, TrainResult, train
 from .patches import Pool
 from .recipes import PairedRecipe, Recipe, recipe_identity
@@ -243,14 +244,6 @@ def resolve_start(task: str, start: str | os.PathLike | None) -> zoo.ModelInfo |
 
 
 # ------------------------------------------------------------------------------ running
-
-
-def _hardware(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return f"{torch.cuda.get_device_name(dev)} (CUDA {torch.version.cuda})"
-    if dev.type == "mps":
-        return "Apple MPS"
-    return f"CPU, {torch.get_num_threads()} torch threads"
 
 
 def _start_record(info: zoo.ModelInfo | None) -> dict[str, Any] | None:
@@ -485,7 +478,7 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": str(dev),
-               "hardware": _hardware(dev), "torch": torch.__version__, "first_step": None,
+               "hardware": hardware(dev), "torch": torch.__version__, "first_step": None,
                "last_step": None, "ended": None}
     record["sessions"].append(session)
     record_path = run_dir / RECORD
