@@ -55,14 +55,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
-import types
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,7 +75,7 @@ from .cards import _card_data, model_card
 from .driver import hardware
 from .loop import BEST, LAST, TrainEvent, TrainResult, train
 from .patches import Pool
-from .recipes import PairedRecipe, Recipe, recipe_identity
+from .recipes import LaMEGANRecipe, PairedRecipe, Recipe, export_generator, recipe_identity
 from .recipes.sr import MODES as SR_MODES
 from .recipes.sr import SCALE as SR_SCALE
 from .runs import (
@@ -117,23 +115,9 @@ MODES = tasks.MODES
 TASK_MODES = {t.name: t.modes for t in tasks.TASKS.values()}
 #: What the widgets and the CLI call a new network.
 SCRATCH = "scratch"
-_LAMEGAN = f"{__package__}.recipes.lamegan"
 
 
 # ------------------------------------------------------------------------------ recipes
-
-
-def _lamegan() -> types.ModuleType:
-    """The LaMEGAN recipe module, imported only for unpaired training."""
-    try:
-        return importlib.import_module(_LAMEGAN)
-    except ModuleNotFoundError as e:
-        if e.name != _LAMEGAN:
-            raise  # the module exists but one of its own imports is missing: say that
-        raise ValueError(
-            "unpaired training needs the LaMEGAN recipe, which this installation does not "
-            "have yet; use 'simulated' or 'paired' mode"
-        ) from e
 
 
 def build_recipe(
@@ -179,7 +163,7 @@ def build_recipe(
             raise ValueError("unpaired training needs HQ data and LQ data (lq=)")
         if start_path is not None:
             opts["init_generator"] = start_path
-        return _lamegan().LaMEGANRecipe(lq_data.pool, data.pool, config=config, **opts)
+        return LaMEGANRecipe(lq_data.pool, data.pool, config=config, **opts)
     if mode == "paired":
         if not isinstance(data, PairedData):
             raise ValueError("paired training needs aligned LQ/HQ data (lq=)")
@@ -575,7 +559,7 @@ def save_finetuned(run_dir: str | os.PathLike, name: str, *, overwrite: bool = F
             # The loop's best file holds the whole CycleGAN network; the model is its LQ → HQ
             # generator, which the LaMEGAN module knows how to take out.
             src = Path(tmp) / f"{name}.safetensors"
-            _lamegan().export_generator(best, src, name=name, meta={"card": f"{name}.md"})
+            export_generator(best, src, name=name, meta={"card": f"{name}.md"})
         info = zoo.save_user_model(src, name, card=card, overwrite=overwrite)
     _write_text(info.path.with_suffix(".md"), model_card(name, card))
     return zoo.get_model(name)
