@@ -273,25 +273,28 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
         path = folder / "run.json"
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    run = record(Path(out))
-    init = run.get("init_weights") or run.get("args", {}).get("init_weights")
-    before: list[dict] = []
-    if init and Path(init).is_file():
-        h = read_header(init, expected_arch=arch)["meta"]
-        before = list(h.get("stages") or [])
-        if not before:
-            prev = record(Path(init).parent)
-            before = [{"objective": describe(h), "run": str(Path(init).parent), "from": None,
-                       "steps": h.get("total"), "selected_step": h.get("step"),
-                       "psnr": (h.get("metrics") or {}).get("psnr"),
-                       "sessions": prev.get("sessions", []),
-                       "args": {k: prev.get("args", {}).get(k) for k in keys}}]
-    this = {"objective": objective, "run": str(out), "from": Path(init).name if init else None,
-            "steps": meta.get("total"), "selected_step": meta.get("step"),
-            "psnr": psnr if psnr is not None else (meta.get("metrics") or {}).get("psnr"),
-            "sessions": run.get("sessions", []),
-            "args": {k: run.get("args", {}).get(k) for k in keys}}
-    return [*before, this]
+    def chain(folder: Path, meta: dict[str, Any], objective: str, psnr: float | None,
+              depth: int) -> list[dict]:
+        run = record(folder)
+        init = run.get("init_weights") or run.get("args", {}).get("init_weights")
+        before: list[dict] = []
+        if init and Path(init).is_file():
+            h = read_header(init, expected_arch=arch)["meta"]
+            # An exported model carries its stages; a run's best weights lead to the run
+            # folder beside them, whose own start is followed in turn.
+            before = list(h.get("stages") or [])
+            if not before and depth < 10 and Path(init).parent.resolve() != folder.resolve():
+                before = chain(Path(init).parent, h, describe(h),
+                               (h.get("metrics") or {}).get("psnr"), depth + 1)
+        this = {"objective": objective, "run": str(folder),
+                "from": Path(init).name if init else None,
+                "steps": meta.get("total"), "selected_step": meta.get("step"),
+                "psnr": psnr if psnr is not None else (meta.get("metrics") or {}).get("psnr"),
+                "sessions": run.get("sessions", []),
+                "args": {k: run.get("args", {}).get(k) for k in keys}}
+        return [*before, this]
+
+    return chain(Path(out), meta, objective, psnr, 0)
 
 
 def cpu_hours(stage: dict) -> float:

@@ -420,14 +420,16 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         "",
         "## Stages",
         "",
-        "| stage | objective | started from | batch × patch, lr | steps | selected at | CPU hours "
-        "| mean val PSNR |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | objective | input | started from | batch × patch, lr | steps | selected at | "
+        "CPU hours | mean val PSNR |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, st in enumerate(stages, 1):
         psnr = st.get("psnr")
         a = st.get("args") or {}
-        L.append(f"| {i} | {st['objective']} | {st.get('from') or 'random'} | "
+        # runs from before the option trained on the raw input
+        seen = {"stretch": "stretched", "none": "raw"}.get(a.get("input_norm") or "none", "?")
+        L.append(f"| {i} | {st['objective']} | {seen} | {st.get('from') or 'random'} | "
                  f"{a.get('batch', '?')} × {a.get('patch', '?')}, {a.get('lr', '?')} | "
                  f"{st.get('steps')} | {st.get('selected_step')} | {recipe_script.cpu_hours(st):.2f} | "
                  + (f"{psnr:.2f} dB" if isinstance(psnr, (int, float)) else "—") + " |")
