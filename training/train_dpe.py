@@ -284,7 +284,8 @@ def plot_curve(args: argparse.Namespace, stages: list[dict], png: Path,
         run_dir = args.out if last else Path(st.get("run") or "")
         hist = recipe_script.read_history(run_dir) if (last or st.get("run")) else []
         if hist:
-            curves.append((f"stage {i + 1}: {st['objective']}",
+            seen = "stretched" if (st.get("args") or {}).get("input_norm") == "stretch" else "raw"
+            curves.append((f"stage {i + 1}: {st['objective']}, {seen} input",
                            [h["step"] + offset for h in hist],
                            [h["metrics"].get("psnr", np.nan) for h in hist]))
         offset += int(st.get("selected_step") or 0)
