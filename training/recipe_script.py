@@ -20,6 +20,7 @@ import torch
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.training import train
 from napari_medenhance.core.training.driver import GracefulStop, hardware
+from napari_medenhance.core.training.runs import read_record, write_record
 
 
 class AdaptiveThreads:
@@ -235,18 +236,16 @@ def run_training(
 
 
 def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
-    """Add this session to ``<out>/run.json`` (or update it: same ``started``), atomically."""
-    path = args.out / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
+    """Add this session to ``<out>/run.json`` (or update it: same ``started``), atomically, with
+    the run-record reader and writer of the training library (``core.training.runs``)."""
+    info = read_record(args.out)
     info["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     if getattr(args, "init_weights", None) and "init_weights" not in info:
         # The weights the run started from (a stage's predecessor), kept across resumes.
         info["init_weights"] = str(Path(args.init_weights).resolve())
     sessions = [s for s in info.get("sessions", []) if s.get("started") != session["started"]]
     info["sessions"] = [*sessions, dict(session)]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(path)
+    write_record(args.out, info)
 
 
 #: The command-line settings a stage records (scripts may add their own).

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import zoo
 
-__all__ = ["RECORD", "RUNS_DIR_ENV", "read_record", "run_folder", "runs_dir"]
+__all__ = ["RECORD", "RUNS_DIR_ENV", "read_record", "run_folder", "runs_dir", "write_record"]
 
 #: Environment variable naming the folder that holds run folders.
 RUNS_DIR_ENV = "MEDENHANCE_RUNS_DIR"
@@ -65,6 +65,14 @@ def read_record(run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable run record ({e}); delete the run folder to start "
                          "over") from e
     return record if isinstance(record, dict) else {}
+
+
+def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` as the run folder's ``run.json``, atomically (a crash never leaves half
+    a file); returns its path."""
+    path = Path(run_dir) / RECORD
+    _write_json(path, record)
+    return path
 
 
 def _write_json(path: Path, obj: Any) -> None:
