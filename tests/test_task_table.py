@@ -4,7 +4,8 @@ A toy denoiser defined here (one 3×3 conv predicting the noise, DRAN's conventi
 registered with ONE ``register_architecture`` call, trained from scratch by the library's
 fine-tuning on the real nuclei sample, saved as a user model, listed, and run through
 ``napari_medenhance.denoise`` and ``medenhance denoise``. The fixture unregisters it, so the
-other tests see the built-in table only.
+other tests see the built-in table only. A toy enhancer of [0, 1] images is trained the same
+way by the enhance recipe (which works in DPE's [-1, 1]) and run through ``enhance``.
 """
 
 from __future__ import annotations
@@ -161,3 +162,54 @@ def test_arch_is_checked_before_anything_is_written(toy, env, nuclei):
     with pytest.raises(ValueError, match="unpaired"):
         ft.iter_finetune("enhance", "unpaired", stack, lq=stack, start=None, arch="dpe")
     assert not (env / "runs").exists()
+
+
+class ToyEnhancer(nn.Module):
+    """One conv layer on [0, 1] images (no ``value_range``): image in, image out."""
+
+    def __init__(self, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def test_a_toy_enhancer_trains_with_the_enhance_recipe_and_runs(env, nuclei):
+    tasks.register_architecture("toy_enhancer", "enhance", ToyEnhancer)  # the one entry
+    try:
+        stack = nuclei[8:18, 64:160, 64:160].copy()
+        events = []
+        ft.finetune("enhance", "simulated", stack, start=None, arch="toy_enhancer", steps=20,
+                    batch=4, patch=32, lr=1e-2, device="cpu", name="toy-enh", val_every=10,
+                    recipe_options={"loss": "l1", "luminance_check": "relative",
+                                    "val_crop": 64, "acceptance_samples": 0},
+                    progress=events.append)
+        record = ft.read_record(ft.run_folder("toy-enh"))
+        assert record["arch"] == "toy_enhancer" and record["recipe"] == "EnhanceRecipe"
+        vals = [e.metrics for e in events if e.kind == "validation"]
+        # a [0, 1] network trained by the recipe that works in DPE's [-1, 1]: it learns
+        assert vals[-1]["loss"] < vals[0]["loss"]
+        info = ft.save_finetuned(ft.run_folder("toy-enh"), "toy-enhancer")
+        assert (info.task, info.arch) == ("enhance", "toy_enhancer")
+        out = me.enhance(stack[:2], model="toy-enhancer", device="cpu")
+        assert out.shape == (2, 96, 96) and out.dtype == np.uint16
+        assert not np.array_equal(out, stack[:2])
+        # the recipe maps its [-1, 1] to the network's [0, 1] and back: a network that answers
+        # mid-gray in its own range is scored as mid-gray
+        from napari_medenhance.core.training import EnhanceRecipe, Plane, Pool
+
+        planes = [Plane(f"n{z}", "fluorescence", (stack[z] / 65535).astype(np.float32))
+                  for z in range(4)]
+        recipe = EnhanceRecipe(Pool(train=planes[:3], val=planes[3:]), arch="toy_enhancer",
+                               loss="l1", luminance_check="relative", acceptance_samples=0)
+
+        class Gray(nn.Module):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.full_like(x, 0.5)
+
+        _, preview = recipe.evaluate(Gray())
+        assert np.allclose(preview, 0.5)
+    finally:
+        tasks.unregister_architecture("toy_enhancer")
+        zoo.clear_cache()

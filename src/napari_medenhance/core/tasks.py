@@ -99,7 +99,8 @@ TASKS: dict[str, Task] = {
              "denoise every 2-D plane of an image, or of every image in a folder",
              recipe=f"{_RECIPES}.denoise:DenoiseRecipe"),
         Task("enhance", "dpe", ("simulated", "paired", "unpaired"),
-             "enhance every 2-D plane of an image, or of every image in a folder (DPE)"),
+             "enhance every 2-D plane of an image, or of every image in a folder (DPE)",
+             recipe=f"{_RECIPES}.enhance:EnhanceRecipe"),
         Task("sr", "msgan-x{scale}", ("simulated", "paired"),
              "super-resolve an image (×2 or ×4), regions of interest of it, or every image in "
              "a folder (MS-GAN)", default_scale=4, scales=(2, 4)),
@@ -228,11 +229,13 @@ def register_architecture(
         task: a :data:`TASKS` name.
         constructor: the ``nn.Module`` class (or factory) taking the config as keywords, or
             its ``"module:attr"``. What it may declare (``value_range``, ``pad_multiple``, a
-            ``denoise`` method...) is described in :mod:`.zoo`.
+            ``denoise`` method...) is described in :mod:`.runtime`.
         recipe: a callable ``(pool, *, config=..., **options) -> Recipe`` (or its
             ``"module:attr"``); None: the task's own recipe with ``arch=arch`` (denoise:
             :class:`~.training.recipes.DenoiseRecipe`, which trains residual-noise networks:
-            ``forward`` predicts the noise and a ``denoise(x)`` method returns the clean image).
+            ``forward`` predicts the noise and a ``denoise(x)`` method returns the clean image;
+            enhance: :class:`~.training.recipes.EnhanceRecipe`, image in, image out; SR: none
+            yet, a new SR network brings its own).
         replace: allow re-registering a name that is not built in.
 
     Returns:

@@ -33,6 +33,13 @@ brightness factors ~ U(0.1, 0.8)). Both are mapped to DPE's [-1, 1].
     MR (MR2_UNCR, FatMRI) at L ≈ 30–75, and half the MR-wide typical value would still reject
     most clinical MR patches. Bright images are checked exactly as in the paper (B_T caps
     the threshold).
+* **Stretched input** (``input_norm="stretch"``, the training script's default): the network
+  sees the degraded image contrast-stretched by its whole image's 2 / 98 % percentiles
+  (training: of the patch's whole plane, estimated on a ≤ 256² grid of it; validation: of the
+  crop), as the inference engine stretches a user's image (the weights header's
+  ``input_percentiles``). Algorithm 1's contrast and brightness steps are affine with a
+  positive slope and never clip, so the stretch cancels them: only the noise step is applied
+  to the patch (and to the grid for the percentiles). ``"none"`` is the paper's raw input.
 * **Gray planes** are degraded as one channel (one noise field) and replicated to three, which
   is what the inference engine feeds the network for a gray image.
 
@@ -87,6 +94,7 @@ from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
 from ...nets import build as _build
 from ...nets.discriminators import SwishDiscriminator
+from ...nets import ARCHITECTURES
 from ...nets.dpe import DPE
 from ..losses import DPE_ADVERSARIAL_WEIGHT, FAKE_LABELS, FEATURE_SCALE, REAL_LABELS, PerceptualObjective
 from ..patches import PatchSampler, Plane, Pool, center_crop
@@ -161,10 +169,13 @@ class EnhanceRecipe(RecipeBase):
         min_std, max_empty: empty-background rejection of the patch sampler.
         acceptance_samples: patches per modality drawn (from a separate generator) to estimate
             :attr:`acceptance`; 0 skips the estimate.
+        input_norm: what the network sees (:data:`INPUT_NORMS`, module docstring).
+        arch: the network trained (DPE by default): any registered enhance architecture
+            (:func:`napari_medenhance.core.tasks.register_architecture`); one that reads and
+            writes [0, 1] (no ``value_range = (-1, 1)``) is run through the mapping.
     """
 
     task = "enhance"
-    arch = "dpe"
     primary_metric = "psnr"
     higher_is_better = True
 
@@ -192,11 +203,19 @@ class EnhanceRecipe(RecipeBase):
         max_empty: float = 0.75,
         acceptance_samples: int = 200,
         input_norm: str = "none",
+        arch: str = "dpe",
     ) -> None:
         self._require_planes(pool)
         if loss not in LOSS_PRESETS:
             raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
-        self.config: dict[str, Any] = network_config(DPE, config, "DPE")
+        ctor = DPE if str(arch).lower() == "dpe" else ARCHITECTURES.get(str(arch).lower())
+        if ctor is None:
+            raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+        self.arch = str(arch).lower()
+        # The recipe works in DPE's [-1, 1]; a network of [0, 1] is run through the mapping.
+        self._signed = tuple(getattr(ctor, "value_range", (0.0, 1.0))) == (-1.0, 1.0)
+        self.config: dict[str, Any] = network_config(
+            ctor, config, "DPE" if self.arch == "dpe" else self.arch)
         # in_channels follows ``conditional`` (SwishDiscriminator takes it: never unknown)
         self.disc_config: dict[str, Any] = network_config(
             SwishDiscriminator, disc_config, "discriminator",
@@ -368,6 +387,10 @@ class EnhanceRecipe(RecipeBase):
             self.objective_fn.to(device)
         return self.objective_fn
 
+    def _forward(self, net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The network on [-1, 1] input, its output in [-1, 1] (a [0, 1] network is mapped)."""
+        return net(x) if self._signed else net((x + 1.0) * 0.5) * 2.0 - 1.0
+
     def loss(
         self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -377,7 +400,8 @@ class EnhanceRecipe(RecipeBase):
                 "this objective has a GAN term: the training loop calls losses() with the "
                 "discriminator from build_extras()"
             )
-        return self._objective_on(inputs.device).generator_loss(net(inputs), targets, inputs)
+        return self._objective_on(inputs.device).generator_loss(
+            self._forward(net, inputs), targets, inputs)
 
     def losses(
         self,
@@ -388,7 +412,7 @@ class EnhanceRecipe(RecipeBase):
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """``({"net": generator loss, "disc": discriminator loss}, logs)`` from one forward pass."""
         objective = self._objective_on(inputs.device)
-        out = net(inputs)
+        out = self._forward(net, inputs)
         disc = extras["disc"]
         g, glogs = objective.generator_loss(out, targets, inputs, disc)
         d, dlogs = objective.discriminator_loss(out, targets, inputs, disc)
@@ -496,7 +520,7 @@ class EnhanceRecipe(RecipeBase):
             for item in self._val:
                 plane: Plane = item["plane"]
                 x = torch.from_numpy(item["inputs"][norm][None]).to(device)
-                y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
+                y = ((self._forward(net, x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
                 out = self._to_plane(y, plane.rgb).astype(np.float32)
                 rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
                              **self._score(item, out)})
