@@ -103,7 +103,8 @@ TASKS: dict[str, Task] = {
              recipe=f"{_RECIPES}.enhance:EnhanceRecipe"),
         Task("sr", "msgan-x{scale}", ("simulated", "paired"),
              "super-resolve an image (×2 or ×4), regions of interest of it, or every image in "
-             "a folder (MS-GAN)", default_scale=4, scales=(2, 4)),
+             "a folder (MS-GAN)", default_scale=4, scales=(2, 4),
+             recipe=f"{_RECIPES}.sr:SRRecipe"),
     )
 }
 
@@ -234,8 +235,9 @@ def register_architecture(
             ``"module:attr"``); None: the task's own recipe with ``arch=arch`` (denoise:
             :class:`~.training.recipes.DenoiseRecipe`, which trains residual-noise networks:
             ``forward`` predicts the noise and a ``denoise(x)`` method returns the clean image;
-            enhance: :class:`~.training.recipes.EnhanceRecipe`, image in, image out; SR: none
-            yet, a new SR network brings its own).
+            enhance: :class:`~.training.recipes.EnhanceRecipe`, image in, image out; SR:
+            :class:`~.training.recipes.SRRecipe`, one ×4 output trained with MSE, the class
+            saying its factor with ``scale_from_config``).
         replace: allow re-registering a name that is not built in.
 
     Returns:

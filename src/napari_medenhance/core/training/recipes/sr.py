@@ -109,6 +109,7 @@ from ...metrics import max_lassim_level
 from ...metrics import psnr as _psnr
 from ...metrics import ssim as _ssim
 from ...nets import build as _build
+from ...nets import ARCHITECTURES
 from ...nets.discriminators import WGANCritic
 from ...nets.srresnet import MSGANGenerator, SRResNet
 from ..losses import gradient_penalty
@@ -215,6 +216,9 @@ class SRRecipe(RecipeBase):
         masks: lesion masks ``{training plane name: Y×X}`` for the sampler.
         background_level, max_background, structure_quantile: the sampler's (module docstring).
         val_crop: validation crops are at most this many HR pixels per side (multiple of 4).
+        arch: ``"msgan"`` / ``"srresnet"`` (the same as ``mode``), or any other registered SR
+            architecture (:func:`napari_medenhance.core.tasks.register_architecture`): one ×4
+            output trained with MSE alone (its class gives ``scale_from_config``).
     """
 
     task = "sr"
@@ -240,17 +244,37 @@ class SRRecipe(RecipeBase):
         max_background: float = 0.5,
         structure_quantile: float = 0.75,
         val_crop: int = 256,
+        arch: str | None = None,
     ) -> None:
-        if mode not in MODES:
+        other = arch is not None and str(arch).lower() not in MODES
+        if arch is not None and not other:
+            mode = str(arch).lower()  # msgan / srresnet: the architecture is the mode
+        if not other and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._require_planes(pool)
-        self.mode = mode
-        self.arch, d_mse2, d_vgg, d_adv = MODES[mode]
+        if other:
+            # Any other registered SR network: one ×4 output, MSE alone (as SRResNet's mode).
+            cls = ARCHITECTURES.get(str(arch).lower())
+            if cls is None:
+                raise ValueError(f"unknown architecture {arch!r}; known: "
+                                 f"{', '.join(sorted(ARCHITECTURES))}")
+            self.mode = self.arch = str(arch).lower()
+            d_mse2 = d_vgg = d_adv = 0.0
+            fixed: dict[str, Any] = {}
+        else:
+            self.mode = mode
+            self.arch, d_mse2, d_vgg, d_adv = MODES[mode]
+            cls = MSGANGenerator if self.arch == "msgan" else SRResNet
+            fixed = {"output_scale": SCALE} if self.arch == "msgan" else {"scale": SCALE}
         # MS-GAN ships two models from one network: its best weights are those best at both.
         self.primary_metric = "psnr_both" if self.arch == "msgan" else "psnr"
-        cls = MSGANGenerator if self.arch == "msgan" else SRResNet
-        fixed = {"output_scale": SCALE} if self.arch == "msgan" else {"scale": SCALE}
         self.config: dict[str, Any] = network_config(cls, config, self.arch, fixed=fixed)
+        if other:
+            scale_of = getattr(cls, "scale_from_config", None)
+            built = int(scale_of(self.config)) if callable(scale_of) else 1
+            if built != SCALE:
+                raise ValueError(f"the SR recipe trains ×{SCALE} networks; {self.arch!r} with "
+                                 f"this config upscales ×{built} (its class's scale_from_config)")
         if any(k in (config or {}) and (config or {})[k] != v for k, v in fixed.items()):
             raise ValueError(f"the SR recipe trains at ×{SCALE}; leave {list(fixed)} at {SCALE}")
         self.mse2_weight = float(d_mse2 if mse2_weight is None else mse2_weight)
@@ -261,6 +285,8 @@ class SRRecipe(RecipeBase):
             raise ValueError("loss weights must be >= 0")
         if self.arch == "srresnet" and self.mse2_weight > 0:
             raise ValueError("SRResNet has no ×2 head: mse2_weight must be 0 in mode 'srresnet'")
+        if other and self.mse2_weight > 0:
+            raise ValueError(f"only MS-GAN has a ×2 head: mse2_weight must be 0 for {self.arch!r}")
         self.critic_config: dict[str, Any] = network_config(WGANCritic, critic_config, "critic")
         self.vgg_layer = str(vgg_layer)
         if self.vgg_weight > 0 and features is None:
