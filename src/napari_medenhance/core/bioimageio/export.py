@@ -1,30 +1,7 @@
-"""BioImage.IO model packages: export a napari-medenhance model, and import one back.
+"""Export a napari-medenhance model as a BioImage.IO package (the package's ``__init__``
+describes what the zip holds): the description, both weight formats with the architecture
+source, test tensors checked against the plugin's engine, cover and README."""
 
-The model zoo format (bioimage.io, model description format 0.5) is how restoration models
-travel between napari, Fiji/deepImageJ, ilastik and the ``bioimageio.core`` Python runner.
-:func:`export_package` writes a zip with
-
-* ``rdf.yaml``: the description (inputs, outputs, axes, authors, citations, licence, tags);
-* weights twice: ``weights_torchscript.pt`` (TorchScript) and ``weights.pt`` (a PyTorch
-  ``state_dict``) with its architecture source ``medenhance_arch.py`` (the network's own
-  module(s) and :mod:`napari_medenhance.core._bioimageio_model`, in one file that needs only
-  torch);
-* the network wrapped in napari-medenhance's intensity mapping (min-max to [0, 1] per sample,
-  the network, back to the image's units: :mod:`._bioimageio_model`), so a consumer gets the
-  same numbers as the plugin. The description's pre- and post-processing are therefore only
-  ``ensure_dtype: float32``: the format's processing steps cannot express the mapping back to
-  the input's units (``scale_range`` normalises, nothing undoes a per-sample normalisation);
-* ``test_input.npy`` / ``test_output.npy`` from the plugin's real sample data (MR slice with
-  Gaussian noise for a denoiser, the IHC colour image for an enhancer, the CT slice for
-  super-resolution) and the model's output on it; at export the package's network is checked
-  against the plugin's engine on that input (the largest difference is written in the README);
-* ``cover.png`` (input | output), ``README.md`` with a "Validation" section (the numbers of the
-  model card, when it has some), and ``NAME.safetensors``: the plugin's own weights file, so
-  :func:`import_package` (``medenhance models --add PACKAGE.zip``) never unpickles anything.
-
-``bioimageio.spec`` / ``bioimageio.core`` are not needed to export or import (the ``bioimageio``
-extra installs them to validate and run packages; the tests do).
-"""
 
 from __future__ import annotations
 
@@ -44,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ExportResult", "PackageError", "architecture_source", "export_package",
-           "import_package", "read_package"]
+__all__ = ["ExportResult", "PackageError", "architecture_source", "export_package"]
 
 #: Format version of the descriptions written here (bioimageio.spec 0.5).
 FORMAT_VERSION = "0.5.4"
@@ -144,8 +120,8 @@ def _module_sources(cls: type) -> list[str]:
 def architecture_source(arch: str) -> str:
     """One Python file defining ``MedEnhanceModel`` for ``arch``: the network's module(s) and
     the intensity-mapping wrapper; it imports only torch (and the standard library)."""
-    from . import _bioimageio_model as wrapper
-    from .nets import ARCHITECTURES
+    from .. import _bioimageio_model as wrapper
+    from ..nets import ARCHITECTURES
 
     if arch not in wrapper.NET_CLASSES:
         raise PackageError(f"architecture {arch!r} cannot be exported to BioImage.IO; exportable: "
@@ -204,7 +180,7 @@ def _test_image(task: str, channels: int, pad: int) -> tuple[np.ndarray, str]:
 
 def _engine_output(info: Any, image: np.ndarray) -> np.ndarray:
     """The plugin's engine on ``image`` ((1, C, H, W)), in float32 on the CPU, no bf16."""
-    from . import engine, runtime, zoo
+    from .. import engine, runtime, zoo
 
     net, _ = zoo.load_model(info.path, device="cpu")
     module = runtime.inference_module(net, info)
@@ -240,7 +216,7 @@ def _cover(inp: np.ndarray, out: np.ndarray, path: Path) -> None:
 # export
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -332,7 +308,7 @@ def export_package(
     """
     from napari_medenhance import __version__ as plugin_version
 
-    from . import runtime, zoo
+    from .. import runtime, zoo
 
     info = zoo.get_model(model)
     arch = info.arch
@@ -342,7 +318,7 @@ def export_package(
     out.parent.mkdir(parents=True, exist_ok=True)
     card = dict(info.card)
     kw = runtime.engine_kwargs(info)
-    from .nets import ARCHITECTURES
+    from ..nets import ARCHITECTURES
 
     net_cls = ARCHITECTURES.get(arch)
     mode = "plain"
@@ -362,7 +338,7 @@ def export_package(
         (tmp / ARCH_FILE).write_text(architecture_source(arch), encoding="utf-8")
         module = _load_architecture(tmp / ARCH_FILE)
         wrapped = module.MedEnhanceModel(**kwargs)
-        from .weights import load_state_dict
+        from ..weights import load_state_dict
 
         state, _ = load_state_dict(info.path, expected_arch=arch)
         wrapped.run.net.load_state_dict(state, strict=True)
@@ -425,7 +401,7 @@ def export_package(
             if info.scale > 1:
                 entry["scale"] = 1.0 / info.scale
             out_axes.append(entry)
-        files = {n: _sha256(tmp / n) for n in (
+        files = {n: file_sha256(tmp / n) for n in (
             "weights.pt", "weights_torchscript.pt", ARCH_FILE, "test_input.npy",
             "test_output.npy", "sample_input.tif", "sample_output.tif", "cover.png",
             "README.md", weights_name)}
@@ -585,116 +561,3 @@ def _readme(name: str, text: str, info: Any, what: str, diff: float, rng: tuple[
         "",
     ]
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# import
-
-
-def read_package(path: str | os.PathLike) -> tuple[dict, zipfile.ZipFile]:
-    """``(description, open zip)`` of a BioImage.IO package; the caller closes the zip.
-
-    Raises:
-        PackageError: not a zip, no ``rdf.yaml`` / ``bioimageio.yaml``, not a model.
-    """
-    import yaml
-
-    p = Path(path)
-    try:
-        zf = zipfile.ZipFile(p)
-    except (OSError, zipfile.BadZipFile) as err:
-        raise PackageError(f"{p}: not a readable zip ({err}); a BioImage.IO package is a .zip "
-                           "with an rdf.yaml") from err
-    names = set(zf.namelist())
-    rdf_name = next((n for n in ("rdf.yaml", "bioimageio.yaml") if n in names), None)
-    if rdf_name is None:
-        rdf_name = next((n for n in sorted(names) if n.endswith(("rdf.yaml", "bioimageio.yaml"))), None)
-    if rdf_name is None:
-        zf.close()
-        raise PackageError(f"{p}: no rdf.yaml (or bioimageio.yaml) inside; is it a BioImage.IO "
-                           "model package?")
-    try:
-        rdf = yaml.safe_load(zf.read(rdf_name))
-    except yaml.YAMLError as err:
-        zf.close()
-        raise PackageError(f"{p}: its {rdf_name} is not valid YAML ({err})") from err
-    if not isinstance(rdf, dict) or rdf.get("type") != "model":
-        zf.close()
-        raise PackageError(f"{p}: describes a {rdf.get('type') if isinstance(rdf, dict) else '?'!r}, "
-                           "not a model")
-    return rdf, zf
-
-
-def import_package(path: str | os.PathLike, name: str | None = None, *,
-                   overwrite: bool = False) -> Any:
-    """Register the model of a package this plugin exported as the user's model ``name``.
-
-    The package's attached napari-medenhance weights file (safetensors) is what is registered,
-    with a model card from the description (name, authors, citations, licence, the exported
-    configuration); the TorchScript and pickled state dict are never loaded.
-
-    Returns:
-        the new :class:`~napari_medenhance.core.zoo.ModelInfo`.
-
-    Raises:
-        PackageError: not a package, not exported by napari-medenhance (no
-            ``config.napari-medenhance``), an architecture this version does not know, a
-            missing or altered weights file. ValueError: as
-            :func:`~napari_medenhance.core.zoo.save_user_model` (name taken...).
-    """
-    from . import zoo
-    from .nets import ARCHITECTURES
-    from .weights import read_header
-
-    p = Path(path)
-    rdf, zf = read_package(p)
-    with zf:
-        section = (rdf.get("config") or {}).get(CONFIG_KEY)
-        if not isinstance(section, dict):
-            weights = ", ".join(sorted((rdf.get("weights") or {}).keys())) or "none"
-            raise PackageError(
-                f"{p}: not exported by napari-medenhance (its description has no "
-                f"config.{CONFIG_KEY} section; weights: {weights}). Only packages this plugin "
-                "exported can be added: their architecture is one the plugin knows and their "
-                "weights come as a safetensors file, while TorchScript and pickled state dicts "
-                "would run code on loading, which the plugin never does")
-        arch = str(section.get("arch", "")).lower()
-        if arch not in ARCHITECTURES:
-            raise PackageError(
-                f"{p}: its network is a {section.get('arch')!r}, an architecture this version of "
-                f"napari-medenhance does not know (known: {', '.join(sorted(ARCHITECTURES))}); "
-                "update napari-medenhance, or use the package with bioimageio.core or deepImageJ")
-        weights_name = str(section.get("weights", ""))
-        if not weights_name or weights_name not in zf.namelist():
-            raise PackageError(f"{p}: the napari-medenhance weights file {weights_name!r} named in "
-                               "its description is missing from the zip; export it again")
-        expected = next((a.get("sha256") for a in rdf.get("attachments") or []
-                         if isinstance(a, dict) and a.get("source") == weights_name), None)
-        with tempfile.TemporaryDirectory(prefix="medenhance-import-") as tmp_name:
-            tmp = Path(tmp_name) / Path(weights_name).name
-            with zf.open(weights_name) as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            if expected and _sha256(tmp) != expected:
-                raise PackageError(f"{p}: {weights_name} does not match the sha256 in its "
-                                   "description (altered or damaged); export it again")
-            header_arch = str(read_header(tmp)["arch"]).lower()
-            if header_arch != arch:
-                raise PackageError(f"{p}: the description says {arch!r} but the weights file is "
-                                   f"for {header_arch!r}; export it again")
-            card = {
-                "imported_from": str(p.resolve()),
-                "bioimageio_name": rdf.get("name"),
-                "description": rdf.get("description"),
-                "authors": rdf.get("authors"),
-                "cite": rdf.get("cite"),
-                "license": rdf.get("license"),
-                "exported_with": section.get("exported_with"),
-            }
-            model_name = name or _model_name(str(section.get("name") or p.stem))
-            return zoo.save_user_model(tmp, model_name, card=card, overwrite=overwrite)
-
-
-def _model_name(text: str) -> str:
-    """A registry name (letters, digits, ``._-``) from ``text``."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "imported"
-    return name[:64]
