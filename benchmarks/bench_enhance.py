@@ -92,7 +92,7 @@ def picture(recipe, weights: Path, png: Path) -> Path:
     net, _ = zoo.load_model(str(weights), device="cpu", task="enhance")
     norm = enhance_gate.input_norm(read_header(weights))
     picks: dict[str, dict] = {}
-    for item in recipe._val:
+    for item in recipe.validation_items():
         m = item["plane"].modality
         if m not in picks or item["clean"].size > picks[m]["clean"].size:
             picks[m] = item
@@ -100,7 +100,7 @@ def picture(recipe, weights: Path, png: Path) -> Path:
     with torch.no_grad():
         for r, (mod, item) in enumerate(picks.items()):
             y = ((net.float()(torch.from_numpy(item["inputs"][norm][None]))[0] + 1) * 0.5).clamp(0, 1)
-            out = recipe._to_plane(y.numpy(), item["plane"].rgb)
+            out = recipe.to_plane(y.numpy(), item["plane"].rgb)
             panels = [("degraded", item["degraded"]), ("stretch 2–98 %",
                       percentile_stretch(item["degraded"])), ("dpe", out), ("clean", item["clean"])]
             row = axes[r]

@@ -113,8 +113,8 @@ def picture(recipe, model4: Path, png: Path) -> Path:
     from napari_medenhance.core import zoo
 
     net, _ = zoo.load_model(str(model4), task="sr")
-    mr = [i for i in recipe._val if i["plane"].modality == "MR"]
-    item = max(mr, key=lambda i: i["hr"].size) if mr else recipe._val[0]  # the largest MR window
+    mr = [i for i in recipe.validation_items() if i["plane"].modality == "MR"]
+    item = max(mr, key=lambda i: i["hr"].size) if mr else recipe.validation_items()[0]  # the largest MR window
     lr = item[("lr", 4, "bicubic")]
     with torch.no_grad():
         sr = net.float()(lr)[0].clamp(0, 1).mean(0).numpy()

@@ -342,7 +342,7 @@ def test_clipped_validation_reports_both_ways(pool):
     both = [metrics[f"psnr_{t}{s}"] for t in "sc" for s in ("15", "25", "50")]
     assert metrics["psnr"] == pytest.approx(np.mean(both))
     rows, _ = r.evaluate(net)
-    clipped_inputs = [x["noisy"] for x in r._val if x["clipped"]]
+    clipped_inputs = [x["noisy"] for x in r.validation_items() if x["clipped"]]
     assert clipped_inputs and all(a.min() >= 0 and a.max() <= 1 for a in clipped_inputs)
     # the unclipped rows are the ones a recipe without val_clipped reports
     plain = DenoiseRecipe(pool, config=TINY, val_crop=64)

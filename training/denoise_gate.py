@@ -111,10 +111,10 @@ def baseline_rows(recipe, methods: Sequence[str] = BASELINES, *, cache: bool = T
         d = json.loads(path.read_text())
         return d["rows"], d["seconds"]
     rows, seconds = [], {m: 0.0 for m in methods}
-    for item in recipe._val:  # the exact noisy arrays the card's numbers come from
+    for item in recipe.validation_items():  # the exact noisy arrays the card's numbers come from
         plane = item["plane"]
         for i, s in enumerate(recipe.val_sigmas):
-            noisy = recipe._to_plane(item["noisy"][i], plane.rgb).astype(np.float64)
+            noisy = recipe.to_plane(item["noisy"][i], plane.rgb).astype(np.float64)
             for m in methods:
                 t = time.perf_counter()
                 den = np.clip(METHODS[m](noisy, s / 255.0, plane.rgb), 0.0, 1.0)

@@ -85,7 +85,7 @@ def baseline_rows(recipe) -> list[dict]:
     from napari_medenhance.core.metrics import lassim
 
     rows = [dict(r) for r in recipe.baselines()]
-    for item in recipe._val:  # the exact degraded crops the card's numbers come from
+    for item in recipe.validation_items():  # the exact degraded crops the card's numbers come from
         plane = item["plane"]
         lv = (lassim(item["degraded"], item["clean"], level=item["level"], rgb=plane.rgb)
               if item["level"] >= 0 else float("nan"))

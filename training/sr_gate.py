@@ -67,10 +67,10 @@ def baseline_rows(recipe: SRRecipe, methods: Sequence[str] = ("bicubic", "lanczo
     """Rows ``name, modality, method, scale, kernel, region, psnr, ssim, lassim, mse``."""
     rows = [r for r in recipe.baselines(whole=True)] if "bicubic" in methods else []
     if "lanczos" in methods:
-        for item in recipe._items(True):
+        for item in recipe.validation_items(True):
             for k in recipe.kernels:
                 for f in SCALES:
-                    rows.append(recipe._rows(item, "lanczos", f, k,
+                    rows.append(recipe.rows_for(item, "lanczos", f, k,
                                              lanczos_up(item[("lr", f, k)], f))[0])
     return rows
 

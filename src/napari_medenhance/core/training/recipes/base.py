@@ -131,6 +131,12 @@ class RecipeBase:
         """Nothing changes during a run (constant objective; the loop owns the rate)."""
 
     @staticmethod
-    def _to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
+    def to_plane(chw: np.ndarray, rgb: bool) -> np.ndarray:
         """3×Y×X -> Y×X×3 (RGB) or Y×X (gray: the channel mean, as the engine returns it)."""
         return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
+
+    def validation_items(self) -> list[dict[str, Any]]:
+        """The fixed validation set, one dict per plane (``plane`` and the recipe's arrays:
+        e.g. ``clean`` / ``degraded`` / ``inputs`` for enhancement, ``noisy`` for denoising):
+        what gates and benchmarks score other methods on. Do not modify them."""
+        return list(self._val)

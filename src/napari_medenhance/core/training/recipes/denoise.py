@@ -212,7 +212,7 @@ class DenoiseRecipe(RecipeBase):
             if self.val_clipped:
                 variants.append((True, np.clip(noisy, 0.0, 1.0)))
             for clipped, x in variants:
-                inputs = [self._to_plane(x[i], plane.rgb) for i in range(len(self.val_sigmas))]
+                inputs = [self.to_plane(x[i], plane.rgb) for i in range(len(self.val_sigmas))]
                 items.append(
                     {
                         "plane": plane,
@@ -250,7 +250,7 @@ class DenoiseRecipe(RecipeBase):
                 l1 = (pred - (x - clean3)).abs().mean(dim=(1, 2, 3)).cpu().numpy()
                 out = (x - pred).clamp_(0.0, 1.0).cpu().numpy()
                 for i, s in enumerate(self.val_sigmas):
-                    img = self._to_plane(out[i], plane.rgb)
+                    img = self.to_plane(out[i], plane.rgb)
                     rows.append(
                         {
                             "name": plane.name,

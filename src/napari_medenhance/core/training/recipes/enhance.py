@@ -521,7 +521,7 @@ class EnhanceRecipe(RecipeBase):
                 plane: Plane = item["plane"]
                 x = torch.from_numpy(item["inputs"][norm][None]).to(device)
                 y = ((self._forward(net, x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
-                out = self._to_plane(y, plane.rgb).astype(np.float32)
+                out = self.to_plane(y, plane.rgb).astype(np.float32)
                 rows.append({"name": plane.name, "modality": plane.modality, "method": "dpe",
                              **self._score(item, out)})
                 if preview is None:

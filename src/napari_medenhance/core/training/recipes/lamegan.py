@@ -458,7 +458,7 @@ class LaMEGANRecipe(RecipeBase):
                 plane: Plane = item["plane"]
                 x = torch.from_numpy(item["input"][None]).to(device)
                 y = ((net(x)[0] + 1.0) * 0.5).clamp_(0.0, 1.0).cpu().numpy()
-                out = self._to_plane(y, plane.rgb).astype(np.float32)
+                out = self.to_plane(y, plane.rgb).astype(np.float32)
                 lv = item["level"]
                 rows.append({
                     "name": plane.name,

@@ -520,14 +520,19 @@ class SRRecipe(RecipeBase):
             "mse": float(np.mean((out - hr) ** 2)),
         }
 
-    def _rows(self, item: Mapping[str, Any], method: str, f: int, kernel: str,
-              y: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
+    def rows_for(self, item: Mapping[str, Any], method: str, f: int, kernel: str,
+                 y: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
+        """The validation row of an output ``y`` (1×C×H×W, [0, 1], the item's ×``f`` HR
+        size) made by ``method`` from the item's LR of ``kernel``, and the output plane: how
+        the gate scores a classical method beside the network."""
         plane: Plane = item["plane"]
-        out = self._to_plane(y[0].float().clamp(0.0, 1.0).cpu().numpy(), plane.rgb).astype(np.float32)
+        out = self.to_plane(y[0].float().clamp(0.0, 1.0).cpu().numpy(), plane.rgb).astype(np.float32)
         return {"name": plane.name, "modality": plane.modality, "method": method, "scale": f,
                 "kernel": kernel, "region": item["region"], **self._score(item, out)}, out
 
-    def _items(self, whole: bool) -> list[dict[str, Any]]:
+    def validation_items(self, whole: bool = False) -> list[dict[str, Any]]:
+        """The fixed validation windows (and, with ``whole``, the whole validation planes,
+        ``region="plane"``); do not modify them."""
         return self._val + (self._whole_planes() if whole else [])
 
     def evaluate(
@@ -548,28 +553,28 @@ class SRRecipe(RecipeBase):
         rows: list[dict[str, Any]] = []
         preview = None
         with evaluating(net):
-            for item in self._items(whole):
+            for item in self.validation_items(whole):
                 for k in self.kernels:
                     y4 = net(item[("lr", SCALE, k)].to(device))
-                    row, out = self._rows(item, self.mode, SCALE, k, y4)
+                    row, out = self.rows_for(item, self.mode, SCALE, k, y4)
                     rows.append(row)
                     if preview is None:
                         preview = out
                     if self.arch == "msgan":
                         y2 = net.forward_x2(item[("lr", 2, k)].to(device))
-                        rows.append(self._rows(item, self.mode, 2, k, y2)[0])
+                        rows.append(self.rows_for(item, self.mode, 2, k, y2)[0])
         assert preview is not None
         return rows, preview
 
     def baselines(self, *, whole: bool = False) -> list[dict[str, Any]]:
         """Rows as :meth:`evaluate`'s for ``method = "bicubic"`` at ×2 and ×4 (cached)."""
-        for item in self._items(whole):
+        for item in self.validation_items(whole):
             if "bicubic_rows" not in item:
                 item["bicubic_rows"] = [
-                    self._rows(item, "bicubic", f, k, _bicubic_up(item[("lr", f, k)], f))[0]
+                    self.rows_for(item, "bicubic", f, k, _bicubic_up(item[("lr", f, k)], f))[0]
                     for k in self.kernels for f in (2, SCALE)
                 ]
-        return [r for item in self._items(whole) for r in item["bicubic_rows"]]
+        return [r for item in self.validation_items(whole) for r in item["bicubic_rows"]]
 
     @staticmethod
     def summarize(rows: Sequence[Mapping[str, Any]], key: str, method: str | None = None,
