@@ -1,4 +1,5 @@
-"""What the screenshot scripts in ``docs/`` share: letting Qt draw, and captioning a picture."""
+"""What the screenshot scripts in ``docs/`` share: letting Qt draw, captioning a picture and
+scaling it to a common height."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def caption(img: np.ndarray, text: str, size: int = 18) -> np.ndarray:
         font = ImageFont.load_default()
     draw.text((10, 7), text, fill=(235, 235, 235), font=font)
     return np.asarray(canvas)
+
+
+def fit_height(img: np.ndarray, h: int) -> np.ndarray:
+    """``img`` (H×W×3|4 uint8) scaled to height ``h`` (Lanczos), as RGB uint8."""
+    from PIL import Image
+
+    pil = Image.fromarray(img[..., :3])
+    return np.asarray(pil.resize((round(pil.width * h / pil.height), h), Image.Resampling.LANCZOS))

@@ -24,16 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
-from _screens import caption, settle  # noqa: E402
+from _screens import caption, fit_height, settle  # noqa: E402
 
 DOCS = ROOT / "docs"
-
-
-def _fit_height(img: np.ndarray, h: int) -> np.ndarray:
-    from PIL import Image
-
-    pil = Image.fromarray(img[..., :3])
-    return np.asarray(pil.resize((round(pil.width * h / pil.height), h), Image.Resampling.LANCZOS))
 
 
 def _shown(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
@@ -92,9 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     window = viewer.screenshot(canvas_only=False, flash=False)
 
     h = 520
-    left = caption(_fit_height(window, h), f"Enhance, with LaSSIM of the result vs its input "
+    left = caption(fit_height(window, h), f"Enhance, with LaSSIM of the result vs its input "
                    f"({widget.lassim_value:.3f}, level {widget.lassim_level})")
-    panels = [caption(_fit_height(x, h), t) for x, t in (
+    panels = [caption(fit_height(x, h), t) for x, t in (
         (_shown(image, 0, 65535), "degraded input (uint16, shown 0-65535)"),
         (_shown(np.asarray(result.data)), f"enhanced ({Path(a.model).stem}), 1-99 %"),
         (_shown(clean, 0, 1), "clean slice (never seen by the model)"))]

@@ -23,17 +23,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "docs"))
-from _screens import caption, settle  # noqa: E402
+from _screens import caption, fit_height, settle  # noqa: E402
 DOCS = ROOT / "docs"
 #: The ROI (y0, y1, x0, x1) in image pixels: corpus callosum, fornix and the top of the thalamus.
 ROI = (58, 110, 70, 150)
-
-
-def _fit_height(img: np.ndarray, h: int) -> np.ndarray:
-    from PIL import Image
-
-    pil = Image.fromarray(img[..., :3])
-    return np.asarray(pil.resize((round(pil.width * h / pil.height), h), Image.Resampling.LANCZOS))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,9 +89,9 @@ def main(argv: list[str] | None = None) -> None:
 
     shot_bic, shot_sr = shown(bic), shown(np.asarray(sr_layer.data))
     h = 560
-    left = caption(_fit_height(window, h), "Super-resolve ROI: the ×4 layer lies exactly on its ROI")
-    mid = caption(_fit_height(shot_bic, h), "bicubic ×4 of the ROI")
-    right = caption(_fit_height(shot_sr, h), f"MS-GAN ×4 ({Path(a.model).stem}) of the ROI")
+    left = caption(fit_height(window, h), "Super-resolve ROI: the ×4 layer lies exactly on its ROI")
+    mid = caption(fit_height(shot_bic, h), "bicubic ×4 of the ROI")
+    right = caption(fit_height(shot_sr, h), f"MS-GAN ×4 ({Path(a.model).stem}) of the ROI")
     gap = np.full((left.shape[0], 8, 3), 20, np.uint8)
     out = np.concatenate([left, gap, mid, gap, right], axis=1)
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -189,6 +189,14 @@ def run_training(
         result = None
         threads = AdaptiveThreads([torch.get_num_threads(), 1]) if dev.type == "cpu" else None
 
+        def record_stretch(last: int) -> None:
+            dt = time.perf_counter() - t0
+            session.update(first_step=first, last_step=last,
+                           steps_per_s=round((last - first) / dt, 3) if dt > 0 else None,
+                           batch=args.batch, patch=args.patch,
+                           precision=getattr(args, "precision", "fp32"))
+            upsert_session(args, session)
+
         def show(ev) -> None:
             nonlocal bar, first, t0
             if threads is not None and ev.kind == "step":
@@ -211,12 +219,7 @@ def run_training(
             elif ev.kind == "checkpoint" and first is not None:
                 # run.json is kept current at every checkpoint, so a run killed without warning
                 # still has its stretch (hardware, steps, speed) on record for the model card.
-                dt = time.perf_counter() - t0
-                session.update(first_step=first, last_step=ev.step,
-                               steps_per_s=round((ev.step - first) / dt, 3) if dt > 0 else None,
-                               batch=args.batch, patch=args.patch,
-                               precision=getattr(args, "precision", "fp32"))
-                upsert_session(args, session)
+                record_stretch(ev.step)
             elif ev.kind == "cancelled":
                 tqdm.write(f"stopped at step {ev.step}; resume with the same command ({ev.path})")
 
@@ -226,12 +229,7 @@ def run_training(
             if bar is not None:
                 bar.close()
             if first is not None and result is not None:
-                dt = time.perf_counter() - t0
-                session.update(first_step=first, last_step=result.steps,
-                               steps_per_s=round((result.steps - first) / dt, 3) if dt > 0 else None,
-                               batch=args.batch, patch=args.patch,
-                               precision=getattr(args, "precision", "fp32"))
-                upsert_session(args, session)
+                record_stretch(result.steps)
     return bool(result is not None and not result.cancelled)
 
 
