@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .patches import Plane, Pool, as_plane_array
+from .patches import Plane, Pool, as_plane_array, first_not_empty
 from .user_data import (
     MAX_PLANES,
     MIN_REGION,
@@ -257,19 +257,11 @@ class PairedPatchSampler:
         return pair.lq[y : y + q, x : x + q], pair.hq[y * s : (y + q) * s, x * s : (x + q) * s]
 
     def sample_one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """``(lq, hq)`` windows (views into the planes) at the same place."""
-        best, best_score = None, (-2.0, -1.0)
-        for _ in range(self.max_tries):
-            lq, hq = self._candidate(rng)
-            lum = hq if hq.ndim == 2 else hq.max(axis=2)
-            empty = float(np.count_nonzero(lum <= self.empty_level)) / lum.size
-            s = float(hq.std())
-            if s >= self.min_std and empty <= self.max_empty:
-                return lq, hq
-            if (-empty, s) > best_score:
-                best, best_score = (lq, hq), (-empty, s)
-        assert best is not None
-        return best
+        """``(lq, hq)`` windows (views into the planes) at the same place; the HQ side is
+        judged for empty background, as :class:`~.patches.PatchSampler` judges a patch."""
+        return first_not_empty(lambda: self._candidate(rng), lambda pair: pair[1],
+                               tries=self.max_tries, min_std=self.min_std,
+                               max_empty=self.max_empty, empty_level=self.empty_level)
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """``(lq, hq)``: float32 ``batch×3×q×q`` and ``batch×3×p×p`` in [0, 1] (gray planes

@@ -15,14 +15,38 @@ needed: a patch that is 99 % padding with a sliver of body has a large standard 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 __all__ = ["LesionPatchSampler", "Plane", "Pool", "PatchSampler", "as_plane_array",
-           "background_mask", "center_crop"]
+           "background_mask", "center_crop", "first_not_empty"]
+
+
+T = TypeVar("T")
+
+
+def first_not_empty(draw: Callable[[], T], judged: Callable[[T], np.ndarray], *, tries: int,
+                    min_std: float, max_empty: float, empty_level: float) -> T:
+    """The first of up to ``tries`` draws whose judged image (``judged(draw)``: a patch, or the
+    HQ side of a pair) is not empty background: standard deviation at least ``min_std`` and at
+    most ``max_empty`` of its pixels at or below ``empty_level`` (colour: in every channel).
+    When none is, the least empty one (then the most varied): a batch always fills."""
+    best, best_score = None, (-2.0, -1.0)
+    for _ in range(tries):
+        cand = draw()
+        img = judged(cand)
+        lum = img if img.ndim == 2 else img.max(axis=2)
+        empty = float(np.count_nonzero(lum <= empty_level)) / lum.size
+        s = float(img.std())
+        if s >= min_std and empty <= max_empty:
+            return cand
+        if (-empty, s) > best_score:
+            best, best_score = cand, (-empty, s)
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True)
@@ -167,18 +191,9 @@ class PatchSampler:
 
     def sample_with_plane(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane]:
         """:meth:`sample_one` and the plane the patch was cut from (same random stream)."""
-        best, best_score = None, (-2.0, -1.0)
-        for _ in range(self.max_tries):
-            cand, plane = self._candidate(rng)
-            lum = cand if cand.ndim == 2 else cand.max(axis=2)
-            empty = float(np.count_nonzero(lum <= self.empty_level)) / lum.size
-            s = float(cand.std())
-            if s >= self.min_std and empty <= self.max_empty:
-                return cand, plane
-            if (-empty, s) > best_score:
-                best, best_score = (cand, plane), (-empty, s)
-        assert best is not None
-        return best
+        return first_not_empty(lambda: self._candidate(rng), lambda c: c[0],
+                               tries=self.max_tries, min_std=self.min_std,
+                               max_empty=self.max_empty, empty_level=self.empty_level)
 
     def sample(self, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
         """A batch of augmented patches.
