@@ -13,6 +13,7 @@ the same way).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import mmap
 import os
@@ -81,7 +82,7 @@ def read_block(arr: Any, key: tuple, mapping: mmap.mmap | None) -> np.ndarray:
     return block
 
 
-class Store:
+class Store(abc.ABC):
     """A result being written under :func:`partial_path`; ``commit`` renames it into place."""
 
     def __init__(self, final: Path) -> None:
@@ -89,8 +90,10 @@ class Store:
         self.tmp = partial_path(final)
         remove(self.tmp)  # left by a killed run
 
+    @abc.abstractmethod
     def write(self, key: tuple, flat: int, block: np.ndarray) -> None:
-        raise NotImplementedError
+        """Write ``block``, the result for the input block ``key`` whose first plane is plane
+        ``flat`` of all planes (C order)."""
 
     def finish(self) -> None:
         """Flush and close (before the rename)."""
