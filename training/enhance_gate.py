@@ -62,12 +62,11 @@ def recipe_options(header: dict | None = None) -> dict:
 
 
 def input_norm(header: dict) -> str:
-    """What a DPE weights file was trained to see: ``"stretch"`` when its header (or its
-    training record) has ``input_percentiles``, else the paper's raw input."""
-    meta = header.get("meta") or {}
-    stretched = (meta.get("input_percentiles")
-                 or (meta.get("training") or {}).get("input_percentiles"))
-    return "stretch" if stretched else "none"
+    """What a DPE weights file was trained to see: ``"stretch"`` when its header says so as the
+    engine reads it (``runtime.input_percentiles``), else the paper's raw input."""
+    from napari_medenhance.core.runtime import input_percentiles
+
+    return "stretch" if input_percentiles(header.get("meta") or {}) else "none"
 
 
 def make_recipe(config: dict | None = None, pool=None, **options):

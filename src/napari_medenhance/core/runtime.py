@@ -22,7 +22,8 @@ from .device import resolve_device
 from .nets import ARCHITECTURES
 from .weights import WeightsError
 
-__all__ = ["RunnableModel", "engine_kwargs", "inference_module", "load_runnable"]
+__all__ = ["RunnableModel", "engine_kwargs", "inference_module", "input_percentiles",
+           "load_runnable"]
 
 
 @dataclass(frozen=True)
@@ -123,18 +124,30 @@ def engine_kwargs(info: zoo.ModelInfo) -> dict[str, Any]:
     kw: dict[str, Any] = {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
     if info.card.get("cpu_bf16") is True:
         kw["cpu_bf16"] = True
-    # The header's own key, else the training record of a run's weights file (a fine-tuned or
-    # interim model saved as the loop wrote it).
-    training = info.card.get("training")
-    pct = info.card.get("input_percentiles")
+    pct = input_percentiles(info.card, where=str(info.path))
+    if pct is not None:
+        kw["input_percentiles"] = pct
+    return kw
+
+
+def input_percentiles(meta: dict[str, Any], where: str = "the header") -> tuple[float, float] | None:
+    """The percentiles a model was trained to see its input stretched by, from its header
+    metadata: the ``input_percentiles`` key, else that of its ``training`` record (a run's
+    weights file, a fine-tuned or interim model as the loop wrote it); None: the input as it is.
+
+    Raises:
+        WeightsError: the value is not a pair ``0 <= lo < hi <= 100``.
+    """
+    training = meta.get("training")
+    pct = meta.get("input_percentiles")
     if pct is None and isinstance(training, dict):
         pct = training.get("input_percentiles")
-    if pct is not None:
-        ok = (isinstance(pct, (list, tuple)) and len(pct) == 2
-              and all(isinstance(v, (int, float)) for v in pct) and 0 <= pct[0] < pct[1] <= 100)
-        if not ok:
-            raise WeightsError(f"{info.path}: its header's input_percentiles {pct!r} is not a "
-                               "pair 0 <= lo < hi <= 100; re-save the model with the "
-                               "percentiles it was trained with")
-        kw["input_percentiles"] = (float(pct[0]), float(pct[1]))
-    return kw
+    if pct is None:
+        return None
+    ok = (isinstance(pct, (list, tuple)) and len(pct) == 2
+          and all(isinstance(v, (int, float)) for v in pct) and 0 <= pct[0] < pct[1] <= 100)
+    if not ok:
+        raise WeightsError(f"{where}: its header's input_percentiles {pct!r} is not a pair "
+                           "0 <= lo < hi <= 100; re-save the model with the percentiles it was "
+                           "trained with")
+    return float(pct[0]), float(pct[1])
