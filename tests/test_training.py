@@ -362,6 +362,22 @@ def test_bf16_training_step_learns_and_keeps_fp32_weights(recipe, tmp_path):
         next(train(recipe, steps=1, out_dir=tmp_path / "x", precision="fp16", **RUN))
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    from napari_medenhance.core.training import loop
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert loop.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    assert loop.resolve_precision("auto", cpu) == "fp32"
+    assert loop.resolve_precision("fp32", cpu) == "fp32"
+    # emulated bf16 is many times slower: honoured when asked for, but never silently
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        assert loop.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        loop.resolve_precision("fp16", cpu)
+
+
 def test_intensity_aug_moves_clean_patches_across_the_range_and_keeps_the_noise(pool):
     plain = DenoiseRecipe(pool, config=TINY, val_crop=64)
     moved = DenoiseRecipe(pool, config=TINY, val_crop=64, intensity_aug=1.0)

@@ -20,6 +20,7 @@ import torch
 from napari_medenhance.core.jobs import drive
 from napari_medenhance.core.training import train
 from napari_medenhance.core.training.driver import GracefulStop, hardware
+from napari_medenhance.core.training.loop import resolve_precision
 from napari_medenhance.core.training.runs import read_record, write_record
 
 
@@ -106,8 +107,10 @@ INTERIM_DIR = ROOT / "training" / "checkpoints"
 
 def add_cpu_args(p: argparse.ArgumentParser) -> None:
     """The options every training script shares for long CPU runs across sessions."""
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="bf16",
-                   help="bf16 autocast of the training step (default; fp32 master weights)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast of the training step (fp32 master weights); 'auto' "
+                        "(default) uses it where the CPU or GPU computes bf16 natively, "
+                        "fp32 elsewhere (emulated bf16 is many times slower)")
     p.add_argument("--scratch", action="store_true",
                    help="start a new run from random weights even if weights are committed")
 
@@ -174,6 +177,8 @@ def run_training(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed patch size: pick the fastest conv once
     # A machine that is shut down sends SIGTERM: stop at the next step with a checkpoint too.
+    # The stretch records the arithmetic it really ran in ('auto' resolved on this machine).
+    precision = resolve_precision(getattr(args, "precision", "fp32"), dev)
     with GracefulStop(tqdm.write, term=True) as stop:
         session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
                                    "hardware": hardware(dev), "torch": torch.__version__}
@@ -181,7 +186,7 @@ def run_training(
             recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
             lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
             seed=args.seed, resume=args.resume, init_weights=args.init_weights,
-            cancel=lambda: stop.requested, precision=getattr(args, "precision", "fp32"),
+            cancel=lambda: stop.requested, precision=precision,
         )
         bar = None
         first = None
@@ -194,7 +199,7 @@ def run_training(
             session.update(first_step=first, last_step=last,
                            steps_per_s=round((last - first) / dt, 3) if dt > 0 else None,
                            batch=args.batch, patch=args.patch,
-                           precision=getattr(args, "precision", "fp32"))
+                           precision=precision)
             upsert_session(args, session)
 
         def show(ev) -> None:

@@ -56,12 +56,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine import resolve_device
+from ..engine import cpu_has_bf16, resolve_device
 from ..weights import WeightsError, load_into, read_header, save_weights
 from .checkpoint import CheckpointError, check_identity, load_checkpoint, save_checkpoint
 from .recipes import Recipe, recipe_identity
 
-__all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST", "PRECISIONS"]
+__all__ = ["CosineSchedule", "TrainEvent", "TrainResult", "train", "BETAS", "LAST", "BEST", "PRECISIONS",
+           "resolve_precision"]
 
 #: Adam betas of the DRAN and DPE papers (Sharif et al. 2020, 2022); shared by every recipe.
 BETAS = (0.9, 0.99)
@@ -70,8 +71,9 @@ LAST = "last.safetensors"
 BEST = "best.safetensors"
 #: Names the newest run started in a folder (see ``train``: closing an old generator).
 OWNER = ".train-owner"
-#: Arithmetic of the training step's forward passes (``train(precision=...)``).
-PRECISIONS = ("fp32", "bf16")
+#: Arithmetic of the training step's forward passes (``train(precision=...)``); "auto" is
+#: resolved by :func:`resolve_precision`.
+PRECISIONS = ("fp32", "bf16", "auto")
 #: Weight of the newest value in the running (exponential) average of the step losses.
 _EMA = 0.05
 
@@ -211,7 +213,8 @@ def train(
             checkpoint.
         cancel: polled before every step; when it returns True the checkpoint is written, a
             ``"cancelled"`` event is yielded and the generator returns.
-        precision: ``"fp32"`` or ``"bf16"``: bf16 autocast of the forward passes of a step
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (:func:`resolve_precision`: bf16
+            where the hardware has it natively, else fp32): bf16 autocast of the forward passes of a step
             (weights, Adam moments, the losses' reductions and validation stay fp32). On CPUs with
             AVX-512 bf16 instructions and on GPUs it trains faster at no measurable cost in
             validation PSNR (``benchmarks/results_training.md``); a checkpoint does not record
@@ -259,7 +262,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / LAST, out / BEST
     dev = resolve_device(device)
-    autocast = _autocast(dev, precision)
+    autocast = _autocast(dev, resolve_precision(precision, dev))
     identity = recipe_identity(recipe)
     higher = bool(recipe.higher_is_better)
     metric = str(recipe.primary_metric)
@@ -507,6 +510,33 @@ def train(
                     stacklevel=2,
                 )
         raise
+
+
+def resolve_precision(precision: str, dev: torch.device) -> str:
+    """The arithmetic a training step on ``dev`` runs in: ``"fp32"`` or ``"bf16"``.
+
+    ``"auto"`` is bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU
+    with AVX-512 BF16 or AMX) and fp32 elsewhere. A CPU without those instructions emulates
+    bf16: measured on an AVX2-only 2-core EPYC, one DPE training step took about 60 s in bf16
+    against 1.7 s in fp32. An explicit ``"bf16"`` there is honoured, with a warning.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if dev.type == "cpu":
+        native = cpu_has_bf16()
+    elif dev.type == "cuda":
+        native = bool(torch.cuda.is_bf16_supported())
+    else:
+        native = False
+    if precision == "auto":
+        return "bf16" if native else "fp32"
+    if precision == "bf16" and not native:
+        warnings.warn(
+            f"bf16 is not native on this {dev.type.upper()}: it is emulated and trains many "
+            "times slower than fp32 (use precision='auto' or 'fp32')",
+            RuntimeWarning, stacklevel=3,
+        )
+    return precision
 
 
 def _autocast(dev: torch.device, precision: str) -> Callable[[], Any]:
