@@ -74,17 +74,7 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
 
     net, info = zoo.load_model(model, device="cpu", task="denoise")
     kw = runtime.engine_kwargs(info)
-    import torch
-
-    class _Nchw(torch.nn.Module):
-        """The network fed NCHW activations, as the engine did before it went channels-last."""
-
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner(x.contiguous())
+    from _layout import Nchw
 
     unfolded = runtime._DenoiseOutput(net)  # the v0.2 engine: BatchNorm kept, fp32
     folded = runtime.inference_module(net, info)
@@ -94,7 +84,7 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
         ("dran fp32, BatchNorm not folded, channels-last",
          lambda: engine.apply(noisy, unfolded, device="cpu", half=False, **kw)),
         ("dran fp32, BatchNorm folded, NCHW (before channels-last)",
-         lambda: engine.apply(noisy, _Nchw(folded), device="cpu", half=False, **kw)),
+         lambda: engine.apply(noisy, Nchw(folded), device="cpu", half=False, **kw)),
         ("dran fp32, BatchNorm folded, channels-last",
          lambda: engine.apply(noisy, folded, device="cpu", half=False, **kw)),
     ]

@@ -101,8 +101,8 @@ def _forward(
     """
     if dev.type == "cpu" and xb.dim() == 4:
         # oneDNN's convolutions are fastest on channels-last activations, which the layers
-        # then pass on: measured on a 2-core AVX2 CPU in fp32, DRAN 1.4x, DPE 1.4x and the
-        # MS-GAN generator 2.0x faster than on NCHW, with the same output to float rounding.
+        # then pass on: 1.4-2.4x faster than NCHW for every bundled model on a 2-core AVX2
+        # CPU, same output to one grey level (benchmarks/results_layout.md).
         xb = xb.contiguous(memory_format=torch.channels_last)
     try:
         with torch.inference_mode(), _autocast(dev, half):
