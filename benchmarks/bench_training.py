@@ -130,9 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality-steps", type=int, default=200)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_training.md")
+    ap.add_argument("--emulated-bf16", action="store_true",
+                    help="run even where the CPU has no native bf16 (its bf16 rows then time "
+                         "the emulation, tens of times slower than fp32)")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.warmup, a.quality_steps = 6, 2, 20
+    from napari_medenhance.core.device import cpu_has_bf16
+
+    if not cpu_has_bf16() and not a.emulated_bf16:
+        print("This CPU has no native bf16 (AVX-512 BF16 or AMX): training runs fp32 here "
+              "(precision 'auto'), and timing emulated bf16 would take hours. Pass "
+              "--emulated-bf16 to measure it anyway.", file=sys.stderr)
+        return 2
     from pool import load_pool
 
     pool = load_pool()
