@@ -76,7 +76,7 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
     kw = runtime.engine_kwargs(info)
     from _layout import Nchw
 
-    unfolded = runtime._DenoiseOutput(net)  # the v0.2 engine: BatchNorm kept, fp32
+    unfolded = runtime._DenoiseOutput(net)  # BatchNorm kept (as in v0.2), fp32
     folded = runtime.inference_module(net, info)
     variants = [
         ("dran (public denoise(): the engine's default here)",

@@ -121,22 +121,18 @@ class DynamicConv2d(nn.Module):
         b, c, h, w = x.shape
         pi = self.attention_weights(x)  # B×K
         k = self.kernel_size
-        if b == 1:
-            # One sample (inference, tile by tile): a plain convolution, which keeps the input's
-            # memory format (channels-last is what oneDNN runs fastest; the grouped path below
-            # would turn it back into NCHW).
-            weight = (pi @ self.weight.reshape(self.kernels, -1)).reshape(
-                self.out_channels, c, k, k
-            )
-            if x.is_contiguous(memory_format=torch.channels_last):
-                weight = weight.contiguous(memory_format=torch.channels_last)
-            bias = (pi @ self.bias).reshape(-1) if self.bias is not None else None
-            return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding,
-                            dilation=self.dilation)
         weight = (pi @ self.weight.reshape(self.kernels, -1)).reshape(
             b * self.out_channels, c, k, k
         )
         bias = (pi @ self.bias).reshape(-1) if self.bias is not None else None
+        if b == 1:
+            # One sample (inference, tile by tile): a plain convolution, which keeps the input's
+            # memory format (channels-last is what oneDNN runs fastest; the grouped path below
+            # would turn it back into NCHW).
+            if x.is_contiguous(memory_format=torch.channels_last):
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            return F.conv2d(x, weight, bias, stride=self.stride, padding=self.padding,
+                            dilation=self.dilation)
         # Folding the batch into channels turns B different convolutions into one
         # grouped convolution: group i sees only sample i and uses kernel W̃(x_i).
         out = F.conv2d(
