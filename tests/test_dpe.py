@@ -34,6 +34,7 @@ from napari_medenhance.core.training.losses import (
     gradient_l1,
     noisy_labels,
 )
+from napari_medenhance.core.training.recipes.enhance import INPUT_PERCENTILES, WIDE_STRETCH
 from napari_medenhance.core.weights import WeightsError, read_header, save_weights
 from napari_medenhance.sample_data import load
 
@@ -245,23 +246,70 @@ def test_stretched_input_is_what_the_stretch_baseline_outputs(pool):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x
 
-    rows, _ = r.evaluate(Identity())
-    stretch = [b for b in r.baselines() if b["method"] == "stretch"]
-    assert [round(a["psnr"], 4) for a in rows] == [round(b["psnr"], 4) for b in stretch]
+    def psnrs(rows):
+        return [round(a["psnr"], 4) for a in rows]
+
+    # The default input stretch is the 0.1 / 99.9 % reference row; weights trained on the
+    # 2 / 98 % stretch are scored on their own stretch (their header's input_percentiles).
+    baseline = {m: psnrs(b for b in r.baselines() if b["method"] == m)
+                for m in ("stretch", WIDE_STRETCH)}
+    assert baseline["stretch"] != baseline[WIDE_STRETCH]
+    assert psnrs(r.evaluate(Identity())[0]) == baseline[WIDE_STRETCH]
+    assert psnrs(r.evaluate(Identity(), input_percentiles=(2, 98))[0]) == baseline["stretch"]
+    old = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                        input_norm="stretch", input_percentiles=(2, 98))
+    assert psnrs(old.evaluate(Identity())[0]) == baseline["stretch"]
+    assert r.describe()["input_percentiles"] == list(INPUT_PERCENTILES) == [0.1, 99.9]
+    assert old.describe()["input_percentiles"] == [2.0, 98.0]
     # Training inputs are the whole plane degraded, then stretched by the plane's percentiles:
     # without noise that is the clean patch mapped by them, whatever the contrast and
     # brightness factors (a patch alone could not know where it sits in its image).
-    quiet = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
-                          input_norm="stretch", sigma_max=0.0)
-    x, y = quiet.sample_batch(np.random.default_rng(0), 8, 32)
-    assert x.shape == y.shape == (8, 3, 32, 32)
-    for xi, yi in zip((x.numpy() + 1) / 2, (y.numpy() + 1) / 2):
-        plane = pool.train[0] if np.array_equal(yi[0], yi[1]) else pool.train[1]
-        lo, hi = np.percentile(plane.data, (2, 98))
-        assert np.abs(xi - np.clip((yi - lo) / (hi - lo), 0, 1)).max() < 0.03
+    for pct in ((2.0, 98.0), INPUT_PERCENTILES):
+        quiet = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                              input_norm="stretch", sigma_max=0.0, input_percentiles=pct)
+        x, y = quiet.sample_batch(np.random.default_rng(0), 8, 32)
+        assert x.shape == y.shape == (8, 3, 32, 32)
+        for xi, yi in zip((x.numpy() + 1) / 2, (y.numpy() + 1) / 2):
+            plane = pool.train[0] if np.array_equal(yi[0], yi[1]) else pool.train[1]
+            lo, hi = np.percentile(plane.data, pct)
+            assert np.abs(xi - np.clip((yi - lo) / (hi - lo), 0, 1)).max() < 0.03
     assert r.describe()["input_norm"] == "stretch"
     with pytest.raises(ValueError, match="input_norm"):
         EnhanceRecipe(pool, config=TINY, loss="l1", input_norm="zscore", acceptance_samples=0)
+    with pytest.raises(ValueError, match="input_percentiles"):
+        EnhanceRecipe(pool, config=TINY, loss="l1", input_norm="stretch",
+                      input_percentiles=(99, 1), acceptance_samples=0)
+
+
+def test_context_crop_stretches_some_patches_by_a_window_around_them():
+    # A plane whose values encode their coordinates: a grid's values say where it was cut.
+    h, w, patch = 300, 400, 32
+    coords = (np.arange(h * w, dtype=np.float64).reshape(h, w) / (h * w)).astype(np.float32)
+    plane = Plane("coords", "MR", coords)
+    pool = Pool(train=[plane], val=[Plane("v", "MR", coords[:64, :64].copy())])
+    r = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                      input_norm="stretch", context_crop=0.5, luminance_check="relative")
+    assert r.describe()["context_crop"] == 0.5
+    rng = np.random.default_rng(1)
+    whole, sides = 0, []
+    for _ in range(200):
+        y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+        grid = r._stretch_grid(plane, (y, x), patch, rng)
+        if grid is r._plane_grid[id(plane)]:
+            whole += 1
+            continue
+        idx = np.rint(grid.astype(np.float64) * h * w).astype(int)
+        ys, xs = idx // w, idx % w
+        step = max(1, int(ys[1, 0] - ys[0, 0])) if grid.shape[0] > 1 else 1
+        # the window holds the patch (to the grid's stride) and lies inside the plane
+        assert ys.min() <= y and ys.max() >= y + patch - step
+        assert xs.min() <= x and xs.max() >= x + patch - step
+        sides.append(ys.max() - ys.min() + 1)
+    assert 60 < whole < 140  # about half keep the whole plane
+    assert min(sides) < 80 and max(sides) > 200  # windows from about the patch to the plane
+    with pytest.raises(ValueError, match="context_crop"):
+        EnhanceRecipe(pool, config=TINY, loss="l1", input_norm="stretch", context_crop=1.5,
+                      acceptance_samples=0)
 
 
 def test_tiny_full_objective_run_lowers_validation_loss(recipe, tmp_path):

@@ -28,6 +28,7 @@ from napari_medenhance.core.training.paired_data import (
     load_paired_data,
 )
 from napari_medenhance.core.training.user_data import load_user_data
+from napari_medenhance.core.training.recipes.enhance import percentile_stretch
 from napari_medenhance.core.weights import WeightsError, read_header, save_weights
 from napari_medenhance.sample_data import load
 
@@ -299,12 +300,19 @@ def test_fine_tuning_a_stretched_enhancer_keeps_its_stretch(env, stack):
         info = ft.save_finetuned(env / "runs" / f"st-{mode}", f"st2-{mode}")
         # the fine-tuned model is run on stretched input, as it was trained
         assert runtime.engine_kwargs(info)["input_percentiles"] == (2.0, 98.0)
-    # paired: the network is trained on the LQ planes stretched by their own percentiles
-    pairs = ft.build_recipe("enhance", "paired", load_paired_data(dim, stack),
-                            options={"loss": "l1", "input_norm": "stretch", "val_crop": 64})
-    for p in pairs.pairs.train + pairs.pairs.val:
-        lo, hi = np.percentile(p.lq, (2, 98))
-        assert lo == pytest.approx(0, abs=1e-3) and hi == pytest.approx(1, abs=1e-3)
+    # paired: the network is trained on the LQ planes stretched by their own percentiles,
+    # the recipe's default (0.1, 99.9) or those of the model it starts from
+    raw = ft.build_recipe("enhance", "paired", load_paired_data(dim, stack),
+                          options={"loss": "l1", "val_crop": 64}).pairs
+    seen = []
+    for pct in (None, (2.0, 98.0)):
+        pairs = ft.build_recipe("enhance", "paired", load_paired_data(dim, stack), options={
+            "loss": "l1", "input_norm": "stretch", "val_crop": 64,
+            **({"input_percentiles": pct} if pct else {})}).pairs
+        for p, r in zip(pairs.train + pairs.val, raw.train + raw.val, strict=True):
+            np.testing.assert_allclose(p.lq, percentile_stretch(r.lq, *(pct or (0.1, 99.9))))
+        seen.append(pairs.train[0].lq)
+    assert not np.allclose(*seen)
 
 
 def test_models_changed_listeners(env, stack):

@@ -169,6 +169,9 @@ def test_the_gpu_recipes_are_the_cpu_scripts_recipes(pool):
     assert ours.disc_config == theirs.disc_config
     assert (ours.luminance_check, ours.relative_luminance) == \
         (theirs.luminance_check, theirs.relative_luminance) == ("relative", a.relative_luminance)
+    assert (ours.input_norm, ours.input_percentiles, ours.context_crop) == \
+        (theirs.input_norm, theirs.input_percentiles, theirs.context_crop) == \
+        ("stretch", tuple(a.input_percentiles), a.context_crop)
     assert (spec["dpe"].batch, spec["dpe"].patch, spec["dpe"].lr) == (a.batch, a.patch, a.lr)
     a = train_sr.parse_args(["--critic-config", json.dumps(spec["msgan"].tiny_extra)])
     ours = gpu_run.make_recipe("msgan", pool, {**spec["msgan"].tiny, "output_scale": 4}, tiny=True)

@@ -95,16 +95,25 @@ def _rows(mod: str, **psnr) -> list[dict]:
     return [{"modality": mod, "method": m, "psnr": v, "lassim": 0.5} for m, v in psnr.items()]
 
 
-def test_gate_needs_two_db_over_the_better_classical_on_every_modality_and_de_on_colour():
-    rows = (_rows("CT", input=6.0, clahe=23.0, stretch=35.0, dpe=37.1)
-            + _rows("fluorescence", input=21.0, clahe=13.0, stretch=12.0, dpe=15.5))
+def test_gate_needs_two_db_over_the_better_classical_on_each_group_and_de_on_colour():
+    # the three: radiology (mean of its modalities), microscopy without colour, colour
+    rows = (_rows("CT", input=6.0, clahe=23.0, stretch=35.0, dpe=36.0)
+            + _rows("MR", input=13.0, clahe=17.0, stretch=21.0, dpe=24.2)
+            + _rows("fluorescence", input=21.0, clahe=13.0, stretch=12.0, dpe=25.0)
+            + _rows("phase contrast", input=23.0, clahe=7.0, stretch=6.0, dpe=5.0))
     v = enhance_gate.verdict(rows)
-    assert [(e["modality"], e["best"], e["pass"]) for e in v] == [
-        ("CT", "stretch", True), ("fluorescence", "clahe", True)]
+    assert [(e["modality"], e["members"], e["best"], e["pass"]) for e in v] == [
+        ("radiology", ["CT", "MR"], "stretch", True),  # 30.1 vs 28.0
+        ("microscopy", ["fluorescence", "phase contrast"], "clahe", True)]  # 15.0 vs 10.0
+    assert v[0]["margin"] == pytest.approx(2.1) and v[1]["margin"] == pytest.approx(5.0)
     assert enhance_gate.passed(v) and not enhance_gate.passed(enhance_gate.verdict(rows, 5.0))
-    rows[3]["psnr"] = 36.9  # CT: +1.9 dB
+    # per modality (printed, not gated): CT +1.0 and phase contrast -2.0 fail
+    per = enhance_gate.verdict(rows, by="modality")
+    assert [(e["modality"], e["pass"]) for e in per] == [
+        ("CT", False), ("MR", True), ("fluorescence", True), ("phase contrast", False)]
+    rows[7]["psnr"] = 23.8  # MR: radiology +1.9 dB
     assert not enhance_gate.passed(enhance_gate.verdict(rows))
-    rows[3]["psnr"] = 40.0
+    rows[7]["psnr"] = 30.0
     colour = [{"modality": "colour", "method": m, "psnr": p, "delta_e": d}
               for m, p, d in (("input", 8, 30.0), ("clahe", 21, 12.0), ("stretch", 20, 9.0),
                               ("dpe", 25, 5.5))]
@@ -116,7 +125,11 @@ def test_gate_needs_two_db_over_the_better_classical_on_every_modality_and_de_on
     lines = enhance_gate.table(rows + colour)
     assert any("**radiology**" in ln and "**dpe**" in ln for ln in lines)
     assert any("colour" in ln and "4.90" in ln for ln in lines)
-    assert all("✔" in ln for ln in enhance_gate.verdict_lines(enhance_gate.verdict(rows + colour)))
+    verdicts = enhance_gate.verdict_lines(enhance_gate.verdict(rows + colour))
+    assert all("✔" in ln for ln in verdicts)
+    assert verdicts[0].startswith("- radiology (CT, MR), PSNR:")
+    with pytest.raises(ValueError, match="by must be"):
+        enhance_gate.verdict(rows, by="plane")
 
 
 # -------------------------------------------------------------------------------- script
@@ -203,9 +216,11 @@ def test_a_stretched_input_run_exports_a_model_the_engine_stretches_for(setup):
                "--name", "dpe-st") == 0
     out = tmp / "checkpoints" / "dpe-st.safetensors"
     meta = read_header(out, expected_arch="dpe")["meta"]
-    assert meta["input_percentiles"] == [2.0, 98.0] and meta["training"]["input_norm"] == "stretch"
+    assert meta["input_percentiles"] == [0.1, 99.9] and meta["training"]["input_norm"] == "stretch"
     card = (tmp / "checkpoints" / "dpe-st.md").read_text()
-    assert "--input-norm stretch" in card and "contrast-stretched first" in card
+    assert "--input-norm stretch --input-percentiles 0.1 99.9" in card
+    assert "contrast-stretched first**: the engine maps the 0.1 and 99.9 % percentiles" in card
+    assert "0.1 / 99.9 % percentiles" in card
     # exporting again without the flag still scores it on stretched input (its header says so)
     rows_flagless = enhance_gate.model_rows(
         enhance_gate.make_recipe(TINY, pool=train_dpe.load_pool(), val_crop=64), out)

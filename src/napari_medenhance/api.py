@@ -227,8 +227,8 @@ def enhance(
             padded to the network's multiple, 16 px for DPE, and cropped back).
 
     A model trained on contrast-stretched input (its header has ``input_percentiles``, as
-    ``train_dpe.py`` writes by default) sees every plane with the 2nd and 98th percentiles of
-    the *whole* array mapped to 0 and 1 (clipped), so what it sees does not depend on how the
+    ``train_dpe.py`` writes by default: 0.1 and 99.9) sees every plane with those percentiles
+    of the *whole* array mapped to 0 and 1 (clipped), so what it sees does not depend on how the
     data happen to be scaled (a hot pixel in a 16-bit stack, an offset); its output is mapped
     back to the input's own range (min to max, or ``data_range``).
 

@@ -400,8 +400,9 @@ def _run(task: str, mode: str, data: Any, lq: Any, info: zoo.ModelInfo | None,
     options = dict(settings["recipe_options"])
     if (info is not None and task == "enhance" and mode != "unpaired"
             and "input_percentiles" in runtime.engine_kwargs(info)):
-        # a model trained on contrast-stretched input goes on seeing stretched input
+        # a model trained on contrast-stretched input goes on seeing the same stretch
         options.setdefault("input_norm", "stretch")
+        options.setdefault("input_percentiles", runtime.engine_kwargs(info)["input_percentiles"])
     recipe = build_recipe(task, mode, hq_data, lq_data=lq_data, config=config,
                           arch=info.arch if info is not None else new_arch,
                           start_path=info.path if info is not None else None,

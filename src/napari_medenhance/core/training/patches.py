@@ -177,12 +177,12 @@ class PatchSampler:
             area = area / np.array([per_mod[m] for m in mods])
         self._p = area / area.sum()
 
-    def _candidate(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane]:
+    def _candidate(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane, tuple[int, int]]:
         plane = self.planes[int(rng.choice(len(self.planes), p=self._p))]
         h, w = plane.shape_yx
         y = int(rng.integers(0, h - self.patch + 1))
         x = int(rng.integers(0, w - self.patch + 1))
-        return plane.data[y : y + self.patch, x : x + self.patch], plane
+        return plane.data[y : y + self.patch, x : x + self.patch], plane, (y, x)
 
     def sample_one(self, rng: np.random.Generator) -> np.ndarray:
         """One patch, ``patch×patch`` (gray) or ``patch×patch×3`` (RGB), float32 [0, 1] (may be
@@ -191,6 +191,12 @@ class PatchSampler:
 
     def sample_with_plane(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane]:
         """:meth:`sample_one` and the plane the patch was cut from (same random stream)."""
+        return self.sample_with_origin(rng)[:2]
+
+    def sample_with_origin(
+        self, rng: np.random.Generator
+    ) -> tuple[np.ndarray, Plane, tuple[int, int]]:
+        """:meth:`sample_with_plane` and the patch's top-left corner ``(y, x)`` in its plane."""
         return first_not_empty(lambda: self._candidate(rng), lambda c: c[0],
                                tries=self.max_tries, min_std=self.min_std,
                                max_empty=self.max_empty, empty_level=self.empty_level)

@@ -71,10 +71,11 @@ class PairedRecipe(RecipeBase):
             raise ValueError(f"{base.task} pairs must have scale {want}; got {pairs.scale}")
         if getattr(base, "input_norm", "none") == "stretch":
             # A model trained on stretched input sees every LQ plane stretched by its own
-            # percentiles, as the engine stretches an image (the recipe's STRETCH_PERCENTILES).
+            # percentiles, as the engine stretches an image (the recipe's input_percentiles).
+            pct = tuple(base.input_percentiles)
             pairs = PairedPool(
-                train=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.train],
-                val=[dataclasses.replace(p, lq=percentile_stretch(p.lq)) for p in pairs.val],
+                train=[dataclasses.replace(p, lq=percentile_stretch(p.lq, *pct)) for p in pairs.train],
+                val=[dataclasses.replace(p, lq=percentile_stretch(p.lq, *pct)) for p in pairs.val],
                 scale=pairs.scale)
         self.base = base
         self.pairs = pairs
