@@ -1,7 +1,7 @@
 """Screenshot of perceptual enhancement in napari: a degraded 16-bit MR slice, Enhance, LaSSIM.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_enhance_screenshot.py \\
-        --model training/checkpoints/dpe.safetensors        # until `dpe` ships; then no --model
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_enhance_screenshot.py
+        # the shipped `dpe`; --model FILE.safetensors for another enhance model
 
 Takes ITK's ``BrainMidSagittalSlice`` (a real T1 MR slice; a *validation* image of
 ``training/pool.py``: the model never trained on it), degrades it once with Algorithm 1 of the

@@ -375,9 +375,9 @@ def test_l1_ablation_trains_without_extras(pool, tmp_path):
     assert val[-1].metrics["loss"] < val[0].metrics["loss"]
     assert load_checkpoint(tmp_path / "last.safetensors").extras == {}
     rows = l1.baselines()
-    assert {r["method"] for r in rows} == {"input", "clahe", "stretch"}
+    assert {r["method"] for r in rows} == {"input", "clahe", "stretch", WIDE_STRETCH}
     # the classical baselines beat the degraded input on a darkened, flattened image
-    for method in ("clahe", "stretch"):
+    for method in ("clahe", "stretch", WIDE_STRETCH):
         assert l1.summarize(rows, "psnr", method) > l1.summarize(rows, "psnr", "input")
 
 

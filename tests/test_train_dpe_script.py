@@ -176,9 +176,10 @@ def test_two_stages_export_interim_below_the_gate_with_one_card(setup, capsys):
     assert meta["training"]["luminance_check"] == "relative"
     card = (tmp / "checkpoints" / "dpe.md").read_text()
     assert "Interim, not shipped" in card and "## Stages" in card
-    assert "| 1 | l1 | stretched | random | 2 × 32, 0.003 |" in card
-    assert "| 2 | full | stretched | best.safetensors | 2 × 32, 0.003 |" in card
+    assert "| 1 | l1 | stretched 0.1–99.9 % | random | 2 × 32, 0.003 |" in card
+    assert "| 2 | full | stretched 0.1–99.9 % | best.safetensors | 2 × 32, 0.003 |" in card
     assert "## Ship gate" in card and "## Target" in card and "stretch 2–98 %" in card
+    assert "## Per modality (not gated" in card and "stretch 0.1–99.9 % (reference" in card
     assert "DPE, L1 only" in card and "**microscopy**" in card and "measured here" in card
     assert "every plane is validated" in card and "relative to each image" in card
     assert (tmp / "checkpoints" / "dpe-curve.png").is_file() and "dpe-curve.png" in card

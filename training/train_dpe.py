@@ -231,7 +231,8 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
     run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
     stages = recipe_script.training_stages(
         args.out, header["meta"], args.ablation or "full", arch="dpe", psnr=summary["psnr"],
-        describe=lambda m: (m.get("training") or {}).get("loss", "?"), extra_args=("luminance_check", "input_norm"))
+        describe=lambda m: (m.get("training") or {}).get("loss", "?"),
+        extra_args=("luminance_check", "input_norm", "input_percentiles"))
     ship = (passed and args.ablation is None) or args.ship_anyway
     dest_dir = args.models_dir if ship else INTERIM_DIR
     committed = committed_weights(args.name) if not args.ship_anyway else None
@@ -300,8 +301,7 @@ def plot_curve(args: argparse.Namespace, stages: list[dict], png: Path,
         run_dir = args.out if last else Path(st.get("run") or "")
         hist = recipe_script.read_history(run_dir) if (last or st.get("run")) else []
         if hist:
-            seen = "stretched" if (st.get("args") or {}).get("input_norm") == "stretch" else "raw"
-            curves.append((f"stage {i + 1}: {st['objective']}, {seen} input",
+            curves.append((f"stage {i + 1}: {st['objective']}, {_seen(st.get('args') or {})} input",
                            [h["step"] + offset for h in hist],
                            [h["metrics"].get("psnr", np.nan) for h in hist]))
         offset += int(st.get("selected_step") or 0)
@@ -324,6 +324,15 @@ def _relative(path: Path) -> str:
         return str(path.resolve().relative_to(ROOT.resolve()))
     except ValueError:
         return str(path)
+
+
+def _seen(stage_args: dict) -> str:
+    """What a stage's network saw, from its recorded arguments: runs from before the options
+    trained on the raw input, and stretched runs from before ``--input-percentiles`` on 2–98 %."""
+    if (stage_args.get("input_norm") or "none") != "stretch":
+        return "raw"
+    lo, hi = stage_args.get("input_percentiles") or (2, 98)
+    return f"stretched {lo:g}–{hi:g} %"
 
 
 def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dict],
@@ -438,8 +447,8 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         + f"; `{json.dumps(desc['objective'], sort_keys=True)}`",
         "- optimiser: Adam β = (0.9, 0.99) (generator and discriminator), cosine decay to 1 % "
         "of the initial rate per stage; patches modality-balanced, empty background rejected, "
-        "8 flips / rotations; bf16 autocast on the CPU (fp32 weights, Adam state and "
-        "validation)",
+        "8 flips / rotations; each stretch's precision below (bf16 autocast where the CPU "
+        "computes it natively, fp32 weights, Adam state and validation; else fp32)",
         "",
         "## Stages",
         "",
@@ -450,8 +459,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
     for i, st in enumerate(stages, 1):
         psnr = st.get("psnr")
         a = st.get("args") or {}
-        # runs from before the option trained on the raw input
-        seen = {"stretch": "stretched", "none": "raw"}.get(a.get("input_norm") or "none", "?")
+        seen = _seen(a)
         L.append(f"| {i} | {st['objective']} | {seen} | {st.get('from') or 'random'} | "
                  f"{a.get('batch', '?')} × {a.get('patch', '?')}, {a.get('lr', '?')} | "
                  f"{st.get('steps')} | {st.get('selected_step')} | {recipe_script.cpu_hours(st):.2f} | "

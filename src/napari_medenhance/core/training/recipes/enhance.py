@@ -48,12 +48,12 @@ brightness factors ~ U(0.1, 0.8)). Both are mapped to DPE's [-1, 1].
   99.9 % stretch alone scores 40.3 dB on CT, 35.6 on MR and 34.8 on colour, against 35.8,
   21.5 and 21.0 for the 2 / 98 % one (the ``stretch-0.1`` reference row of
   :meth:`EnhanceRecipe.baselines`). Weights trained on another pair record theirs.
-  ``context_crop`` (the training script's default 0.5; the library's 0): for that share of the
-  patches the percentiles come from a random window of the plane around the patch (side a
-  log-uniform fraction from the patch's to the plane's) instead of the whole plane. A user's
-  image may be a crop of an acquisition whose clean intensities the whole of it set (as the
-  validation split's windows and central crops are), and a stretch of the crop alone then
-  overshoots: the network sees such crops in training too.
+  ``context_crop`` (default 0, off): for that share of the patches the percentiles come from
+  a random window of the plane around the patch (side a log-uniform fraction from the patch's
+  to the plane's) instead of the whole plane, since a user's image may be a crop of an
+  acquisition whose clean intensities the whole of it set (as the validation split's windows
+  are). Tried at 0.5 for 750 steps: it cost CT, MR and US 1.3–2.1 dB and did not move the
+  empty phase-contrast window (``training/dpe_trials.md``).
 * **Gray planes** are degraded as one channel (one noise field) and replicated to three, which
   is what the inference engine feeds the network for a gray image.
 
@@ -123,7 +123,7 @@ LOSS_PRESETS = {"full": (1.0, DPE_ADVERSARIAL_WEIGHT), "l1": (0.0, 0.0)}
 #: each image's own luminance.
 LUMINANCE_CHECKS = ("paper", "relative")
 #: What the network sees: the degraded image as it is (the paper), or contrast-stretched by its
-#: own 2 / 98 % percentiles first (module docstring).
+#: own percentiles first (module docstring).
 INPUT_NORMS = ("none", "stretch")
 #: The percentiles of the classical stretch baseline (the ship gate's "2–98 % stretch").
 STRETCH_PERCENTILES = (2.0, 98.0)
