@@ -23,7 +23,8 @@ that the recipes agree), with
   recipe's base rate (a warm restart, Loshchilov & Hutter, ICLR 2017), the discriminator /
   critic of the GANs starts fresh, and a DRAN whose attention temperature has not yet reached
   1 anneals on from where it is;
-* bf16 autocast (fp32 master weights), ``channels_last`` for the plain conv nets (``msgan``,
+* bf16 autocast (fp32 master weights) where the device computes bf16 natively (every recent
+  GPU; ``--precision auto``, else fp32), ``channels_last`` for the plain conv nets (``msgan``,
   ``dpe``, the VGG16 of their feature losses; not DRAN, whose dynamic convs fold the batch into
   the channels), the recipes' batch and patch sizes (DRAN and DPE: 24 × 128², the papers';
   MS-GAN 16 × 128²);
@@ -336,8 +337,10 @@ def run_model(args: argparse.Namespace) -> int:
     try:
         from napari_medenhance.core.engine import resolve_device
         from napari_medenhance.core.training import BEST, train
+        from napari_medenhance.core.training.loop import resolve_precision
 
         dev = resolve_device(args.device)
+        precision = resolve_precision(args.precision, dev)
         cpus = os.cpu_count() or 1
         torch.set_num_threads(max(1, cpus // (2 * len(args.model_list))))
         if dev.type == "cuda":
@@ -358,11 +361,11 @@ def run_model(args: argparse.Namespace) -> int:
         if channels_last:
             use_channels_last(recipe)
         status.update(init=info, config=recipe.config, batch=batch, patch=patch, lr=lr,
-                      precision=args.precision, channels_last=channels_last,
+                      precision=precision, channels_last=channels_last,
                       workers=args.workers, device=str(dev))
         say(f"device {dev}, start {info['path'] or 'scratch'}"
             + (f" (step {info['step']})" if info.get("step") is not None else "")
-            + f", batch {batch}, patch {patch}, lr {lr:g}, {args.precision}, "
+            + f", batch {batch}, patch {patch}, lr {lr:g}, {precision}, "
             f"channels_last {'on' if channels_last else 'off'}, {args.workers} workers, "
             f"pool {len(pool.train)}/{len(pool.val)} planes, ready after {time.time() - t_start:.1f} s")
         close = prefetch_batches(recipe, workers=args.workers, seed=args.seed * 1000 + spec.seed,
@@ -370,7 +373,7 @@ def run_model(args: argparse.Namespace) -> int:
         dest = Path(args.out) / f"{spec.file}.safetensors"
         gpu_meta = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
                     "init": info["path"], "init_step": info.get("step"), "batch": batch,
-                    "patch": patch, "lr": lr, "precision": args.precision, "budget_s": args.budget}
+                    "patch": patch, "lr": lr, "precision": precision, "budget_s": args.budget}
         validations: list[dict[str, Any]] = []
         status.update(validations=validations, outcome="training")
         _write_json(status_path, status)
@@ -381,7 +384,7 @@ def run_model(args: argparse.Namespace) -> int:
             gen = train(recipe, steps=args.max_steps, out_dir=work, batch=batch, patch=patch, lr=lr,
                         device=dev, val_every=10**9, ckpt_every=0, seed=args.seed + spec.seed,
                         resume=False, init_weights=init, cancel=lambda: stop["requested"],
-                        precision=args.precision, budget_s=budget, every_s=args.every)
+                        precision=precision, budget_s=budget, every_s=args.every)
             t_train = time.perf_counter()
             prev_t, prev_kind, step_s, counted, t_report = t_train, None, 0.0, 0, t_train
             try:
@@ -645,7 +648,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a check: 2 steps per model (unless --max-steps), budget 150 s")
     p.add_argument("--max-steps", type=int, default=None, help="stop a model after this many steps")
     p.add_argument("--tiny", action="store_true", help="tiny networks, batch 2, patch 32 (tests)")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="bf16 autocast where the GPU or CPU computes it natively (auto), else fp32")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers per model (default: (CPUs − 4) / 3, at least 1)")
     p.add_argument("--every", type=float, default=90.0, help="validate every this many seconds")
