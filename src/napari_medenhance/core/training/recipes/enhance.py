@@ -197,6 +197,11 @@ class EnhanceRecipe(RecipeBase):
         acceptance_samples: patches per modality drawn (from a separate generator) to estimate
             :attr:`acceptance`; 0 skips the estimate.
         input_norm: what the network sees (:data:`INPUT_NORMS`, module docstring).
+        input_percentiles: ``(lo, hi)`` in % of a stretched input (default
+            :data:`INPUT_PERCENTILES`, 0.1 / 99.9); recorded in the weights header, which the
+            engine reads.
+        context_crop: share (0–1) of the training patches whose stretch is estimated on a
+            random window around them instead of their whole plane (module docstring; 0).
         arch: the network trained (DPE by default): any registered enhance architecture
             (:func:`napari_medenhance.core.tasks.register_architecture`); one that reads and
             writes [0, 1] (no ``value_range = (-1, 1)``) is run through the mapping.
