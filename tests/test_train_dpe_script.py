@@ -201,11 +201,20 @@ def test_passing_the_gate_ships_to_the_models_folder(setup, monkeypatch):
     tmp, models, run = setup
     monkeypatch.setattr(enhance_gate, "GATE_DB", -1000.0)
     monkeypatch.setattr(enhance_gate, "GATE_DE", -1000.0)
-    assert run("r") == 0
+    assert run("a", "--ablation", "l1") == 0  # an interim first stage
+    assert run("r", "--init-weights", str(tmp / "checkpoints" / "dpe-l1.safetensors")) == 0
     assert (models / "dpe.safetensors").is_file()
     card = (models / "dpe.md").read_text()
     assert "**Shipped**" in card and "## Ship gate" in card and ": passed" in card
     assert read_header(models / "dpe.safetensors", expected_arch="dpe")["meta"]["gate_passed"]
+    stages = read_header(models / "dpe.safetensors", expected_arch="dpe")["meta"]["stages"]
+    assert [s["objective"] for s in stages] == ["l1", "full"]
+    # exporting the run again once its starting weights are gone (as a retired interim file)
+    # keeps the stage before it
+    (tmp / "checkpoints" / "dpe-l1.safetensors").unlink()
+    assert run("r", "--export", "--force") == 0
+    again = read_header(models / "dpe.safetensors", expected_arch="dpe")["meta"]["stages"]
+    assert [s["objective"] for s in again] == ["l1", "full"] and again[0] == stages[0]
 
 
 def test_a_stretched_input_run_exports_a_model_the_engine_stretches_for(setup):

@@ -257,7 +257,8 @@ STAGE_ARGS = ("batch", "patch", "lr", "seed", "precision")
 
 def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: str,
                     describe: Callable[[dict[str, Any]], str],
-                    psnr: float | None = None, extra_args: Sequence[str] = ()) -> list[dict]:
+                    psnr: float | None = None, extra_args: Sequence[str] = (),
+                    recorded: Sequence[dict] = ()) -> list[dict]:
     """The training stages behind a run's best weights, oldest first: the stages recorded in
     the weights the run started from (an exported model keeps its ``stages``; a run's best is
     described by its header, ``describe(meta)`` naming its objective, and the ``run.json``
@@ -266,6 +267,10 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
     Each stage: ``objective, run`` (folder), ``from`` (starting weights' file name or None),
     ``steps`` (the stage's length), ``selected_step``, ``psnr``, ``sessions`` (``run.json``),
     ``args`` (the :data:`STAGE_ARGS` and ``extra_args`` it ran with).
+
+    ``recorded``: the stages a committed model records (its header's ``stages``). When the
+    weights this run started from are gone (interim weights retired once the model shipped),
+    the stages before this run are taken from there, so exporting the run again keeps them.
     """
     from napari_medenhance.core.weights import read_header
 
@@ -288,6 +293,10 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
             if not before and depth < 10 and Path(init).parent.resolve() != folder.resolve():
                 before = chain(Path(init).parent, h, describe(h),
                                (h.get("metrics") or {}).get("psnr"), depth + 1)
+        elif init and depth == 0:
+            runs = [Path(st.get("run") or "").resolve() for st in recorded]
+            if folder.resolve() in runs:
+                before = list(recorded[:runs.index(folder.resolve())])
         this = {"objective": objective, "run": str(folder),
                 "from": Path(init).name if init else None,
                 "steps": meta.get("total"), "selected_step": meta.get("step"),

@@ -229,10 +229,12 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
     passed = enhance_gate.passed(enhance_gate.verdict(gate_rows))
 
     run = json.loads((args.out / "run.json").read_text()) if (args.out / "run.json").exists() else {}
+    prior = committed_weights(args.name)
     stages = recipe_script.training_stages(
         args.out, header["meta"], args.ablation or "full", arch="dpe", psnr=summary["psnr"],
         describe=lambda m: (m.get("training") or {}).get("loss", "?"),
-        extra_args=("luminance_check", "input_norm", "input_percentiles"))
+        extra_args=("luminance_check", "input_norm", "input_percentiles"),
+        recorded=read_header(prior, expected_arch="dpe")["meta"].get("stages") or [] if prior else [])
     ship = (passed and args.ablation is None) or args.ship_anyway
     dest_dir = args.models_dir if ship else INTERIM_DIR
     committed = committed_weights(args.name) if not args.ship_anyway else None

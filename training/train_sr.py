@@ -191,8 +191,10 @@ def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     def describe(meta: dict) -> str:
         return _objective_text(meta.get("training", {}).get("objective", {}))
 
+    prior = recipe_script.committed_weights(f"{args.name}-x4", root=ROOT, interim=INTERIM_DIR)
+    recorded = read_header(prior, expected_arch="msgan")["meta"].get("stages") or [] if prior else []
     return recipe_script.training_stages(args.out, header["meta"], describe(header["meta"]),
-                                         arch="msgan", describe=describe)
+                                         arch="msgan", describe=describe, recorded=recorded)
 
 
 def _objective_text(obj: dict) -> str:
