@@ -234,6 +234,76 @@ def test_best_weights_load_into_a_fresh_network(recipe, tmp_path):
     assert metrics["psnr"] == pytest.approx(res.best_metric, abs=1e-6)
 
 
+def test_weight_average_is_what_validation_and_best_weights_see(recipe, tmp_path):
+    n, decay = 8, 0.5
+    events, res = _run(train(recipe, steps=n, out_dir=tmp_path / "avg", val_every=n,
+                             ckpt_every=0, average=decay, **RUN))
+    ck = load_checkpoint(tmp_path / "avg" / "last.safetensors")
+    assert ck.loop["average"] == {"decay": decay, "updates": n}
+    names = [name for name, _ in recipe.build().named_parameters()]
+    assert sorted(ck.average) == sorted(names)
+
+    # The same run without averaging trains the same weights; average them by hand from the
+    # starting weights (seeded as train() seeds them) and each step's checkpoint.
+    torch.manual_seed(0)
+    expect = {k: p.detach().clone() for k, p in recipe.build().named_parameters()}
+    gen = train(recipe, steps=n, out_dir=tmp_path / "plain", val_every=0, ckpt_every=1, **RUN)
+    i = 0
+    for ev in gen:
+        if ev.kind == "checkpoint":
+            i += 1
+            w = load_checkpoint(ev.path).model
+            d = min(decay, (1 + i) / (10 + i))
+            expect = {k: d * expect[k] + (1 - d) * w[k] for k in names}
+    assert i == n
+    for k in names:
+        assert torch.allclose(ck.average[k], expect[k], atol=1e-6), k
+    # The trained weights are the plain run's own: averaging does not change training.
+    assert all(torch.equal(ck.model[k], w[k]) for k in names)
+    assert any(not torch.allclose(ck.average[k], w[k]) for k in names)
+
+    # best.safetensors holds the averaged parameters (buffers: the trained network's), and
+    # the validation event scored exactly those.
+    best = _tensors(res.best_path)
+    for k in names:
+        assert torch.equal(best[k], ck.average[k]), k
+    header = read_header(res.best_path, expected_arch="dran")
+    assert header["meta"]["averaged"] == {"decay": decay, "updates": n}
+    net = DRAN(**header["config"])
+    load_into(net, res.best_path, expected_arch="dran")
+    net.eval()
+    metrics, _ = recipe.validate(net, torch.device("cpu"))
+    last_val = [e for e in events if e.kind == "validation"][-1]
+    assert last_val.step == n
+    assert metrics["psnr"] == pytest.approx(last_val.metrics["psnr"], abs=1e-6)
+
+
+def test_weight_average_resumes_exactly_and_starts_on_an_old_checkpoint(recipe, tmp_path):
+    n, k = 10, 4
+    run = dict(val_every=0, ckpt_every=0, average=0.9, **RUN)
+    _run(train(recipe, steps=n, out_dir=tmp_path / "a", **run))
+    _run(train(recipe, steps=n, out_dir=tmp_path / "b", **run), stop_after=k)
+    _run(train(recipe, steps=n, out_dir=tmp_path / "b", **run))
+    a = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    b = load_checkpoint(tmp_path / "b" / "last.safetensors")
+    assert b.loop["average"]["updates"] == n
+    for name in a.average:
+        assert torch.equal(a.average[name], b.average[name]), name
+    # A checkpoint written without averaging: the resumed run averages from its weights on.
+    _run(train(recipe, steps=k, out_dir=tmp_path / "c", val_every=0, ckpt_every=0, **RUN))
+    old = load_checkpoint(tmp_path / "c" / "last.safetensors")
+    assert old.average == {} and "average" not in old.loop
+    _run(train(recipe, steps=k + 1, out_dir=tmp_path / "c", **run))
+    c = load_checkpoint(tmp_path / "c" / "last.safetensors")
+    assert c.loop["average"]["updates"] == 1
+    d = min(0.9, 2 / 11)
+    for name in c.average:
+        assert torch.allclose(c.average[name], d * old.model[name] + (1 - d) * c.model[name],
+                              atol=1e-6), name
+    with pytest.raises(ValueError, match="average must be a decay"):
+        next(train(recipe, steps=1, out_dir=tmp_path / "d", average=1.0, **RUN))
+
+
 def test_fine_tune_starts_from_init_weights(recipe, tmp_path):
     _, res = _run(train(recipe, steps=20, out_dir=tmp_path / "a", val_every=20, **RUN))
     events, _ = _run(train(recipe, steps=1, out_dir=tmp_path / "b", val_every=1,

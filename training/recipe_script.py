@@ -113,6 +113,24 @@ def add_cpu_args(p: argparse.ArgumentParser) -> None:
                         "fp32 elsewhere (emulated bf16 is many times slower)")
     p.add_argument("--scratch", action="store_true",
                    help="start a new run from random weights even if weights are committed")
+    p.add_argument("--average", type=float, default=None, metavar="DECAY",
+                   help="validate and export an exponential moving average of the weights "
+                        "with this decay per step (e.g. 0.999: about the last 1,000 steps); "
+                        "default: the weights as trained")
+
+
+def average_flag(run_args: dict[str, Any]) -> str:
+    """The ``--average`` option of a card's reproduction command ('' when the run had none)."""
+    return f" --average {run_args['average']:g}" if run_args.get("average") else ""
+
+
+def averaged_note(meta: dict[str, Any]) -> str:
+    """What a card's "selected at" row adds when the weights are a running average."""
+    a = meta.get("averaged")
+    if not a:
+        return ""
+    return (f"; the parameters are the exponential moving average of the trained ones (decay "
+            f"{a['decay']:g}, {a['updates']:,} steps averaged)")
 
 
 def committed_weights(file_stem: str, root: Path | None = None,
@@ -187,6 +205,7 @@ def run_training(
             lr=args.lr, device=dev, val_every=args.val_every, ckpt_every=args.ckpt_every,
             seed=args.seed, resume=args.resume, init_weights=args.init_weights,
             cancel=lambda: stop.requested, precision=precision,
+            average=getattr(args, "average", None),
         )
         bar = None
         first = None
@@ -252,7 +271,7 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
 
 
 #: The command-line settings a stage records (scripts may add their own).
-STAGE_ARGS = ("batch", "patch", "lr", "seed", "precision")
+STAGE_ARGS = ("batch", "patch", "lr", "seed", "precision", "average")
 
 
 def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: str,

@@ -362,6 +362,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
            f"--lr {run_args.get('lr', args.lr)} --seed {run_args.get('seed', args.seed)} "
            f"--precision {run_args.get('precision', args.precision)} "
            f"--luminance-check {run_args.get('luminance_check', args.luminance_check)}"
+           + recipe_script.average_flag(run_args)
            + (" --input-norm stretch --input-percentiles "
               + " ".join(f"{v:g}" for v in desc["input_percentiles"])
               + f" --context-crop {desc.get('context_crop') or 0:g}"
@@ -393,7 +394,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
            "`input_percentiles`), and maps the output back to the image's own range |"
            if desc.get("input_norm") == "stretch" else " |"),
         f"| selected at | step {meta.get('step')} of {meta.get('total')} of the last stage (best "
-        "mean validation PSNR) |",
+        f"mean validation PSNR){recipe_script.averaged_note(meta)} |",
         "",
         "## Training data",
         "",

@@ -261,6 +261,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            f"--clip-fraction {run_args.get('clip_fraction', args.clip_fraction)} "
            f"--intensity-aug {run_args.get('intensity_aug', args.intensity_aug)} "
            f"--anneal-fraction {run_args.get('anneal_fraction', args.anneal_fraction)}"
+           + recipe_script.average_flag(run_args)
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
         f"# {args.name} — DRAN blind Gaussian denoiser",
@@ -289,7 +290,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "| input / output | 3-channel float in [0, 1] (gray images replicated by the engine); "
         "`forward` predicts the noise, clean = input − noise |",
         f"| selected at | step {meta.get('step')} of {meta.get('total')} of the last run "
-        "(best mean validation PSNR) |",
+        f"(best mean validation PSNR){recipe_script.averaged_note(meta)} |",
         "",
         "## Training data",
         "",

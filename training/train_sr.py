@@ -343,7 +343,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
         "last stage (" + ("its last checkpoint" if header["meta"].get("selected") else
                           f"best validation {header['meta'].get('primary_metric', 'psnr')}: "
                           + ("the mean of ×2 and ×4 PSNR" if header["meta"].get("primary_metric")
-                             == "psnr_both" else "×4 PSNR") + ", mean over the LR kernels") + ") |",
+                             == "psnr_both" else "×4 PSNR") + ", mean over the LR kernels")
+        + recipe_script.averaged_note(header["meta"]) + ") |",
         "",
         "## Training data",
         "",

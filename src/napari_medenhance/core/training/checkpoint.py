@@ -15,6 +15,8 @@ tensor                            what
 ``extra/<m>/model/<name>``        state of a recipe's extra module ``m`` (e.g. the
                                   discriminator of a GAN recipe), only when it has one
 ``extra/<m>/optim/<i>/<key>``     that module's optimizer state, as ``optim/`` above
+``average/<name>``                the running average of the network's parameters, only
+                                  when the run averages its weights (``train(average=...)``)
 ================================  ==========================================================
 
 and the metadata (JSON) ``task``, ``recipe``, ``step``, ``total``, ``optimizer``
@@ -90,6 +92,9 @@ class Checkpoint:
     #: ``{name: {"model": state dict, "optimizer": optimizer state dict}}`` of the recipe's
     #: extra modules (empty for single-network recipes).
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``{parameter name: tensor}``, the running average of the network's parameters (empty
+    #: when the run did not average its weights).
+    average: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _split_optimizer(state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -141,6 +146,7 @@ def save_checkpoint(
     numpy_rng: Mapping[str, Any],
     loop: Mapping[str, Any] | None = None,
     extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None,
+    average: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a resumable checkpoint atomically (temp file + rename, see ``save_weights``).
 
@@ -172,6 +178,7 @@ def save_checkpoint(
         t, info = _split_optimizer(opt.state_dict())
         tensors.update({f"extra/{name}/{k}": v for k, v in t.items()})
         extra_info[name] = info
+    tensors.update({f"average/{k}": v for k, v in (average or {}).items()})
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -265,6 +272,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             cuda_rng=[v for _, v in cuda],
             loop=dict(meta.get("loop", {})),
             extras=extras,
+            average={k[len("average/"):]: v for k, v in tensors.items()
+                     if k.startswith("average/")},
         )
     except (KeyError, TypeError, ValueError) as e:
         raise _refuse(path, f"incomplete checkpoint metadata ({type(e).__name__}: {e})") from e

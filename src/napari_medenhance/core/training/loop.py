@@ -13,6 +13,17 @@ uninterrupted N-step run (bit for bit on CPU; on GPU up to cuDNN's nondeterminis
 rate is a closed-form function of the step (:class:`CosineSchedule`), so it needs no state
 beyond the step and its parameters, which the checkpoint records too.
 
+Weight averaging
+----------------
+``train(..., average=d)`` keeps an exponential moving average of the network's parameters
+(Polyak averaging; decay ``d`` per step, e.g. 0.999 averages about the last 1,000 steps) next
+to the weights Adam trains. Validation, ``best.safetensors`` and therefore every export see the
+averaged parameters: they do not carry the noise of the latest steps, which matters most for a
+model exported in the middle of a long schedule, and for a GAN whose validation jumps from one
+check to the next. Buffers (BatchNorm statistics, DRAN's attention temperature) are the
+trained network's own. The checkpoint keeps both, so a resumed run continues the same average;
+a checkpoint written without one starts averaging from its weights.
+
 Checkpoints are written only between steps, atomically (temp file + rename): a crash, a cancel
 or a closed generator never leaves a half-written ``last.safetensors``.
 
@@ -180,6 +191,7 @@ def train(
     precision: str = "fp32",
     budget_s: float | None = None,
     every_s: float | None = None,
+    average: float | None = None,
 ) -> Generator[TrainEvent, None, TrainResult]:
     """Train ``recipe``'s network, yielding :class:`TrainEvent` s; returns a :class:`TrainResult`.
 
@@ -229,6 +241,11 @@ def train(
             checkpoint (and the duration of its latest validation). None: a step-based run.
         every_s: also validate and write ``last.safetensors`` when this many wall-clock
             seconds have passed since the last validation (None: only by steps).
+        average: decay in (0, 1) of an exponential moving average of the network's parameters
+            (module docstring, "Weight averaging"), updated after every step with the decay
+            ``min(average, (1 + n) / (10 + n))`` at its n-th update, so the first steps are not
+            dominated by the starting weights. Validation and ``best.safetensors`` then use the
+            averaged parameters. None (default): validate the weights as trained.
 
     Stopping: from a GUI prefer ``cancel``; it stops at the next step boundary with a
     checkpoint and a ``"cancelled"`` event, synchronously. napari's ``worker.quit()`` instead
@@ -255,6 +272,8 @@ def train(
     for name, value in (("budget_s", budget_s), ("every_s", every_s)):
         if value is not None and not value > 0:
             raise ValueError(f"{name} must be > 0 seconds (or None), got {value}")
+    if average is not None and not 0.0 < float(average) < 1.0:
+        raise ValueError(f"average must be a decay in (0, 1) (or None), got {average}")
     t_call = time.perf_counter()
     timed = budget_s is not None
     budget = float(budget_s) if budget_s is not None else math.inf
@@ -292,6 +311,7 @@ def train(
         )
         best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step)
     net.to(dev)
+    averaged = _Average(net, average, ckpt) if average is not None else None
     # A recipe may use other Adam betas (GANs: CycleGAN's beta1 = 0.5); a resumed run gets the
     # checkpoint's own, which the optimizer state restores below.
     betas = tuple(float(b) for b in getattr(recipe, "betas", BETAS))
@@ -375,9 +395,11 @@ def train(
             numpy_rng=rng.bit_generator.state,
             loop={"best": best, "best_step": best_step, "metric": metric, "ema": ema,
                   "seed": seed, "batch": batch, "patch": patch,
+                  **({"average": averaged.state()} if averaged is not None else {}),
                   **({"budget_s": budget, "elapsed_s": elapsed(), "train_start_s": train_start,
                       "val_s": cost["val"]} if timed else {})},
             extras={name: (extras[name], extra_opts[name]) for name in extras},
+            average=averaged.params if averaged is not None else None,
         )
         saved_step = step
         cost["ckpt"] = time.perf_counter() - t0
@@ -386,31 +408,34 @@ def train(
     def validate() -> TrainEvent:
         nonlocal best, best_step, last_check
         t0 = time.perf_counter()
-        net.eval()
-        try:
-            with torch.no_grad():
-                metrics, preview = recipe.validate(net, dev)
-        finally:
-            net.train()
-        metrics = {k: float(v) for k, v in metrics.items()}
-        value = metrics.get(metric, float("nan"))
-        new_best = None
-        if _better(value, best, higher):
-            best, best_step = value, step
-            meta: dict[str, Any] = {
-                "task": identity["task"],
-                "recipe": identity["recipe"],
-                "step": step,
-                "total": steps,
-                "metrics": metrics,
-                "primary_metric": metric,
-            }
-            describe = getattr(recipe, "describe", None)
-            if callable(describe):
-                meta["training"] = describe()
-            new_best = save_weights(
-                best_path, net, arch=identity["arch"], config=identity["config"], meta=meta
-            )
+        with averaged.swapped() if averaged is not None else contextlib.nullcontext():
+            net.eval()
+            try:
+                with torch.no_grad():
+                    metrics, preview = recipe.validate(net, dev)
+            finally:
+                net.train()
+            metrics = {k: float(v) for k, v in metrics.items()}
+            value = metrics.get(metric, float("nan"))
+            new_best = None
+            if _better(value, best, higher):
+                best, best_step = value, step
+                meta: dict[str, Any] = {
+                    "task": identity["task"],
+                    "recipe": identity["recipe"],
+                    "step": step,
+                    "total": steps,
+                    "metrics": metrics,
+                    "primary_metric": metric,
+                }
+                if averaged is not None:
+                    meta["averaged"] = averaged.state()
+                describe = getattr(recipe, "describe", None)
+                if callable(describe):
+                    meta["training"] = describe()
+                new_best = save_weights(
+                    best_path, net, arch=identity["arch"], config=identity["config"], meta=meta
+                )
         last_check = time.perf_counter()
         cost["val"] = last_check - t0
         return TrainEvent("validation", step, total_now(), metrics=metrics, preview=preview,
@@ -479,6 +504,8 @@ def train(
                     if name in losses:
                         o.step()
             step += 1
+            if averaged is not None:
+                averaged.update()
             for k, v in logs.items():
                 ema[k] = float(v) if k not in ema else (1 - _EMA) * ema[k] + _EMA * float(v)
             cost["step"] = time.perf_counter() - t_step
@@ -510,6 +537,45 @@ def train(
                     stacklevel=2,
                 )
         raise
+
+
+class _Average:
+    """The running average of a network's parameters (``train(average=...)``)."""
+
+    def __init__(self, net: torch.nn.Module, decay: float, ckpt: Any) -> None:
+        self.net, self.decay = net, float(decay)
+        saved = dict(ckpt.average) if ckpt is not None else {}
+        names = [n for n, _ in net.named_parameters()]
+        if saved and sorted(saved) == sorted(names):
+            self.params = {n: saved[n].to(p.device, p.dtype) for n, p in net.named_parameters()}
+            self.updates = int(ckpt.loop.get("average", {}).get("updates", 0))
+        else:  # a fresh run, or a checkpoint without an average: start from its weights
+            self.params = {n: p.detach().clone() for n, p in net.named_parameters()}
+            self.updates = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates}
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for n, p in self.net.named_parameters():
+            self.params[n].lerp_(p.detach(), 1.0 - d)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The network holds the averaged parameters inside the block, its own after it."""
+        live = {n: p.detach().clone() for n, p in self.net.named_parameters()}
+        with torch.no_grad():
+            for n, p in self.net.named_parameters():
+                p.copy_(self.params[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in self.net.named_parameters():
+                    p.copy_(live[n])
 
 
 def resolve_precision(precision: str, dev: torch.device) -> str:
