@@ -80,6 +80,18 @@ def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(se
     first = recipe_script.read_history(tmp / "run2")[0]["metrics"]["psnr"]
     assert first == pytest.approx(meta["metrics"]["psnr"], abs=0.05)  # continues, not scratch
 
+    # Resumed with a longer schedule and weight averaging: the run keeps the anneal fraction it
+    # started with, and each stretch records its planned length and averaging for the card.
+    assert run("run2", "--no-export", "--steps", "14", "--average", "0.9") == 0
+    info = json.loads((tmp / "run2" / "run.json").read_text())
+    assert info["args"]["anneal_fraction"] == 0.0
+    first_s, last_s = info["sessions"][0], info["sessions"][-1]
+    assert (first_s["planned"], first_s["average"]) == (12, None)
+    assert (last_s["first_step"], last_s["last_step"]) == (13, 14)
+    assert (last_s["planned"], last_s["average"]) == (14, 0.9)
+    assert recipe_script.stretch_steps(last_s) == "13–14 of 14, averaged (0.9)"
+    assert "| 1–12 of 12 |" in card
+
 
 def test_export_never_replaces_better_committed_weights(setup, capsys):
     tmp, models, run = setup

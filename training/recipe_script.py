@@ -218,7 +218,8 @@ def run_training(
             session.update(first_step=first, last_step=last,
                            steps_per_s=round((last - first) / dt, 3) if dt > 0 else None,
                            batch=args.batch, patch=args.patch,
-                           precision=precision)
+                           precision=precision, planned=args.steps,
+                           average=getattr(args, "average", None))
             upsert_session(args, session)
 
         def show(ev) -> None:
@@ -325,6 +326,17 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
         return [*before, this]
 
     return chain(Path(out), meta, objective, psnr, 0)
+
+
+def stretch_steps(session: dict[str, Any]) -> str:
+    """A session's steps for a card: "2302–4059", with the run's planned length (its cosine
+    schedule) and weight averaging when they were recorded: "2302–4059 of 20000, averaged"."""
+    text = f"{session.get('first_step', '?')}–{session.get('last_step', '?')}"
+    if session.get("planned"):
+        text += f" of {session['planned']}"
+    if session.get("average"):
+        text += f", averaged ({session['average']:g})"
+    return text
 
 
 def cpu_hours(stage: dict) -> float:

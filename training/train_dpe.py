@@ -473,7 +473,7 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
     for i, st in enumerate(stages, 1):
         for s in st.get("sessions") or [{"hardware": "not recorded"}]:
             L.append(f"| {i} | {s.get('started', '?')} | {s.get('hardware')} | "
-                     f"{s.get('torch', '?')} | {s.get('first_step', '?')}–{s.get('last_step', '?')}"
+                     f"{s.get('torch', '?')} | {recipe_script.stretch_steps(s)}"
                      f" | {s.get('steps_per_s', '?')} | {s.get('batch', '?')} × "
                      f"{s.get('patch', '?')} | {s.get('precision', 'fp32')} |")
     if TRIALS.is_file():

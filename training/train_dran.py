@@ -338,7 +338,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
     ]
     for s in run.get("sessions", []) or [{"hardware": "not recorded"}]:
         L.append(f"| {s.get('started', '?')} | {s.get('hardware')} | {s.get('torch', '?')} | "
-                 f"{s.get('first_step', '?')}–{s.get('last_step', '?')} | "
+                 f"{recipe_script.stretch_steps(s)} | "
                  f"{s.get('steps_per_s', '?')} | {s.get('batch', '?')} × {s.get('patch', '?')} | "
                  f"{s.get('precision', 'fp32')} |")
     init = run_args.get("init_weights")
@@ -389,7 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     from_weights = recipe_script.resolve_start(args, args.name, root=ROOT, interim=INTERIM_DIR)
     if args.anneal_fraction is None:
-        args.anneal_fraction = 0.0 if from_weights else 0.1
+        # A resumed run keeps the fraction it started with (its first session knew whether it
+        # started from trained weights; a resume does not).
+        recorded = recipe_script.read_record(args.out).get("args", {}).get("anneal_fraction")
+        resuming = (args.out / "last.safetensors").exists() and args.resume
+        args.anneal_fraction = (recorded if resuming and recorded is not None
+                                else 0.0 if from_weights else 0.1)
     pool = load_pool()
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
                            val_clipped=True, anneal_fraction=args.anneal_fraction,

@@ -374,8 +374,8 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
     ]
     for st in history:
         a = st.get("args") or {}
-        hw = "; ".join(f"{s.get('hardware', '?')}, steps {s.get('first_step', '?')}–"
-                       f"{s.get('last_step', '?')} at {s.get('steps_per_s', '?')} steps/s"
+        hw = "; ".join(f"{s.get('hardware', '?')}, steps {recipe_script.stretch_steps(s)} at "
+                       f"{s.get('steps_per_s', '?')} steps/s"
                        for s in st.get("sessions", [])) or "not recorded"
         L.append(f"| `{Path(st['run']).name}` | {st['objective']} | {st.get('steps')} "
                  f"({st.get('selected_step')}) | "
