@@ -91,6 +91,11 @@ def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(se
     assert (last_s["planned"], last_s["average"]) == (14, 0.9)
     assert recipe_script.stretch_steps(last_s) == "13–14 of 14, averaged (0.9)"
     assert "| 1–12 of 12 |" in card
+    # The card of the resumed run still names the weights its first session started from.
+    assert run("run2", "--export", "--force") == 0
+    card2 = (tmp / "checkpoints" / "dran.md").read_text()
+    assert "The last run started from `dran.safetensors`" in card2
+    assert "| 13–14 of 14, averaged (0.9) |" in card2
 
 
 def test_export_never_replaces_better_committed_weights(setup, capsys):

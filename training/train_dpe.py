@@ -237,7 +237,7 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
         recorded=read_header(prior, expected_arch="dpe")["meta"].get("stages") or [] if prior else [])
     ship = (passed and args.ablation is None) or args.ship_anyway
     dest_dir = args.models_dir if ship else INTERIM_DIR
-    committed = committed_weights(args.name) if not args.ship_anyway else None
+    committed = prior if not args.ship_anyway else None
     if committed is not None and not args.force:
         # Interim weights never replace shipped ones, the first model above the gate replaces
         # interim ones, and otherwise only a better mean validation PSNR (today's split) does.

@@ -346,7 +346,8 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
                  f"{recipe_script.stretch_steps(s)} | "
                  f"{s.get('steps_per_s', '?')} | {s.get('batch', '?')} × {s.get('patch', '?')} | "
                  f"{s.get('precision', 'fp32')} |")
-    init = run_args.get("init_weights")
+    # run.json keeps the starting weights across resumes; "args" holds the latest session's.
+    init = run.get("init_weights") or run_args.get("init_weights")
     if init:
         L += ["", f"The last run started from `{Path(init).name}` (committed weights of an "
                   "earlier run; its card lists the stretches before)."]
