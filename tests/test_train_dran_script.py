@@ -96,6 +96,14 @@ def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(se
     card2 = (tmp / "checkpoints" / "dran.md").read_text()
     assert "The last run started from `dran.safetensors`" in card2
     assert "| 13–14 of 14, averaged (0.9) |" in card2
+    # Its validation table holds every check of the run, from history.jsonl, and marks the
+    # averaged one: the numbers behind the curve, not a hand-written summary of them.
+    hist2 = {h["step"]: h for h in recipe_script.read_history(tmp / "run2")}
+    rows = {line.split(" | ")[0].strip("| "): line for line in card2.splitlines()
+            if line.startswith("| ") and line.count(" | ") == 9}
+    assert set(hist2) == {0, 6, 12, 14} and {str(s) for s in hist2} <= set(rows)
+    assert [rows[str(s)].split(" | ")[1] for s in (0, 6, 12, 14)] == ["no", "no", "no", "yes"]
+    assert rows["14"].split(" | ")[2] == f"{hist2[14]['metrics']['psnr']:.2f}"
 
 
 def test_export_never_replaces_better_committed_weights(setup, capsys):
@@ -152,3 +160,17 @@ def test_adaptive_threads_keeps_the_faster_count():
         assert pick.current == 2 and done and all(4 <= len(r) <= 7 for r in done), counts
     finally:
         torch.set_num_threads(torch_threads)
+
+
+def test_two_sessions_started_in_the_same_second_are_both_on_record(tmp_path):
+    # A short resume can start within the second its predecessor started: the card must still
+    # list both stretches (they were once keyed by the start time alone, and the second
+    # replaced the first).
+    args = train_dran.parse_args(["--out", str(tmp_path)])
+    first = {"started": "2026-12-06 10:00:00", "id": "a", "first_step": 1, "last_step": 12}
+    second = {"started": "2026-12-06 10:00:00", "id": "b", "first_step": 13, "last_step": 14}
+    recipe_script.upsert_session(args, first)
+    recipe_script.upsert_session(args, second)
+    recipe_script.upsert_session(args, {**second, "last_step": 15})  # the same session, later
+    sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
+    assert [(s["first_step"], s["last_step"]) for s in sessions] == [(1, 12), (13, 15)]

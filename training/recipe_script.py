@@ -10,6 +10,7 @@ import argparse
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,9 @@ def run_training(
     # The stretch records the arithmetic it really ran in ('auto' resolved on this machine).
     precision = resolve_precision(getattr(args, "precision", "fp32"), dev)
     with GracefulStop(tqdm.write, term=True) as stop:
+        # "id" tells two sessions apart that start within the same second (a short resume).
         session: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                   "id": uuid.uuid4().hex[:12],
                                    "hardware": hardware(dev), "torch": torch.__version__}
         gen = train(
             recipe, steps=args.steps, out_dir=args.out, batch=args.batch, patch=args.patch,
@@ -266,7 +269,8 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
     if getattr(args, "init_weights", None) and "init_weights" not in info:
         # The weights the run started from (a stage's predecessor), kept across resumes.
         info["init_weights"] = str(Path(args.init_weights).resolve())
-    sessions = [s for s in info.get("sessions", []) if s.get("started") != session["started"]]
+    sessions = [s for s in info.get("sessions", [])
+                if s.get("id", s.get("started")) != session.get("id", session["started"])]
     info["sessions"] = [*sessions, dict(session)]
     write_record(args.out, info)
 
@@ -369,6 +373,29 @@ def read_history(out: Path) -> list[dict[str, Any]]:
             r = json.loads(line)
             rows[r["step"]] = r
     return [rows[k] for k in sorted(rows)]
+
+
+def averaged_at(step: int, sessions: Sequence[dict[str, Any]]) -> bool:
+    """Whether validation at ``step`` saw averaged weights: a session that averaged ran it."""
+    return any(s.get("average") and s.get("first_step") is not None
+               and s.get("last_step") is not None and s["first_step"] <= step <= s["last_step"]
+               for s in sessions)
+
+
+def history_table(hist: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]],
+                  sessions: Sequence[dict[str, Any]] = (), fmt: str = ".2f") -> list[str]:
+    """Markdown rows of a run's validations (``read_history``): the step, whether the weights
+    were averaged then, one column per ``(metric key, heading)`` and the best mark, so a card
+    carries the numbers behind its curve instead of a hand-written summary of them."""
+    head = ["step", "averaged", *(h for _, h in columns), "best so far"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for h in hist:
+        m = h["metrics"]
+        cells = [f"{h['step']:,}", "yes" if averaged_at(h["step"], sessions) else "no",
+                 *(format(m[k], fmt) if k in m else "–" for k, _ in columns),
+                 "**yes**" if h.get("best") else ""]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
 
 
 def curve_figure():

@@ -373,6 +373,13 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         L += [*denoise_gate.verdict_lines(target, "bm3d"), ""]
     if curve is not None:
         L += [f"![validation PSNR per σ against the training step]({curve.name})", ""]
+    hist = recipe_script.read_history(args.out)
+    if hist:
+        cols = [("psnr", "mean")] + [(f"psnr_{c}{s:g}", f"σ{s:g} {'clipped' if c == 'c' else 'unclipped'}")
+                                     for s in recipe.val_sigmas for c in "sc"]
+        L += ["Validation PSNR (dB) of the last run at each check (`history.jsonl` of its "
+              "folder; the curve above):", "",
+              *recipe_script.history_table(hist, cols, run.get("sessions", [])), ""]
     L += [
         "Paper (Table 2; their noise was not the stated Gaussian, so orders of magnitude only): "
         "σ=25 PSNR 29.98 / 36.69 / 34.42 dB (microscopy / radiology / dermatology).",
