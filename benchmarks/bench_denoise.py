@@ -205,44 +205,14 @@ def memory(model: str, shape: tuple[int, ...]) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="dran", help="registered name or .safetensors path")
-    ap.add_argument("--quick", action="store_true", help="small speed / memory cases only")
-    ap.add_argument("--no-bm3d", action="store_true")
-    ap.add_argument("--no-ffdnet", action="store_true")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_denoise.md")
-    ap.add_argument("--only-memory", action="store_true",
-                    help="measure peak memory only and replace that section of --out in place")
-    ap.add_argument("--only-speed", action="store_true",
-                    help="measure speed only and replace that section of --out in place")
-    a = ap.parse_args(argv)
-    methods = ["nlm"] + ([] if a.no_bm3d else ["bm3d"]) + ([] if a.no_ffdnet else ["ffdnet"])
-    from napari_medenhance.core import zoo
+QUALITY_HEADING = "## Quality"
 
-    info = zoo.get_model(a.model, task="denoise")
-    cases = [(1024, 1024), (4, 256, 256)] if a.quick else [(1024, 1024), (4096, 4096), (64, 512, 512)]
-    command = " ".join([".venv/bin/python", "benchmarks/bench_denoise.py", *(argv or sys.argv[1:])])
-    if a.only_memory:
-        section = memory_section(_measure_memory(a.model, cases), command, describe())
-        _replace_section(a.out, MEMORY_HEADING, section, None)
-        print(f"replaced the memory section of {a.out}")
-        return 0
-    if a.only_speed:
-        size = 256 if a.quick else 512
-        sp = speed(a.model, size, methods, 1 if a.quick else 2)
-        _replace_section(a.out, SPEED_HEADING, speed_section(sp, size, command, describe()),
-                         MEMORY_HEADING)
-        print(f"replaced the speed section of {a.out}")
-        return 0
+
+def quality_part(info, rows: list[dict], methods: list[str], qtimes: dict[str, float],
+                 command: str, only: bool = False) -> list[str]:
+    """The results file's title, machine and model lines and its quality section
+    (``only``: quality was refreshed on its own, the speed and memory sections kept)."""
     import denoise_gate
-
-    print("quality on the fixed validation split ...", flush=True)
-    rows, qtimes = quality(a.model, methods)
-    print("speed ...", flush=True)
-    sp = speed(a.model, 256 if a.quick else 512, methods, 1 if a.quick else 2)
-    mem = _measure_memory(a.model, cases)
-
     import torch
 
     L = [
@@ -250,10 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Machine: {describe()}; torch threads {torch.get_num_threads()}.",
         f"Model: `{info.name}` ({info.path.name}; step {info.card.get('step', '?')}). "
-        f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_denoise.py', *(argv or sys.argv[1:])])}`.",
+        f"Command: `{command}`.",
         "No GPU was lent to the session that produced this table, so GPU speed is not measured here.",
+    ]
+    if only:
+        L += ["", "This command refreshed the quality section alone; the speed and memory "
+              "sections below are kept from earlier runs of this script (a section measured on "
+              "its own names its command). The weights do not change speed or memory: the "
+              "architecture and the arithmetic on this CPU do, and neither changed."]
+    L += [
         "",
-        "## Quality (fixed validation split, same noise as the model card)",
+        f"{QUALITY_HEADING} (fixed validation split, same noise as the model card)",
         "",
         "PSNR (dB) / SSIM at data range 1, outputs clipped to [0, 1]. Baselines are given the "
         "true σ; `dran` is blind (one network for σ ∈ [0, 50]). Modality rows are means over "
@@ -284,6 +261,58 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {v:.0f} s" for k, v in qtimes.items()) + ".",
         "",
     ]
+    return L
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="dran", help="registered name or .safetensors path")
+    ap.add_argument("--quick", action="store_true", help="small speed / memory cases only")
+    ap.add_argument("--no-bm3d", action="store_true")
+    ap.add_argument("--no-ffdnet", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_denoise.md")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="measure peak memory only and replace that section of --out in place")
+    ap.add_argument("--only-quality", action="store_true",
+                    help="measure quality only (baselines from the cache) and replace the "
+                         "title and quality sections of --out in place")
+    ap.add_argument("--only-speed", action="store_true",
+                    help="measure speed only and replace that section of --out in place")
+    a = ap.parse_args(argv)
+    methods = ["nlm"] + ([] if a.no_bm3d else ["bm3d"]) + ([] if a.no_ffdnet else ["ffdnet"])
+    from napari_medenhance.core import zoo
+
+    info = zoo.get_model(a.model, task="denoise")
+    cases = [(1024, 1024), (4, 256, 256)] if a.quick else [(1024, 1024), (4096, 4096), (64, 512, 512)]
+    command = " ".join([".venv/bin/python", "benchmarks/bench_denoise.py", *(argv or sys.argv[1:])])
+    if a.only_memory:
+        section = memory_section(_measure_memory(a.model, cases), command, describe())
+        _replace_section(a.out, MEMORY_HEADING, section, None)
+        print(f"replaced the memory section of {a.out}")
+        return 0
+    if a.only_speed:
+        size = 256 if a.quick else 512
+        sp = speed(a.model, size, methods, 1 if a.quick else 2)
+        _replace_section(a.out, SPEED_HEADING, speed_section(sp, size, command, describe()),
+                         MEMORY_HEADING)
+        print(f"replaced the speed section of {a.out}")
+        return 0
+    print("quality on the fixed validation split ...", flush=True)
+    rows, qtimes = quality(a.model, methods)
+    if a.only_quality:
+        text = a.out.read_text(encoding="utf-8")
+        _, sep, tail = text.partition(SPEED_HEADING)
+        if not sep:
+            raise SystemExit(f"{a.out} has no '{SPEED_HEADING}' section to keep")
+        part = quality_part(info, rows, methods, qtimes, command, only=True)
+        a.out.write_text("\n".join(part) + "\n" + sep + tail, encoding="utf-8")
+        print(f"replaced the quality section of {a.out}")
+        return 0
+    print("speed ...", flush=True)
+    sp = speed(a.model, 256 if a.quick else 512, methods, 1 if a.quick else 2)
+    mem = _measure_memory(a.model, cases)
+
+    L = quality_part(info, rows, methods, qtimes, command)
     L += speed_section(sp, 256 if a.quick else 512)
     L += memory_section(mem)
     a.out.write_text("\n".join(L), encoding="utf-8")
