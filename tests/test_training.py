@@ -278,6 +278,42 @@ def test_weight_average_is_what_validation_and_best_weights_see(recipe, tmp_path
     assert metrics["psnr"] == pytest.approx(last_val.metrics["psnr"], abs=1e-6)
 
 
+def test_a_checkpoint_gives_its_trained_or_its_averaged_weights_as_a_weights_file(recipe, tmp_path):
+    # training/checkpoint_weights.py: how a session measures what averaging adds at a step.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
+    import checkpoint_weights
+
+    n = 6
+    events, res = _run(train(recipe, steps=n, out_dir=tmp_path / "r", val_every=n, ckpt_every=0,
+                             average=0.5, **RUN))
+    last = tmp_path / "r" / "last.safetensors"
+    ck = load_checkpoint(last)
+    avg = checkpoint_weights.write(last, tmp_path / "avg.safetensors", averaged=True)
+    live = checkpoint_weights.write(last, tmp_path / "live.safetensors")
+    names = [k for k, _ in recipe.build().named_parameters()]
+    a, t = _tensors(avg), _tensors(live)
+    assert all(torch.equal(a[k], ck.average[k]) and torch.equal(t[k], ck.model[k]) for k in names)
+    assert any(not torch.equal(a[k], t[k]) for k in names)
+    assert read_header(avg, expected_arch="dran")["meta"]["weights"] == "averaged"
+    assert read_header(live, expected_arch="dran")["meta"]["step"] == n
+    # The averaged file scores what the run's own validation scored at that step.
+    net = DRAN(**read_header(avg)["config"])
+    load_into(net, avg, expected_arch="dran")
+    net.eval()
+    metrics, _ = recipe.validate(net, torch.device("cpu"))
+    last_val = [e for e in events if e.kind == "validation"][-1]
+    assert metrics["psnr"] == pytest.approx(last_val.metrics["psnr"], abs=1e-6)
+    # A run without averaging has nothing to give: a clear error, no file.
+    _run(train(recipe, steps=1, out_dir=tmp_path / "plain", val_every=0, ckpt_every=0, **RUN))
+    with pytest.raises(SystemExit, match="no averaged weights"):
+        checkpoint_weights.write(tmp_path / "plain" / "last.safetensors",
+                                 tmp_path / "x.safetensors", averaged=True)
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_weight_average_resumes_exactly_and_starts_on_an_old_checkpoint(recipe, tmp_path):
     n, k = 10, 4
     run = dict(val_every=0, ckpt_every=0, average=0.9, **RUN)
