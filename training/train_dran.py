@@ -378,7 +378,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         cols = [("psnr", "mean")] + [(f"psnr_{c}{s:g}", f"σ{s:g} {'clipped' if c == 'c' else 'unclipped'}")
                                      for s in recipe.val_sigmas for c in "sc"]
         L += ["Validation PSNR (dB) of the last run at each check (`history.jsonl` of its "
-              "folder; the curve above):", "",
+              f"folder{'; the curve above' if curve is not None else ''}):", "",
               *recipe_script.history_table(hist, cols, run.get("sessions", [])), ""]
     L += [
         "Paper (Table 2; their noise was not the stated Gaussian, so orders of magnitude only): "
