@@ -66,6 +66,7 @@ def test_psnr_stage_then_gan_stage_export_interim_below_the_gate(setup, capsys):
     for k in ("bicubic PSNR", "gaussian PSNR", "blur3 PSNR", "lanczos", "Ship gate", "Target"):
         assert k in card, k
     assert "✘" in card and "msgan-curve.png" in card and (tmp / "checkpoints" / "msgan-curve.png").is_file()
+    assert "the HR's own noise" in card and "HR noise σ" in card and "**microscopy** |" in card
     out = capsys.readouterr().out
     assert "interim (below the ship gate, not shipped)" in out and "gate not passed" in out
 
@@ -79,6 +80,12 @@ def test_psnr_stage_then_gan_stage_export_interim_below_the_gate(setup, capsys):
         assert set(e["kernel_margins"]) == {"bicubic", "gaussian", "blur3"}
         assert e["margin"] == pytest.approx(np.mean(list(e["kernel_margins"].values())), abs=0.05)
         assert e["pass"] == (e["margin"] >= 0.5 and min(e["kernel_margins"].values()) > 0)
+    # one ceiling per validation item, scale and kernel, above what the model reached
+    assert len(res["ceiling"]) == len(rec.validation_items(True)) * 2 * 3
+    mine = {(r["name"], r["region"], r["scale"], r["kernel"]): r["psnr"]
+            for r in res["rows"] if r["method"] == "msgan"}
+    assert all(c["psnr"] > mine[(c["name"], c["region"], c["scale"], c["kernel"])]
+               for c in res["ceiling"])
     # the ×2 model runs through the registry at ×2
     net, info = zoo.load_model(str(x2), task="sr")
     assert info.scale == 2
@@ -155,3 +162,23 @@ def test_gate_needs_the_mean_margin_and_every_kernel_above_bicubic():
     # the target also wants SSIM and LaSSIM above bicubic on every kernel
     assert not sr_gate.passed(sr_gate.verdict(rows({"bicubic": 2.0, "gaussian": 2.0, "blur3": 2.0}),
                                               margin=1.0, structure=True))
+
+
+def test_noise_ceiling_of_a_plane_with_known_white_noise():
+    """σ is found, and the ceiling sits between what a perfect denoising enlargement scores
+    (the clean plane: MSE σ²) and what copying all the noise would (unbounded)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    clean = 0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)
+    sigma = 0.02
+    hr = (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    for f in (2, 4):
+        est, ceil = sr_gate.noise_ceiling(hr, f)
+        assert est == pytest.approx(sigma, rel=0.1)
+        assert ceil == pytest.approx(-10 * np.log10(sigma**2 * (1 - 1 / f**2)), abs=0.5)
+        perfect = 10 * np.log10(1 / np.mean((clean - hr) ** 2))
+        # above the clean plane by −10·log10(1 − 1/f²): ×2 1.25 dB, ×4 0.28 dB (σ estimated)
+        assert perfect < ceil == pytest.approx(perfect - 10 * np.log10(1 - 1 / f**2), abs=0.5)
+    rgb = np.repeat(hr[..., None], 3, -1)
+    assert sr_gate.noise_ceiling(rgb, 4, rgb=True)[0] == pytest.approx(sigma, rel=0.1)
+    assert sr_gate.noise_ceiling(np.full((64, 64), 0.5, np.float32), 4)[1] > 100  # noiseless

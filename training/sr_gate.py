@@ -90,6 +90,54 @@ def model_rows(recipe: SRRecipe, weights: str | Path, device: str = "cpu",
     return [{**r, "method": method} for r in rows], time.perf_counter() - t
 
 
+def noise_ceiling(hr: np.ndarray, factor: int, rgb: bool = False) -> tuple[float, float]:
+    """``(σ, PSNR ceiling in dB)`` of an HR plane in [0, 1] (Y×X, or Y×X×3 with ``rgb``).
+
+    σ is the plane's white noise as scikit-image's wavelet estimator sees it
+    (``estimate_sigma``, averaged over colour channels). A ×``factor`` LR holds the lowest
+    1/factor² of the spectrum; the noise above it, of variance σ²·(1 − 1/factor²), is independent
+    of the LR, so no enlargement gets a mean squared error against this HR below that:
+    PSNR ≤ −10·log10(σ²·(1 − 1/factor²)) at data range 1. Approximate: the LR kernels are not
+    ideal low-passes, and the estimator counts the finest real texture as noise.
+    """
+    from skimage.restoration import estimate_sigma
+
+    sigma = float(estimate_sigma(hr, channel_axis=-1 if rgb else None, average_sigmas=True))
+    floor = sigma * sigma * (1.0 - 1.0 / factor**2)
+    return sigma, float(10.0 * np.log10(1.0 / floor)) if floor > 0 else float("inf")
+
+
+def ceiling_rows(recipe: SRRecipe) -> list[dict]:
+    """Rows ``name, modality, method="ceiling", scale, kernel, region, psnr, sigma`` of every
+    validation item (windows and whole planes), one per kernel so that they average like the
+    methods' rows (the ceiling depends on the HR alone)."""
+    rows = []
+    for item in recipe.validation_items(True):
+        plane = item["plane"]
+        for f in SCALES:
+            sigma, ceil = noise_ceiling(item["hr"], f, plane.rgb)
+            rows += [{"name": plane.name, "modality": plane.modality, "method": "ceiling",
+                      "scale": f, "kernel": k, "region": item["region"], "psnr": ceil,
+                      "sigma": sigma} for k in recipe.kernels]
+    return rows
+
+
+def ceiling_table(rows: Sequence[dict], region: str = "window", method: str = "msgan") -> list[str]:
+    """Markdown: per modality and group, the HR's noise σ and, at ×2 and ×4, bicubic's and
+    ``method``'s PSNR (means over the kernels) beside the noise ceiling (:func:`noise_ceiling`)."""
+    mods = list(dict.fromkeys(r["modality"] for r in rows if r["method"] == "ceiling"))
+    L = ["| modality | HR noise σ | " + " | ".join(f"×{f} bicubic / {method} / ceiling (dB)"
+                                                  for f in SCALES) + " |",
+         "|---|---|" + "---|" * len(SCALES)]
+    labels = [(m, (m,)) for m in mods] + [(f"**{g}**", ms) for g, ms in GROUPS.items()]
+    for label, ms in labels:
+        sigma = group_mean(rows, "sigma", ms, method="ceiling", region=region, scale=SCALES[0])
+        cells = [" / ".join(f"{group_mean(rows, 'psnr', ms, method=m, region=region, scale=f):.2f}"
+                            for m in ("bicubic", method, "ceiling")) for f in SCALES]
+        L.append(f"| {label} | {sigma:.4f} | " + " | ".join(cells) + " |")
+    return L
+
+
 def verdict(rows: Sequence[dict], method: str = "msgan", against: str = "bicubic",
             margin: float = GATE_DB, *, structure: bool = False) -> list[dict]:
     """One entry per scale, group and region: ``method``'s and ``against``'s PSNR (means over
@@ -166,7 +214,8 @@ def run(recipe: SRRecipe, weights: str | Path, method: str = "msgan",
     gate = verdict(rows, method, margin=GATE_DB)
     target = verdict(rows, method, margin=TARGET_DB, structure=True)
     return {"rows": rows, "gate": gate, "target": target, "passed": passed(gate),
-            "target_met": passed(target), "seconds": {"baselines": t_base, method: dt}}
+            "target_met": passed(target), "seconds": {"baselines": t_base, method: dt},
+            "ceiling": ceiling_rows(recipe)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nShip gate (≥ bicubic + {GATE_DB} dB over the kernels, above it on each):\n" + "\n".join(verdict_lines(res["gate"])))
     print(f"\nTarget (≥ bicubic + {TARGET_DB} dB, SSIM and LaSSIM above):\n"
           + "\n".join(verdict_lines(res["target"])))
+    print("\nThe HR's own noise caps any method's PSNR (windows; sr_gate.noise_ceiling):\n")
+    print("\n".join(ceiling_table(res["rows"] + res["ceiling"])))
     print(f"\ngate {'PASSED' if res['passed'] else 'not passed'}; target "
           f"{'met' if res['target_met'] else 'not met'}; msgan evaluated in "
           f"{res['seconds']['msgan']:.0f} s")

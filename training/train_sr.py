@@ -411,6 +411,14 @@ def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use1
           *sr_gate.verdict_lines(res["gate"]), "",
           f"## Target (≥ bicubic + {sr_gate.TARGET_DB} dB, SSIM and LaSSIM above bicubic)", "",
           *sr_gate.verdict_lines(res["target"]), ""]
+    if res.get("ceiling"):
+        L += ["### How far a method can go: the HR's own noise", "",
+              "Noise in the high-resolution image above the LR's band is independent of the LR, so "
+              "no enlargement can reproduce it: with the HR's white noise σ (scikit-image's "
+              "`estimate_sigma`), PSNR ≤ −10·log10(σ²·(1 − 1/f²)) at ×f (`sr_gate.noise_ceiling`; "
+              "approximate, as the estimator counts the finest texture as noise). Windows, "
+              "means over the kernels:", "",
+              *sr_gate.ceiling_table(res["rows"] + res["ceiling"]), ""]
     if curve is not None:
         L += [f"![validation curve]({curve.name})", ""]
     L += [
