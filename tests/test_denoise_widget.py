@@ -89,6 +89,22 @@ def test_current_plane_lands_on_that_plane_in_world_space(setup, qtbot, stack):
     np.testing.assert_array_equal(src.data, stack)
 
 
+def test_the_ensemble_box_runs_eight_views_per_tile(setup, qtbot, stack):
+    viewer, widget, _ = setup
+    viewer.dims.set_point(0, TRANSLATE[0] + 3 * SCALE[0])  # world z of plane 3
+    widget.plane_only.value = True
+    widget.ensemble.value = True
+    seen = []
+    widget.run()
+    widget._worker.yielded.connect(lambda ev: seen.append(widget.status.text()))
+    pbar = widget._worker.pbar
+    _wait(qtbot, widget)
+    assert (pbar.total, pbar.n) == (8, 8)  # one plane, one tile, 8 views
+    assert seen and all(", view " in t for t in seen) and seen[-1].endswith("view 8/8")
+    expected = me.denoise(stack, "tiny", device="cpu", ensemble=True)[3]
+    np.testing.assert_array_equal(viewer.layers[-1].data[0], expected)
+
+
 @pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
 def test_plane_placement_is_exact_with_rotation_and_shear():
     rot = Rotation.from_euler("xyz", [20, -10, 35], degrees=True).as_matrix()

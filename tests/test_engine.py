@@ -385,6 +385,71 @@ def test_pad_multiple_odd_sizes(mr):
 
 
 # --------------------------------------------------------------------------------------------
+# self-ensemble
+
+
+def _views_average(net: nn.Module, x: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Independent 8-view self-ensemble of a gray [0, 1] plane with numpy's rotations and flips."""
+    outs = []
+    for k in range(4):
+        for flip in (False, True):
+            v = np.rot90(x, k)
+            v = v[:, ::-1] if flip else v
+            t = torch.from_numpy(np.ascontiguousarray(v, np.float32))[None, None].expand(1, 3, -1, -1)
+            with torch.no_grad():
+                y = net(t)[0].double().mean(0).numpy()
+            y = y[:, ::-1] if flip else y
+            outs.append(np.rot90(y, -k))
+    return np.mean(outs, axis=0)
+
+
+def test_ensemble_averages_the_eight_views_turned_back(ct):
+    img = ct[100:260, 60:290].astype(np.float32)  # not square: rotations swap the tile's sides
+    lo, hi = float(img.min()), float(img.max())
+    net = random_net(2)  # not rotation-invariant: each view gives another output
+    expected = np.clip(_views_average(net, (img - lo) / (hi - lo)) * (hi - lo) + lo, lo, hi)
+    out = apply(img, net, ensemble=True, **CPU)
+    plain = apply(img, net, **CPU)
+    rng = hi - lo
+    assert np.abs(out - expected).max() < 1e-4 * rng
+    assert np.abs(plain - expected).max() > 1e-2 * rng  # the views do differ
+    tiled = apply(img, net, ensemble=True, tile=96, overlap=32, **CPU)
+    assert np.abs(tiled - out).max() < 1e-4 * rng
+
+
+def test_ensemble_leaves_a_symmetric_network_unchanged(mr, ihc):
+    img = mr[:150, :200]
+    np.testing.assert_array_equal(
+        apply(img, nearest_x2(), scale=2, ensemble=True, tile=64, overlap=16, **CPU),
+        img.repeat(2, 0).repeat(2, 1))
+    rgb = ihc[:90, :70].astype(np.float32) / 255  # floats: no rounding to hide a difference
+    blur = apply(rgb, gaussian_blur_net(), **CPU)
+    np.testing.assert_allclose(apply(rgb, gaussian_blur_net(), ensemble=True, **CPU), blur, atol=1e-6)
+    net = NeedsMultiple(16)  # padding to the multiple happens before the views
+    np.testing.assert_array_equal(apply(img[:37, :45], net, pad_multiple=16, ensemble=True, **CPU),
+                                  img[:37, :45])
+    assert {tuple(t.shape[-2:]) for t in net.seen} == {(48, 48)}
+
+
+def test_ensemble_progress_and_cancel_come_after_every_view(nuclei):
+    events: list[Progress] = []
+    apply(nuclei[:2], identity_net(), tile=128, overlap=32, ensemble=True,
+          progress=events.append, **CPU)
+    assert [e.done for e in events] == list(range(1, 2 * 9 * 8 + 1))
+    assert {e.total for e in events} == {144}
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    events.clear()
+    with pytest.raises(Cancelled, match="after 3 of 8 views"):
+        apply(nuclei[0], identity_net(), ensemble=True, cancel=cancel, progress=events.append, **CPU)
+    assert len(events) == 3  # inside the first (whole-plane) tile
+
+
+# --------------------------------------------------------------------------------------------
 # progress, cancel, state
 
 

@@ -77,6 +77,21 @@ def test_rectangles_become_layers_exactly_over_them(setup, qtbot):
     assert widget.status.text().startswith("Added 2 layer(s)")
 
 
+def test_the_ensemble_box_super_resolves_each_roi_in_eight_views(setup, qtbot):
+    viewer, widget, src, mr = setup
+    widget.roi_layer.value = viewer.add_shapes([_world_box(src, 400, 440, 300, 360)],
+                                               shape_type="rectangle", name="lesion")
+    widget.factor.value = 2
+    widget.ensemble.value = True
+    widget.run()
+    pbar = widget._worker.pbar
+    _wait(qtbot, widget)
+    assert (pbar.total, pbar.n) == (8, 8)
+    expect = me.super_resolve(mr, 2, "tiny-x2", roi=(400, 440, 300, 360), device="cpu",
+                              ensemble=True)
+    np.testing.assert_array_equal(viewer.layers[-1].data, expect)
+
+
 def test_rotated_source_and_x4(setup, qtbot):
     viewer, widget, src, _ = setup
     src.rotate = 25.0

@@ -55,11 +55,13 @@ def restore_file(args: argparse.Namespace) -> int:
             vol = read_volume(src, lazy=True)  # TIFF memory-mapped, others lazily
             data = vol.data
             job = batch.iter_process_file(vol, dst, task=task, model=args.model,
-                                          device=device, tile=tile, rgb=rgb)
+                                          device=device, tile=tile, rgb=rgb,
+                                          ensemble=args.ensemble)
         else:  # PNG, JPEG...: small images, read whole
             data = read_other(src)
             job = lazy.iter_process_volume(data, loaded.module, dst, rgb=rgb, device=device,
-                                           tile=tile, **loaded.engine_kwargs)
+                                           tile=tile, ensemble=args.ensemble,
+                                           **loaded.engine_kwargs)
         prepare_output_folder(task, dst.parent)
     except (ValueError, OSError) as err:  # WeightsError is a ValueError
         return fail(task, err)
@@ -115,6 +117,7 @@ def restore_folder(args: argparse.Namespace) -> int:
         pattern=args.pattern or DEFAULT_PATTERNS,
         device=args.device, tile=args.tile or None, rgb=rgb, scheduler=args.scheduler,
         n_workers=args.workers, memory_limit=args.memory_limit, overwrite=args.overwrite,
+        ensemble=args.ensemble,
     )
     try:
         summary = drive(job, show)

@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                   f"{','.join(map(str, r.as_tuple()))}", file=sys.stderr)
     job = api.iter_super_resolve(
         data, args.scale, args.model, [r.as_tuple() for r in rois] if rois else None,
-        rgb=is_rgb, device=device, tile=args.tile or None, planes=planes)
+        rgb=is_rgb, device=device, tile=args.tile or None, planes=planes,
+        ensemble=args.ensemble)
     code, result = drive_with_bar(task, job)
     if code:
         return code

@@ -102,6 +102,7 @@ class RunModelWidget(QWidget):
         self._worker = None
         self._cancelled = False
         self._running = False  # False once the job's outcome is known: late progress is dropped
+        self._unit = "tile"  # what a progress event counts: tiles, or their views (ensemble)
         self._files: dict[str, str] = {}  # models picked with Browse…: path -> label
         verb = self.VERB.lower()
 
@@ -129,8 +130,12 @@ class RunModelWidget(QWidget):
                                    tooltip=f"{self.VERB} only the plane the viewer shows (a quick "
                                            "preview), with the same intensity mapping as the whole "
                                            "stack; unchecked: every plane")
+        self.ensemble = CheckBox(
+            text="8-view ensemble (8× slower)", value=False,
+            tooltip=f"{self.VERB} every tile in its 8 rotations and flips and average the results "
+                    "turned back: a slightly better result (about +0.1 dB PSNR) for 8× the time")
         self.pickers = Container(widgets=[self.layer, self.model, self.device, self.tile_row,
-                                          self.plane_only])
+                                          self.plane_only, self.ensemble])
 
         self.help = QLabel(self.HELP)
         self.help.setWordWrap(True)
@@ -321,6 +326,7 @@ class RunModelWidget(QWidget):
         worker = create_worker(
             surface_runtime_errors, self.job(), data, model, rgb=layer.rgb,
             device=self.device.value, tile=self.tile.value or None, plane=index,
+            ensemble=self.ensemble.value,
             _progress={"total": 0, "desc": f"{self.VERB} {layer.name}"},
             # Errors are reported here (notification + status), not re-raised in the main thread.
             _ignore_errors=True,
@@ -335,6 +341,7 @@ class RunModelWidget(QWidget):
         self._worker = worker
         self._cancelled = False
         self._running = True
+        self._unit = "view" if self.ensemble.value else "tile"
         self.btn_run.setEnabled(False)
         self.btn_cancel.setEnabled(True)
         self.status.setText(f"{self.DOING} '{layer.name}' with {Path(model).name}…")
@@ -349,7 +356,7 @@ class RunModelWidget(QWidget):
     def _on_progress(self, event: Progress) -> None:
         if not self._running:
             return  # the outcome is already shown
-        self.status.setText(f"{self.DOING}: {event.stage}, tile {event.done}/{event.total}")
+        self.status.setText(f"{self.DOING}: {event.stage}, {self._unit} {event.done}/{event.total}")
         # Last: napari's progress bar processes Qt events while it redraws, so the worker's next
         # signals (later tiles, the result) can run inside this call; nothing may follow it.
         pbar = getattr(self._worker, "pbar", None)

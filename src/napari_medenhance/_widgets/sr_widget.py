@@ -223,7 +223,7 @@ class SuperResolveWidget(RunModelWidget):
         worker = create_worker(
             surface_runtime_errors, self.job(), data, factor, model,
             [r.as_tuple() for _, r in rois], rgb=layer.rgb, device=self.device.value,
-            tile=self.tile.value or None, planes=index,
+            tile=self.tile.value or None, planes=index, ensemble=self.ensemble.value,
             _progress={"total": 0, "desc": f"Super-resolve {layer.name}"},
             _ignore_errors=True,  # reported here (notification + status), not re-raised
         )
@@ -235,6 +235,7 @@ class SuperResolveWidget(RunModelWidget):
         self._worker = worker
         self._cancelled = False
         self._running = True
+        self._unit = "view" if self.ensemble.value else "tile"
         self.btn_run.setEnabled(False)
         self.btn_cancel.setEnabled(True)
         self.status.setText(f"Super-resolving {len(rois)} ROI(s) of '{layer.name}' ×{factor}…")

@@ -170,6 +170,7 @@ def iter_process_file(
     rgb: bool | None = None,
     block_bytes: int = lazy.DEFAULT_BLOCK_BYTES,
     cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> Generator[Progress, None, int]:
     """Restore one file into ``dst`` block by block; a generator of engine :class:`Progress`.
 
@@ -179,7 +180,9 @@ def iter_process_file(
     written from a TIFF keeps the input's own TIFF metadata (ImageJ keys, resolution tags bit
     for bit), a NIfTI its header and affine. It appears at ``dst`` only once complete.
 
-    ``scale`` picks and checks the model as :func:`resolve_model` does. An upscaling model
+    ``ensemble`` runs every tile in its 8 rotations and flips and averages them
+    (:func:`~napari_medenhance.core.engine.iter_apply`). ``scale`` picks and checks the model
+    as :func:`resolve_model` does. An upscaling model
     (``task="sr"``) multiplies Y and X by its factor; the output's spacing and origin (NIfTI /
     DICOM affine) are then those :func:`.lazy.upscaled_like` gives, the same geometry as
     ``medenhance sr IN OUT --scale F`` writes.
@@ -206,7 +209,7 @@ def iter_process_file(
             tiff_kwargs["photometric"] = "rgb" if int(photometric) == 2 else "minisblack"
     yield from lazy.iter_process_volume(
         vol, loaded.module, dst, rgb=rgb, device=device, tile=tile, block_bytes=block_bytes,
-        tiff_kwargs=tiff_kwargs, cancel=cancel, **loaded.engine_kwargs,
+        tiff_kwargs=tiff_kwargs, cancel=cancel, ensemble=ensemble, **loaded.engine_kwargs,
     )
     shape = tuple(int(n) for n in vol.data.shape)
     return math.prod(shape[: len(shape) - (3 if rgb else 2)])
@@ -225,6 +228,7 @@ class FileJob:
     rgb: bool | None = None
     block_bytes: int = lazy.DEFAULT_BLOCK_BYTES
     torch_threads: int | None = None  # set on the worker before its first job
+    ensemble: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,7 @@ def run_job(job: FileJob, cancel: Callable[[], bool] | None = None) -> FileResul
             planes = drive(iter_process_file(
                 job.src, job.dst, task=job.task, model=job.model, device=job.device,
                 tile=job.tile, rgb=job.rgb, block_bytes=job.block_bytes, cancel=cancel,
+                ensemble=job.ensemble,
             ))
         status, reason = "written", None
     except Cancelled:
@@ -424,6 +429,7 @@ def iter_batch(
     overwrite: bool = False,
     block_bytes: int = lazy.DEFAULT_BLOCK_BYTES,
     cancel: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ) -> Generator[FileEvent, None, BatchSummary]:
     """Restore every matching file of ``input_dir`` into ``output_dir``; a generator.
 
@@ -440,7 +446,8 @@ def iter_batch(
             :func:`.lazy.upscaled_like` (the same as ``medenhance sr IN OUT --scale F``).
         pattern: glob pattern(s), relative to ``input_dir``; default ``*.tif, *.tiff, *.nii,
             *.nii.gz``.
-        device, tile, rgb: as for :func:`napari_medenhance.denoise` (per worker on a cluster).
+        device, tile, rgb, ensemble: as for :func:`napari_medenhance.denoise` (per worker on a
+            cluster).
         scheduler: None runs in this process; ``"local"`` starts a ``LocalCluster`` of
             ``n_workers`` processes (1 thread each, ``memory_limit`` each); an address
             (``"tcp://host:8786"``) or a ``distributed.Client`` uses that cluster. Workers read
@@ -508,7 +515,7 @@ def iter_batch(
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         jobs.append(FileJob(str(src), str(dst), spec.name, str(info.path), str(device), tile, rgb,
-                            block_bytes))
+                            block_bytes, ensemble=ensemble))
 
     if scheduler is None:
         for job in jobs:

@@ -19,6 +19,11 @@ Conventions
   e.g. DPE's ``(2, 98)``) sees its [0, 1] input with those percentiles of the whole array
   mapped to 0 and 1, clipped; its output is mapped back as above (to ``[lo, hi]``), so the
   result keeps the input's units and range.
+* **Self-ensemble** (``ensemble=True``): every tile goes through the network in its 8 rotations
+  and flips, each output turned back and the 8 averaged (geometric self-ensemble: R. Timofte,
+  R. Rothe, L. Van Gool, "Seven ways to improve example-based single image super resolution",
+  CVPR 2016; B. Lim et al., EDSR+, CVPRW 2017). 8× the time for a better estimate
+  (benchmarks/results_ensemble.md); progress and cancel come after every view.
 * **Networks.** ``net`` maps a float tensor ``(B, net_channels, h, w)`` in [0, 1] to
   ``(B, C_out, h * scale, w * scale)``. With ``net_channels=3`` grayscale planes are replicated
   to three channels and the outputs averaged back; with ``net_channels=1`` the colour channels of
@@ -43,6 +48,7 @@ from .tiling import AUTO_TILE, AUTO_WHOLE_PLANE_PIXELS, DEFAULT_OVERLAP, plan, w
 __all__ = [
     "AUTO_TILE",
     "AUTO_WHOLE_PLANE_PIXELS",
+    "ENSEMBLE_VIEWS",
     "Cancelled",
     "Progress",
     "apply",
@@ -51,6 +57,7 @@ __all__ = [
     "input_stretch",
     "iter_apply",
     "resolve_device",
+    "views",
 ]
 
 
@@ -64,6 +71,28 @@ class Progress:
     done: int
     total: int
     stage: str
+
+
+#: Network passes per tile with ``ensemble=True``: the 4 rotations, each unflipped and flipped.
+ENSEMBLE_VIEWS = 8
+
+
+def views(ensemble: bool) -> int:
+    """Network passes per tile (progress events per tile): 8 with ``ensemble``, else 1."""
+    return ENSEMBLE_VIEWS if ensemble else 1
+
+
+def _dihedral(x: torch.Tensor, view: int) -> torch.Tensor:
+    """View ``view`` (0–7) of a ``(..., H, W)`` tensor: rotated by ``view % 4`` quarter turns,
+    then mirrored left–right when ``view >= 4``; view 0 is ``x`` itself."""
+    x = torch.rot90(x, view % 4, (-2, -1)) if view % 4 else x
+    return x.flip(-1) if view >= 4 else x
+
+
+def _undihedral(y: torch.Tensor, view: int) -> torch.Tensor:
+    """The inverse of :func:`_dihedral`: a network's output on view ``view`` turned back."""
+    y = y.flip(-1) if view >= 4 else y
+    return torch.rot90(y, -(view % 4), (-2, -1)) if view % 4 else y
 
 
 class Cancelled(Exception):
@@ -151,6 +180,7 @@ def iter_apply(
     cpu_bf16: bool = False,
     input_percentiles: Sequence[float] | None = None,
     stretch_range: Sequence[float] | None = None,
+    ensemble: bool = False,
 ) -> Generator[Progress, None, np.ndarray]:
     """Run ``net`` over every 2-D plane of ``image``, tile by tile; a generator.
 
@@ -186,9 +216,12 @@ def iter_apply(
         stretch_range: those two values in the image's units, when they were computed over
             more than ``image`` (the whole stack of a previewed plane, a volume processed
             block by block); needs ``input_percentiles``.
+        ensemble: run every tile in its 8 rotations and flips and average the outputs turned
+            back (module docstring): 8× the time; ``cancel`` is polled before every view.
 
     Yields:
-        :class:`Progress` after each tile; ``total`` counts tiles over all planes.
+        :class:`Progress` after each tile (each view of a tile with ``ensemble``); ``total``
+        counts them over all planes.
 
     Returns:
         (via ``StopIteration.value``) a numpy array of the input dtype, shaped like the input
@@ -255,7 +288,8 @@ def iter_apply(
 
     tiles = plan(height, width, tile, overlap)
     n_planes = int(np.prod(lead)) if lead else 1
-    total = n_planes * len(tiles)
+    n_views = views(ensemble)
+    total = n_planes * len(tiles) * n_views
     n_color = 3 if is_rgb else 1
     out_h, out_w = height * scale, width * scale
 
@@ -293,16 +327,24 @@ def iter_apply(
             x_net = x32 if stretch is None else np.clip(
                 (x32 - np.float32(stretch[0])) / np.float32(stretch[1]), 0.0, 1.0)
             acc = np.zeros((n_color, out_h, out_w), dtype=acc_dtype)
+            unit = "views" if n_views > 1 else "tiles"
             for y0, x0, th, tw in tiles:
-                if cancel is not None and cancel():
-                    raise Cancelled(f"cancelled after {done} of {total} tiles")
-                y = _run_tile(
-                    net, x_net, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels, dev,
-                    use_half, in_dtype,
-                )
+                y = None
+                for view in range(n_views):
+                    if cancel is not None and cancel():
+                        raise Cancelled(f"cancelled after {done} of {total} {unit}")
+                    yv = _run_tile(
+                        net, x_net, y0, x0, th, tw, scale, pad_multiple, is_rgb, net_channels,
+                        dev, use_half, in_dtype, view,
+                    )
+                    y = yv if y is None else y + yv
+                    done += 1
+                    if view < n_views - 1:
+                        yield Progress(done, total, stage)
                 win = np.outer(win_y[y0], win_x[x0])
+                if n_views > 1:
+                    win = win / n_views
                 acc[:, y0 * scale : (y0 + th) * scale, x0 * scale : (x0 + tw) * scale] += y * win
-                done += 1
                 yield Progress(done, total, stage)
             res = acc / wsum
             if scale == 1:
@@ -346,8 +388,10 @@ def _run_tile(
     dev: torch.device,
     half: bool,
     in_dtype: torch.dtype,
+    view: int = 0,
 ) -> np.ndarray:
-    """Network output for one tile, ``(n_color, th * scale, tw * scale)``, float, in [0, 1]."""
+    """Network output for one tile, ``(n_color, th * scale, tw * scale)``, float, in [0, 1]:
+    run on the tile's :func:`_dihedral` ``view`` and turned back."""
     t = x32[:, y0 : y0 + th, x0 : x0 + tw]
     ph, pw = (-th) % pad_multiple, (-tw) % pad_multiple
     if ph or pw:
@@ -357,8 +401,8 @@ def _run_tile(
         xb = (xt if is_rgb else xt.expand(3, -1, -1))[None]  # (1, 3, h, w)
     else:
         xb = xt[:, None]  # (n_color, 1, h, w): RGB channels as a batch
-    xb = xb.to(device=dev, dtype=in_dtype)
-    y = _forward(net, xb, dev, half, (th + ph, tw + pw))
+    xb = _dihedral(xb.to(device=dev, dtype=in_dtype), view)
+    y = _undihedral(_forward(net, xb, dev, half, tuple(xb.shape[-2:])), view)
     exp_hw = ((th + ph) * scale, (tw + pw) * scale)
     if y.ndim != 4 or y.shape[0] != xb.shape[0] or tuple(y.shape[-2:]) != exp_hw:
         raise ValueError(

@@ -313,6 +313,7 @@ def iter_process_volume(
     cancel: Callable[[], bool] | None = None,
     cpu_bf16: bool = False,
     input_percentiles: Sequence[float] | None = None,
+    ensemble: bool = False,
 ) -> Generator[Progress, None, Path]:
     """Run ``net`` over a volume block by block, writing each block to ``output`` as it is done.
 
@@ -337,7 +338,7 @@ def iter_process_volume(
             ``scale > 1``, Y and X are divided by it (without ``like``, the origin is then
             placed in these units, or in input pixels when no spacing is given).
         rgb, device, tile, overlap, half, scale, net_channels, pad_multiple, cpu_bf16,
-            input_percentiles: as for the engine (the stretch of ``input_percentiles`` is
+            input_percentiles, ensemble: as for the engine (the stretch of ``input_percentiles`` is
             that of the whole volume, read on a grid, not of each block).
         data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
             for the same range the in-memory engine would use.
@@ -350,8 +351,8 @@ def iter_process_volume(
         cancel: polled before every block and every tile; True raises :class:`Cancelled`.
 
     Yields:
-        :class:`~napari_medenhance.core.engine.Progress`: ``done`` / ``total`` count tiles over
-        all planes; during the intensity scan ``done`` is 0 and ``stage`` says
+        :class:`~napari_medenhance.core.engine.Progress`: ``done`` / ``total`` count tiles (their
+        views with ``ensemble``) over all planes; during the intensity scan ``done`` is 0 and ``stage`` says
         ``"intensity range: block i/n"``, then ``stage`` is ``"plane p/P"``.
 
     Returns:
@@ -408,7 +409,7 @@ def iter_process_volume(
 
     keys = _blocks(arr, lay, block_bytes)
     mapping = volume_stores.writable_mapping(arr)
-    tiles_per_plane = len(tiling.plan(lay.height, lay.width, tile, overlap))
+    tiles_per_plane = len(tiling.plan(lay.height, lay.width, tile, overlap)) * engine.views(ensemble)
     total = lay.n_planes * tiles_per_plane
 
     # Check the arguments the engine would refuse before the (possibly long) intensity scan.
@@ -441,7 +442,7 @@ def iter_process_volume(
                 block, net, scale=scale, rgb=lay.is_rgb, device=device, tile=tile,
                 overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
                 pad_multiple=pad_multiple, cancel=cancel, cpu_bf16=cpu_bf16,
-                input_percentiles=input_percentiles, stretch_range=stretch,
+                input_percentiles=input_percentiles, stretch_range=stretch, ensemble=ensemble,
             )
             while True:
                 try:
