@@ -198,7 +198,7 @@ def test_tasks_and_arguments_are_checked_before_anything_runs(weights, folder, t
     assert not (tmp_path / "o").exists()
     # a task is one entry: the lookup gives the module and the engine keywords of its model
     loaded = batch.load_task_model("denoise", weights, "cpu")
-    assert loaded.engine_kwargs == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
+    assert loaded.engine_kwargs == {"scale": 1, "net_channels": 3, "pad_multiple": 1, "border": 16}
     n = batch.model_loads()
     assert batch.load_task_model("denoise", weights, "cpu") is loaded and batch.model_loads() == n
     assert batch.load_task_model("sr", "tiny-x4", "cpu", scale=4).engine_kwargs["scale"] == 4

@@ -449,6 +449,28 @@ def test_ensemble_progress_and_cancel_come_after_every_view(nuclei):
     assert len(events) == 3  # inside the first (whole-plane) tile
 
 
+def test_border_mirrors_the_plane_for_the_network_and_crops_it_off(ct, ihc):
+    img = ct[50:130, 70:170].astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    net = random_net(3)
+    x = np.pad((img - lo) / (hi - lo), 16, mode="reflect")
+    expected = reference(net, x, 0.0, 1.0)[16:-16, 16:-16] * (hi - lo) + lo
+    out = apply(img, net, border=16, **CPU)
+    assert np.abs(out - expected).max() < 1e-4 * (hi - lo)
+    assert np.abs(apply(img, net, **CPU) - expected).max() > 1e-2 * (hi - lo)  # it matters
+    # tiles cover the grown plane: same result, and progress counts them
+    events: list[Progress] = []
+    tiled = apply(img, net, border=16, tile=64, overlap=32, progress=events.append, **CPU)
+    assert np.abs(tiled - out).max() < 1e-4 * (hi - lo)
+    assert events[-1].total == 3 * 4  # 112 × 132 px in 64-px tiles with stride 32
+    # a 2-pixel plane mirrors further than itself; scale 2 and RGB keep their shapes
+    assert apply(img[:2, :3], net, border=16, **CPU).shape == (2, 3)
+    up = apply(ihc[:20, :30], nearest_x2(), scale=2, border=8, **CPU)
+    np.testing.assert_array_equal(up, ihc[:20, :30].repeat(2, 0).repeat(2, 1))
+    with pytest.raises(ValueError, match="border"):
+        apply(img, net, border=-1, **CPU)
+
+
 # --------------------------------------------------------------------------------------------
 # progress, cancel, state
 

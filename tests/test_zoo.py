@@ -229,7 +229,9 @@ def test_inference_module_returns_the_clean_estimate(dirs):
     module = runtime.inference_module(net, info)
     with torch.no_grad():
         torch.testing.assert_close(module(x), x - net(x))  # DRAN.forward predicts the noise
-    assert runtime.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1}
+    # DRAN's edges: the engine mirrors 16 pixels around every plane (DRAN.reflect_border)
+    assert runtime.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1,
+                                           "border": 16}
     enet, einfo = zoo.load_model("tiny-e")
     # not a denoiser: the network itself, as the copy its for_inference() gives (BN folded)
     emodule = runtime.inference_module(enet, einfo)

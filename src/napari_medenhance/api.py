@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .core import engine, intensity, runtime, tasks, tiling, zoo
+from .core import engine, intensity, runtime, tasks, zoo
 from .core.engine import Cancelled, Progress
 from .core.jobs import drive
 from .core.zoo import ModelInfo
@@ -353,8 +353,9 @@ def iter_super_resolve(
             raise ValueError(f"planes {planes} select no plane of an array shaped {arr.shape}")
     sub_lead = sub.ndim - plane_nd
     n_planes = int(np.prod(sub.shape[:sub_lead])) if sub_lead else 1
+    border = runtime.engine_kwargs(zoo.get_model(model, task="sr")).get("border", 0)
     per_roi = [n_planes * engine.views(ensemble)
-               * len(tiling.plan(r.shape[0], r.shape[1], tile, tiling.DEFAULT_OVERLAP)) for r in rois]
+               * len(engine.plane_tiles(r.shape[0], r.shape[1], tile, border=border)) for r in rois]
     total, done, results = sum(per_roi), 0, []
     for k, r in enumerate(rois, start=1):
         crop = sub[(Ellipsis, *r.slices()) + ((slice(None),) if is_rgb else ())]

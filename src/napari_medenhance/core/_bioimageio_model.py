@@ -77,13 +77,15 @@ class MedEnhanceModel(nn.Module):
         scale: its upscaling factor.
         pad_multiple: input sides are reflect-padded (bottom, right) to a multiple of it and
             the output cropped back, as the engine does.
+        border: mirrored pixels added on every side before the network and cropped off its
+            output, as the engine does for a network with ``reflect_border`` (DRAN: 16).
         stretch: ``[p_lo, p_hi]`` (0–100) for a model trained on contrast-stretched input,
             else None.
     """
 
     def __init__(self, arch: str, config: Dict[str, Any], mode: str = "plain",
                  net_channels: int = 3, scale: int = 1, pad_multiple: int = 1,
-                 stretch: Optional[List[float]] = None) -> None:
+                 stretch: Optional[List[float]] = None, border: int = 0) -> None:
         super().__init__()
         self.stretched = stretch is not None
         self.p_lo = float(stretch[0]) / 100.0 if stretch is not None else 0.0
@@ -98,12 +100,16 @@ class MedEnhanceModel(nn.Module):
         self.net_channels = int(net_channels)
         self.scale = int(scale)
         self.pad_multiple = int(pad_multiple)
+        self.border = int(border)
         self.eval()
 
     def _network(self, x01: torch.Tensor) -> torch.Tensor:
         # Sizes come from the tensors themselves (no Python arithmetic on them where it can
         # be avoided), so a traced copy of this module works for every input size.
         c = x01.shape[1]
+        b = self.border
+        if b > 0:
+            x01 = F.pad(x01, [b, b, b, b], mode="reflect")
         h, w = x01.shape[2], x01.shape[3]
         ph = (self.pad_multiple - h % self.pad_multiple) % self.pad_multiple
         pw = (self.pad_multiple - w % self.pad_multiple) % self.pad_multiple
@@ -119,6 +125,8 @@ class MedEnhanceModel(nn.Module):
             y = self.run(x01)
         if padded:
             y = y[:, :, : h * self.scale, : w * self.scale]
+        if b > 0:
+            y = y[:, :, b * self.scale : (h - b) * self.scale, b * self.scale : (w - b) * self.scale]
         return y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import engine, intensity, tiling, volume_stores
+from . import engine, intensity, volume_stores
 from .engine import Cancelled, Progress
 from .jobs import drive
 from .volume_stores import PARTIAL_SUFFIX, partial_path
@@ -314,6 +314,7 @@ def iter_process_volume(
     cpu_bf16: bool = False,
     input_percentiles: Sequence[float] | None = None,
     ensemble: bool = False,
+    border: int = 0,
 ) -> Generator[Progress, None, Path]:
     """Run ``net`` over a volume block by block, writing each block to ``output`` as it is done.
 
@@ -338,7 +339,7 @@ def iter_process_volume(
             ``scale > 1``, Y and X are divided by it (without ``like``, the origin is then
             placed in these units, or in input pixels when no spacing is given).
         rgb, device, tile, overlap, half, scale, net_channels, pad_multiple, cpu_bf16,
-            input_percentiles, ensemble: as for the engine (the stretch of ``input_percentiles`` is
+            input_percentiles, ensemble, border: as for the engine (the stretch of ``input_percentiles`` is
             that of the whole volume, read on a grid, not of each block).
         data_range: ``(lo, hi)`` mapped to [0, 1]; None scans the volume once, block by block,
             for the same range the in-memory engine would use.
@@ -409,7 +410,8 @@ def iter_process_volume(
 
     keys = _blocks(arr, lay, block_bytes)
     mapping = volume_stores.writable_mapping(arr)
-    tiles_per_plane = len(tiling.plan(lay.height, lay.width, tile, overlap)) * engine.views(ensemble)
+    tiles_per_plane = (len(engine.plane_tiles(lay.height, lay.width, tile, overlap, border))
+                       * engine.views(ensemble))
     total = lay.n_planes * tiles_per_plane
 
     # Check the arguments the engine would refuse before the (possibly long) intensity scan.
@@ -443,6 +445,7 @@ def iter_process_volume(
                 overlap=overlap, half=half, data_range=dr, net_channels=net_channels,
                 pad_multiple=pad_multiple, cancel=cancel, cpu_bf16=cpu_bf16,
                 input_percentiles=input_percentiles, stretch_range=stretch, ensemble=ensemble,
+                border=border,
             )
             while True:
                 try:

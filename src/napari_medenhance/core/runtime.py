@@ -5,7 +5,9 @@ stretch of a model trained on stretched input), and both cached with the network
 What a network's class may declare (read here, so the engine stays model-agnostic):
 ``value_range = (-1.0, 1.0)`` when it reads and writes [-1, 1] instead of the engine's [0, 1]
 (:func:`inference_module` maps), ``pad_multiple`` when its input sides must be multiples of it
-(:func:`engine_kwargs` passes the larger of that and the header's value), ``for_inference()``
+(:func:`engine_kwargs` passes the larger of that and the header's value), ``reflect_border``
+when its output suffers at the edges of what it sees (the engine mirrors that many pixels around
+every plane and crops them off the output), ``for_inference()``
 for a faster copy of itself, and ``denoise()`` for a denoiser that predicts the noise.
 """
 
@@ -106,7 +108,8 @@ def engine_kwargs(info: zoo.ModelInfo) -> dict[str, Any]:
 
     ``scale``: the model's upscaling factor (1, or 2 / 4 for SR models: the engine multiplies
     Y and X by it). ``pad_multiple``: the larger of the header's ``pad_multiple`` and the
-    architecture class's own (DPE: 16, one factor 2 per stride-2 level). ``cpu_bf16``: the
+    architecture class's own (DPE: 16, one factor 2 per stride-2 level). ``border``: the
+    architecture class's ``reflect_border`` (DRAN: 16), when it has one. ``cpu_bf16``: the
     header says the model was validated in bf16 at a negligible cost (its card gives it).
     ``input_percentiles``: the header's (a model trained on contrast-stretched input).
 
@@ -122,6 +125,12 @@ def engine_kwargs(info: zoo.ModelInfo) -> dict[str, Any]:
     except (TypeError, ValueError):
         pass
     kw: dict[str, Any] = {"scale": info.scale, "net_channels": info.channels, "pad_multiple": pad}
+    try:
+        border = int(getattr(ARCHITECTURES.get(info.arch), "reflect_border", 0))
+    except (TypeError, ValueError):
+        border = 0
+    if border > 0:
+        kw["border"] = border
     if info.card.get("cpu_bf16") is True:
         kw["cpu_bf16"] = True
     pct = input_percentiles(info.card, where=str(info.path))

@@ -332,6 +332,8 @@ def export_package(
               "net_channels": int(info.channels), "scale": int(info.scale), "pad_multiple": pad}
     if "input_percentiles" in kw:
         kwargs["stretch"] = [float(v) for v in kw["input_percentiles"]]
+    if kw.get("border"):
+        kwargs["border"] = int(kw["border"])
 
     with tempfile.TemporaryDirectory(prefix="medenhance-bioimageio-") as tmp_name:
         tmp = Path(tmp_name)
@@ -383,7 +385,8 @@ def export_package(
                          license_id, plugin_version)
         (tmp / "README.md").write_text(readme, encoding="utf-8")
 
-        space_in = {"min": max(16, pad), "step": max(8, pad)}
+        # torch's reflect padding needs a side longer than the mirrored border
+        space_in = {"min": max(16, pad, int(kw.get("border", 0)) + 8), "step": max(8, pad)}
         in_axes: list[dict[str, Any]] = [
             {"type": "batch"},
             {"type": "channel", "channel_names": ["red", "green", "blue"] if io_channels == 3

@@ -146,6 +146,11 @@ class DRAN(nn.Module):
     Any H×W works (all convs are stride 1, 'same' padding).
     """
 
+    #: Mirrored pixels the engine adds around every plane (``runtime.engine_kwargs``): the
+    #: zero-padded edges otherwise leave dark blots along some sides of small planes (a 64² MR
+    #: slice at σ 15: 24.5–27.7 dB by orientation unpadded, 27.6 dB each with 16 px).
+    reflect_border = 16
+
     def __init__(
         self,
         in_channels: int = 3,
