@@ -273,15 +273,15 @@ def iter_apply(
     scale = int(scale)
     if overlap < 0:
         raise ValueError(f"overlap must be >= 0; got {overlap}")
+    if border < 0:
+        raise ValueError(f"border must be >= 0; got {border}")
     if tile is not None:
         if tile < 2:
             raise ValueError(f"tile must be >= 2 pixels; got {tile}")
-        if tile <= overlap and max(height, width) + 2 * max(border, 0) > tile:
+        if tile <= overlap and max(height, width) + 2 * border > tile:
             raise ValueError(f"tile ({tile}) must be larger than overlap ({overlap})")
     if pad_multiple < 1:
         raise ValueError(f"pad_multiple must be >= 1; got {pad_multiple}")
-    if border < 0:
-        raise ValueError(f"border must be >= 0; got {border}")
     if net_channels not in (1, 3):
         raise ValueError(f"net_channels must be 1 or 3; got {net_channels}")
     dev = resolve_device(device)
