@@ -100,6 +100,20 @@ def test_psnr_stage_then_gan_stage_export_interim_below_the_gate(setup, capsys):
     assert st[0]["sessions"] and st[0]["sessions"][0]["last_step"] == 6
     card = (tmp / "checkpoints" / "msgan-x2.md").read_text()
     assert "| `psnr` | MSE×4 + 1·MSE×2 |" in card and "| `gan` | MSE×4" in card
+    # each stage carries its validations, so the curve outlives the run folders
+    for s, run_dir in zip(st, ("psnr", "gan")):
+        hist = recipe_script.read_history(tmp / run_dir)
+        assert [h["step"] for h in s["history"]] == [h["step"] for h in hist] == [0, 3, 6]
+        assert s["history"][-1]["metrics"]["psnr_both"] == pytest.approx(
+            hist[-1]["metrics"]["psnr_both"], abs=1e-4)
+
+    # --curve draws both stages (12 steps trained) and prints the last-third gain
+    capsys.readouterr()
+    png = tmp / "curve.png"
+    assert run("gan", "--curve", str(png)) == 0
+    out = capsys.readouterr().out
+    assert png.is_file() and png.stat().st_size > 10_000
+    assert "over the last third; 12 steps trained in all" in out
 
 
 def test_a_run_whose_folder_is_gone_starts_from_the_committed_weights(setup, capsys):
@@ -182,3 +196,29 @@ def test_noise_ceiling_of_a_plane_with_known_white_noise():
     rgb = np.repeat(hr[..., None], 3, -1)
     assert sr_gate.noise_ceiling(rgb, 4, rgb=True)[0] == pytest.approx(sigma, rel=0.1)
     assert sr_gate.noise_ceiling(np.full((64, 64), 0.5, np.float32), 4)[1] > 100  # noiseless
+
+
+def test_stage_curves_put_stages_in_training_order_and_measure_the_last_third(tmp_path):
+    """Three stages: the first's run folder was reused by the second (only its selected step's
+    PSNR is known), the third continues from the second's step 3 (not its last)."""
+    def hist(*pairs):
+        return [{"step": s, "metrics": {"psnr_both": v}} for s, v in pairs]
+
+    reused = tmp_path / "psnr"
+    reused.mkdir()
+    (reused / "history.jsonl").write_text("\n".join(
+        json.dumps(h) for h in hist((0, 30.0), (3, 30.5), (6, 30.2))))
+    stages = [
+        {"run": str(reused), "steps": 9, "selected_step": 9, "psnr": 29.0},  # folder reused later
+        {"run": str(reused), "steps": 6, "selected_step": 3, "psnr": 29.5},  # its own folder
+        {"run": str(tmp_path / "gone"), "steps": 6, "selected_step": 0, "psnr": 29.6,
+         "history": hist((0, 30.5), (3, 30.52), (6, 30.54)),
+         "sessions": [{"first_step": 1, "last_step": 6}]},
+    ]
+    curves = recipe_script.stage_curves(stages)
+    assert [off for off, _, _ in curves] == [0, 9, 15]  # every step trained, in order
+    assert curves[0][2] == [{"step": 9, "metrics": {"psnr": 29.0}}]  # not the second's history
+    assert [h["step"] for h in curves[1][2]] == [0, 3, 6]
+    g = recipe_script.gain_over_last_third(stages, "psnr_both")
+    assert g["total_steps"] == 21 and g["end"] == 21 and g["from_step"] == 14
+    assert g["before"] == 30.5 and g["after"] == 30.54 and g["gain"] == pytest.approx(0.04)

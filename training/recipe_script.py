@@ -290,7 +290,8 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
 
     Each stage: ``objective, run`` (folder), ``from`` (starting weights' file name or None),
     ``steps`` (the stage's length), ``selected_step``, ``psnr``, ``sessions`` (``run.json``),
-    ``args`` (the :data:`STAGE_ARGS` and ``extra_args`` it ran with).
+    ``args`` (the :data:`STAGE_ARGS` and ``extra_args`` it ran with), ``history`` (its
+    validations, :func:`compact_history`, so a model's curve outlives its run folders).
 
     ``recorded``: the stages a committed model records (its header's ``stages``). When the
     weights this run started from are gone (interim weights retired once the model shipped),
@@ -321,12 +322,14 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
             runs = [Path(st.get("run") or "").resolve() for st in recorded]
             if folder.resolve() in runs:
                 before = list(recorded[:runs.index(folder.resolve())])
+        before = [with_history(st) for st in before]
         this = {"objective": objective, "run": str(folder),
                 "from": Path(init).name if init else None,
                 "steps": meta.get("total"), "selected_step": meta.get("step"),
                 "psnr": psnr if psnr is not None else (meta.get("metrics") or {}).get("psnr"),
                 "sessions": run.get("sessions", []),
-                "args": {k: run.get("args", {}).get(k) for k in keys}}
+                "args": {k: run.get("args", {}).get(k) for k in keys},
+                "history": compact_history(read_history(folder))}
         return [*before, this]
 
     return chain(Path(out), meta, objective, psnr, 0)
@@ -373,6 +376,73 @@ def read_history(out: Path) -> list[dict[str, Any]]:
             r = json.loads(line)
             rows[r["step"]] = r
     return [rows[k] for k in sorted(rows)]
+
+
+def compact_history(hist: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``[{"step", "metrics"}]`` of :func:`read_history` rows, numbers rounded to 4 decimals:
+    small enough to travel in a weights header."""
+    return [{"step": int(h["step"]),
+             "metrics": {k: round(float(v), 4) for k, v in (h.get("metrics") or {}).items()
+                         if isinstance(v, (int, float)) and np.isfinite(v)}}
+            for h in hist]
+
+
+def with_history(stage: dict[str, Any]) -> dict[str, Any]:
+    """``stage`` with its ``history`` (as recorded, else from its run folder's
+    ``history.jsonl`` when that folder still holds this stage: the selected step was validated
+    there and nothing past the stage's length was, so a folder a later stage reused is not
+    taken for this one's)."""
+    if stage.get("history") or not stage.get("run"):
+        return stage
+    hist = read_history(Path(stage["run"]))
+    steps = {h["step"] for h in hist}
+    if (not hist or stage.get("selected_step") not in steps
+            or (stage.get("steps") is not None and max(steps) > int(stage["steps"]))):
+        return stage
+    return {**stage, "history": compact_history(hist)}
+
+
+def steps_trained(stage: dict[str, Any]) -> int:
+    """Steps a stage has trained: its sessions' last step (a stage still running, or cut
+    short), else its planned length."""
+    done = [int(x["last_step"]) for x in stage.get("sessions") or [] if x.get("last_step") is not None]
+    return max(done) if done else int(stage.get("steps") or 0)
+
+
+def stage_curves(stages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any], list[dict]]]:
+    """``[(offset, stage, history)]`` oldest first: each stage's validations on one axis of
+    training steps in the order they were trained (a stage's step 0 comes after every step of
+    the stages before it, though it starts from their selected weights). A stage without a
+    history gives its selected step's ``psnr`` only (``history`` one row with ``{"psnr"}``)."""
+    out = []
+    offset = 0
+    for st in stages:
+        st = with_history(st)
+        hist = st.get("history") or []
+        if not hist and st.get("psnr") is not None and st.get("selected_step") is not None:
+            hist = [{"step": int(st["selected_step"]), "metrics": {"psnr": float(st["psnr"])}}]
+        out.append((offset, st, list(hist)))
+        offset += steps_trained(st)
+    return out
+
+
+def gain_over_last_third(stages: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """How much the best validation ``key`` grew over the last third of the stages' training:
+    ``{"total_steps"`` (every step trained, all stages), ``"end"`` (the last validated step
+    on :func:`stage_curves`' axis), ``"from_step"``, ``"before"`` (best up to the last third), ``"after"`` (best
+    overall), ``"gain"``}``; None without validations. The done-when rule of the training
+    issues: less than 0.05 dB over the last third of at least N steps."""
+    pts = [(off + h["step"], h["metrics"][key]) for off, _, hist in stage_curves(stages)
+           for h in hist if key in h["metrics"]]
+    if not pts:
+        return None
+    end = max(x for x, _ in pts)
+    start = end - end / 3
+    before = max((v for x, v in pts if x <= start), default=float("nan"))
+    after = max(v for _, v in pts)
+    return {"total_steps": float(sum(steps_trained(st) for st in stages)),
+            "end": float(end), "from_step": float(start), "before": before, "after": after,
+            "gain": after - before}
 
 
 def averaged_at(step: int, sessions: Sequence[dict[str, Any]]) -> bool:

@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
+    p.add_argument("--curve", type=Path, default=None, metavar="PNG",
+                   help="do not train: draw the validation curve of <out>/best.safetensors and "
+                        "the stages before it to PNG, and print the gain over its last third")
     p.add_argument("--select", choices=["best", "last"], default="best",
                    help="export the run's best weights (default: best mean of ×2 and ×4 "
                         "validation PSNR; runs before 2026-11-30 picked the best ×4) or its last "
@@ -268,7 +271,7 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
             return [committed]
         print(f"replacing {committed} ({old_psnr:.3f} dB) with this run's best ({new_psnr:.3f} dB)")
     dest_dir.mkdir(parents=True, exist_ok=True)
-    curve = plot_curve(args.out, dest_dir / f"{args.name}-curve.png", args.name, grecipe)
+    curve = plot_curve(history, dest_dir / f"{args.name}-curve.png", args.name, grecipe)
     written = []
     for f in (2, 4):
         out = dest_dir / f"{args.name}-x{f}.safetensors"
@@ -288,22 +291,56 @@ def export(args: argparse.Namespace, recipe: SRRecipe, pool: Pool, dev: torch.de
     return written
 
 
-def plot_curve(run: Path, png: Path, name: str, recipe: SRRecipe) -> Path | None:
-    """Validation ×4 PSNR per LR kernel (and ×2) against the step, with bicubic's as dashes."""
-    hist = recipe_script.read_history(run)
-    if len(hist) < 2:
+def plot_curve(stages: list[dict], png: Path, name: str, recipe: SRRecipe) -> Path | None:
+    """Validation PSNR gain over bicubic (windows, mean over the LR kernels) at ×4, ×2 and
+    their mean (the selection metric) against the steps trained, stage after stage
+    (``recipe_script.stage_curves``); dotted lines where a stage starts from the best weights
+    of the one before."""
+    curves = recipe_script.stage_curves(stages)
+    if sum(len(h) for _, _, h in curves) < 2:
         return None
-    fig, ax = recipe_script.curve_figure()
-    steps = [h["step"] for h in hist]
     bic = recipe.baselines()
-    for i, k in enumerate(recipe.kernels):
-        line, = ax.plot(steps, [h["metrics"].get(f"psnr_{k}", np.nan) for h in hist],
-                        label=f"×4, {k} LR")
-        ax.axhline(recipe.summarize(bic, "psnr", scale=4, kernel=k), ls="--", lw=0.8,
-                   color=line.get_color(), label="bicubic" if i == 0 else None)
+    b4, b2 = (recipe.summarize(bic, "psnr", scale=f) for f in (4, 2))
+    series = (("psnr", b4, "×4"), ("psnr_x2", b2, "×2"), ("psnr_both", (b4 + b2) / 2,
+                                                            "mean of ×2 and ×4 (selects)"))
+    fig, ax = recipe_script.curve_figure()
+    colours = {}
+    for i, (offset, st, hist) in enumerate(curves):
+        if i:
+            ax.axvline(offset, ls=":", lw=0.8, c="gray")
+        for key, base, label in series:
+            pts = [(offset + h["step"], h["metrics"][key] - base) for h in hist if key in h["metrics"]]
+            if not pts:
+                continue
+            line, = ax.plot(*zip(*pts), marker="o" if len(pts) == 1 else ".",
+                            color=colours.get(key), lw=2 if key == "psnr_both" else 1,
+                            label=None if key in colours else label)
+            colours[key] = line.get_color()
+        if not st.get("history") and hist:
+            ax.annotate(f"stage {i + 1}: only its selected step's ×4 was kept",
+                        (offset + hist[0]["step"], hist[0]["metrics"]["psnr"] - b4),
+                        xytext=(-8, -4), textcoords="offset points", ha="right", va="top",
+                        fontsize=7)
+    ax.set_xlim(left=0)
     return recipe_script.save_curve(
-        fig, ax, png, xlabel="training step", ylabel="validation PSNR, windows (dB)",
-        title=f"{name}: validation ×4 PSNR during training (dashes: bicubic)")
+        fig, ax, png, xlabel="steps trained (dotted: a stage starts from the previous best)",
+        ylabel="PSNR over bicubic, windows (dB)",
+        title=f"{name}: validation gain over bicubic during training")
+
+
+def write_curve(args: argparse.Namespace, recipe: SRRecipe, png: Path) -> Path | None:
+    """``--curve``: the curve of the run's best weights and every stage before it, and the
+    gain of the selection metric over the last third of all of it (the issue's done-when)."""
+    header = read_header(args.out / BEST, expected_arch=recipe.arch)
+    history = stages(args, header)
+    gain = recipe_script.gain_over_last_third(history, recipe.primary_metric)
+    if gain:
+        print(f"{recipe.primary_metric}: best {gain['before']:.3f} dB up to step "
+              f"{gain['from_step']:,.0f} of {gain['end']:,.0f} trained, "
+              f"{gain['after']:.3f} after: {gain['gain']:+.3f} dB over the last third; "
+              f"{gain['total_steps']:,.0f} steps trained in all")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return plot_curve(history, png, args.name, recipe)
 
 
 def _card(args, recipe: SRRecipe, header: dict, res: dict, fp16_loss: dict, use16: bool,
@@ -447,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}; mode {args.mode}"
           + f"; stage {args.stage}; kernels {', '.join(args.kernels)}")
+    if args.curve is not None:
+        print(f"wrote {write_curve(args, recipe, args.curve)}")
+        return 0
     if not args.export:
         try:
             complete = run_training(args, recipe, dev)
