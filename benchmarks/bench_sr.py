@@ -24,6 +24,7 @@ enlarged to the same size), bicubic, MS-GAN and the ground truth, side by side.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the PSNR-oriented stage's weights (its row is left out when missing)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results_sr.md")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repetition")
+    ap.add_argument("--note", default=None,
+                    help="a sentence for the results, e.g. what else ran on the machine")
     a = ap.parse_args(argv)
     if not a.model.is_file():
         raise SystemExit(f"error: {a.model} not found (train and export it: training/train_sr.py)")
@@ -166,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Super-resolution benchmark",
         "",
         f"Machine: {describe()}. Command: `python benchmarks/bench_sr.py"
-        + (" --quick" if a.quick else "") + "`.",
+        + (f" {shlex.join(argv if argv is not None else sys.argv[1:])}"
+           if (argv if argv is not None else sys.argv[1:]) else "") + "`."
+        + (f" {a.note}" if a.note else ""),
         f"Models: {', '.join(f'{k} = `{Path(v).relative_to(ROOT) if Path(v).is_relative_to(ROOT) else v}`' for k, v in models.items())}.",
         "",
         "## Quality on the fixed validation split",

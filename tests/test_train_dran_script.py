@@ -104,6 +104,17 @@ def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(se
     assert set(hist2) == {0, 6, 12, 14} and {str(s) for s in hist2} <= set(rows)
     assert [rows[str(s)].split(" | ")[1] for s in (0, 6, 12, 14)] == ["no", "no", "no", "yes"]
     assert rows["14"].split(" | ")[2] == f"{hist2[14]['metrics']['psnr']:.2f}"
+    # The header records both stages with their validations, so their curve outlives the runs.
+    st = read_header(interim, expected_arch="dran")["meta"]["stages"]
+    assert [Path(x["run"]).name for x in st] == ["run1", "run2"] and st[1]["from"] == "dran.safetensors"
+    assert [h["step"] for h in st[0]["history"]] == [0, 6, 12]
+    assert [h["step"] for h in st[1]["history"]] == [0, 6, 12, 14]
+    # --curve: run2 started from weights its own export has since replaced (run.json keeps
+    # their sha256), so the stage before it comes from the header, not from run2 itself
+    capsys.readouterr()
+    png = tmp / "curve.png"
+    assert run("run2", "--curve", str(png)) == 0
+    assert png.is_file() and "; 26 steps trained in all" in capsys.readouterr().out
 
 
 def test_export_never_replaces_better_committed_weights(setup, capsys):

@@ -456,6 +456,27 @@ def test_clipped_validation_reports_both_ways(pool):
         plain.summarize(plain.evaluate(net)[0], "psnr", 25.0))
 
 
+def test_validation_runs_dran_with_the_engines_mirrored_border(recipe):
+    """The numbers that select and describe a model are those of the engine, which grows every
+    plane by DRAN's ``reflect_border`` mirrored pixels: validation does the same."""
+    torch.manual_seed(0)
+    net = DRAN(**TINY).eval()
+    b = DRAN.reflect_border
+    assert b > 0
+
+    class Mirrored(torch.nn.Module):  # the border by hand, on a net that asks for none
+        def forward(self, x):
+            y = net(torch.nn.functional.pad(x, (b, b, b, b), mode="reflect"))
+            return y[..., b:-b, b:-b]
+
+    with_border, _ = recipe.evaluate(net)
+    by_hand, _ = recipe.evaluate(Mirrored())
+    assert [r["psnr"] for r in with_border] == pytest.approx([r["psnr"] for r in by_hand], abs=1e-6)
+    net.reflect_border = 0  # the instance opts out: the edges now differ
+    without, _ = recipe.evaluate(net)
+    assert max(abs(a["psnr"] - c["psnr"]) for a, c in zip(with_border, without)) > 1e-3
+
+
 def test_bf16_training_step_learns_and_keeps_fp32_weights(recipe, tmp_path):
     gen = train(recipe, steps=40, out_dir=tmp_path, val_every=40, ckpt_every=0,
                 precision="bf16", **RUN)

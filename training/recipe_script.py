@@ -269,6 +269,8 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
     if getattr(args, "init_weights", None) and "init_weights" not in info:
         # The weights the run started from (a stage's predecessor), kept across resumes.
         info["init_weights"] = str(Path(args.init_weights).resolve())
+        # A committed file is replaced when a later export ships: its hash tells them apart.
+        info["init_sha256"] = sha256(Path(args.init_weights))
     sessions = [s for s in info.get("sessions", [])
                 if s.get("id", s.get("started")) != session.get("id", session["started"])]
     info["sessions"] = [*sessions, dict(session)]
@@ -294,8 +296,9 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
     validations, :func:`compact_history`, so a model's curve outlives its run folders).
 
     ``recorded``: the stages a committed model records (its header's ``stages``). When the
-    weights this run started from are gone (interim weights retired once the model shipped),
-    the stages before this run are taken from there, so exporting the run again keeps them.
+    weights this run started from are gone (interim weights retired once the model shipped,
+    or a committed file replaced since: ``run.json`` keeps its sha256), the stages before this
+    run are taken from there, so exporting the run again keeps them.
     """
     from napari_medenhance.core.weights import read_header
 
@@ -310,7 +313,9 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
         run = record(folder)
         init = run.get("init_weights") or run.get("args", {}).get("init_weights")
         before: list[dict] = []
-        if init and Path(init).is_file():
+        same = bool(init) and Path(init).is_file() and (
+            "init_sha256" not in run or sha256(Path(init)) == run["init_sha256"])
+        if same:
             h = read_header(init, expected_arch=arch)["meta"]
             # An exported model carries its stages; a run's best weights lead to the run
             # folder beside them, whose own start is followed in turn.
@@ -322,7 +327,10 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
             runs = [Path(st.get("run") or "").resolve() for st in recorded]
             if folder.resolve() in runs:
                 before = list(recorded[:runs.index(folder.resolve())])
-        before = [with_history(st) for st in before]
+        # Weights that record this very run (it was exported, then re-read) end the chain there.
+        mine = [i for i, st in enumerate(before)
+                if Path(st.get("run") or "").resolve() == folder.resolve()]
+        before = [with_history(st) for st in before[:mine[0] if mine else len(before)]]
         this = {"objective": objective, "run": str(folder),
                 "from": Path(init).name if init else None,
                 "steps": meta.get("total"), "selected_step": meta.get("step"),
@@ -330,6 +338,9 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
                 "sessions": run.get("sessions", []),
                 "args": {k: run.get("args", {}).get(k) for k in keys},
                 "history": compact_history(read_history(folder))}
+        if not this["history"] and meta.get("metrics") and meta.get("step") is not None:
+            # weights whose run folder is gone: their own validation is the one point known
+            this["history"] = compact_history([{"step": meta["step"], "metrics": meta["metrics"]}])
         return [*before, this]
 
     return chain(Path(out), meta, objective, psnr, 0)
@@ -404,9 +415,9 @@ def with_history(stage: dict[str, Any]) -> dict[str, Any]:
 
 def steps_trained(stage: dict[str, Any]) -> int:
     """Steps a stage has trained: its sessions' last step (a stage still running, or cut
-    short), else its planned length."""
+    short), else its planned length, else (weights that recorded neither) its selected step."""
     done = [int(x["last_step"]) for x in stage.get("sessions") or [] if x.get("last_step") is not None]
-    return max(done) if done else int(stage.get("steps") or 0)
+    return max(done) if done else int(stage.get("steps") or stage.get("selected_step") or 0)
 
 
 def stage_curves(stages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, Any], list[dict]]]:

@@ -85,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
     p.add_argument("--no-export", action="store_true", help="train only")
+    p.add_argument("--curve", type=Path, default=None, metavar="PNG",
+                   help="do not train: draw the validation curve of <out>/best.safetensors and "
+                        "the stages before it to PNG, and print the gain over its last third")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--name", default="dran", help="model name (file stem in --models-dir)")
     return p.parse_args(argv)
@@ -163,6 +166,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     summary["psnr"] = float(np.mean([v for k, v in summary.items() if k.startswith("psnr_")]))
     summary["ssim"] = float(np.mean([v for k, v in summary.items() if k.startswith("ssim_")]))
     meta = header["meta"]
+    history = stages(args, header)
     staging = args.out / "export"
     staging.mkdir(parents=True, exist_ok=True)
     staged = staging / f"{args.name}.safetensors"
@@ -177,6 +181,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
             "cpu_bf16": cpu_bf16,
             "card": f"{args.name}.md",
             "training": meta.get("training", {}),
+            "stages": history,
         },
     )
     gate_rows, gate, target = run_gate(recipe, staged, args.gate_methods)
@@ -200,7 +205,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
             return committed
         print(f"replacing {committed} ({old_psnr:.3f} dB) with this run's best ({new_psnr:.3f} dB)")
     out.write_bytes(staged.read_bytes())
-    curve = plot_curve(args.out, dest_dir / f"{args.name}-curve.png", args.name)
+    curve = plot_curve(history, dest_dir / f"{args.name}-curve.png", args.name)
     card = dest_dir / f"{args.name}.md"
     card.write_text(_card(args, recipe, header, rows, loss, use16, out, bf16_cost, cpu_bf16,
                           gate_rows, gate, target, passed, curve), encoding="utf-8")
@@ -225,21 +230,57 @@ def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
     return rows, gate, target
 
 
-def plot_curve(run: Path, png: Path, name: str) -> Path | None:
-    """Validation PSNR per σ (unclipped and clipped) against the step, from the run's history."""
-    hist = recipe_script.read_history(run)
-    if len(hist) < 2:
+OBJECTIVE = "L1 on the noise residual"
+
+
+def stages(args: argparse.Namespace, header: dict) -> list[dict]:
+    """The training stages behind the run's best weights (``recipe_script.training_stages``;
+    the stages a committed model records come first when the run started from it)."""
+    prior = committed_weights(args.name)
+    recorded = read_header(prior, expected_arch="dran")["meta"].get("stages") or [] if prior else []
+    return recipe_script.training_stages(args.out, header["meta"], OBJECTIVE, arch="dran",
+                                         describe=lambda m: OBJECTIVE, recorded=recorded)
+
+
+def plot_curve(stages: list[dict], png: Path, name: str) -> Path | None:
+    """Validation PSNR per σ (unclipped and clipped) against the steps trained, stage after
+    stage (``recipe_script.stage_curves``); dotted lines where a stage starts from the best
+    weights of the one before."""
+    curves = recipe_script.stage_curves(stages)
+    if sum(len(h) for _, _, h in curves) < 2:
         return None
     fig, ax = recipe_script.curve_figure()
-    steps = [h["step"] for h in hist]
-    keys = sorted({k for h in hist for k in h["metrics"] if k[:6] in ("psnr_s", "psnr_c")})
-    for k in keys:
-        ax.plot(steps, [h["metrics"].get(k, np.nan) for h in hist],
-                ls="-" if k[5] == "s" else "--",
-                label=f"σ={k[6:]} {'unclipped' if k[5] == 's' else 'clipped'}")
-    return recipe_script.save_curve(fig, ax, png, xlabel="training step",
-                                    ylabel="validation PSNR (dB)",
-                                    title=f"{name}: validation PSNR during training")
+    keys = sorted({k for _, _, hist in curves for h in hist for k in h["metrics"]
+                   if k[:6] in ("psnr_s", "psnr_c")})
+    colours: dict[str, str] = {}
+    for i, (offset, _, hist) in enumerate(curves):
+        if i:
+            ax.axvline(offset, ls=":", lw=0.8, c="gray")
+        for k in keys:
+            pts = [(offset + h["step"], h["metrics"][k]) for h in hist if k in h["metrics"]]
+            if not pts:
+                continue
+            line, = ax.plot(*zip(*pts), ls="-" if k[5] == "s" else "--", marker=".", color=colours.get(k),
+                            label=None if k in colours else
+                            f"σ={k[6:]} {'unclipped' if k[5] == 's' else 'clipped'}")
+            colours[k] = line.get_color()
+    ax.set_xlim(left=0)
+    return recipe_script.save_curve(
+        fig, ax, png, xlabel="steps trained (dotted: a stage starts from the previous best)",
+        ylabel="validation PSNR (dB)", title=f"{name}: validation PSNR during training")
+
+
+def write_curve(args: argparse.Namespace, png: Path) -> Path | None:
+    """``--curve``: the curve of the run's best weights and every stage before it, and the
+    mean validation PSNR's gain over the last third of all of it (the issue's done-when)."""
+    history = stages(args, read_header(args.out / BEST, expected_arch="dran"))
+    gain = recipe_script.gain_over_last_third(history, "psnr")
+    if gain:
+        print(f"psnr: best {gain['before']:.3f} dB up to step {gain['from_step']:,.0f} of "
+              f"{gain['end']:,.0f} trained, {gain['after']:.3f} after: {gain['gain']:+.3f} dB "
+              f"over the last third; {gain['total_steps']:,.0f} steps trained in all")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return plot_curve(history, png, args.name)
 
 
 def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss: dict,
@@ -398,6 +439,9 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.curve is not None:
+        print(f"wrote {write_curve(args, args.curve)}")
+        return 0
     dev = resolve_device(args.device)
     t = time.perf_counter()
     from_weights = recipe_script.resolve_start(args, args.name, root=ROOT, interim=INTERIM_DIR)

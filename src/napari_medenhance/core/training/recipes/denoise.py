@@ -38,7 +38,9 @@ averaged back to one channel) per σ, averaged first over the planes of each mod
 over modalities (so ten small MR slices do not outweigh one CT slice), their mean over σ
 (``psnr``, ``ssim``: ``psnr`` picks the best checkpoint) and the L1 noise loss (``loss``).
 With ``val_clipped`` the same noisy images are validated a second time clipped to [0, 1]
-(``psnr_c15``, ...), and ``psnr``/``ssim`` average both ways.
+(``psnr_c15``, ...), and ``psnr``/``ssim`` average both ways. A network that asks the engine
+for a mirrored border (``reflect_border``, DRAN: 16 px) is validated with it too, so the
+numbers that pick and describe a model are the ones a user's planes get.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ from ..patches import PatchSampler, Plane, Pool, center_crop
 from .base import RecipeBase, evaluating, modality_mean, network_config, plane_ids
 
 __all__ = ["DenoiseRecipe"]
+
+
+def _with_mirrored_border(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net(x)`` with ``x`` (N, C, H, W) grown by the network's ``reflect_border`` mirrored
+    pixels on each side and the output cropped back, as the inference engine runs it."""
+    b = int(getattr(net, "reflect_border", 0) or 0)
+    b = min(b, x.shape[-2] - 1, x.shape[-1] - 1)  # torch's reflect pad needs b < size
+    if b <= 0:
+        return net(x)
+    y = net(torch.nn.functional.pad(x, (b, b, b, b), mode="reflect"))
+    return y[..., b:-b, b:-b]
 
 
 class DenoiseRecipe(RecipeBase):
@@ -245,7 +258,7 @@ class DenoiseRecipe(RecipeBase):
             for k, item in enumerate(self._val):
                 plane: Plane = item["plane"]
                 x = torch.from_numpy(item["noisy"]).to(device)
-                pred = net(x)
+                pred = _with_mirrored_border(net, x)
                 clean3 = torch.from_numpy(item["clean3"]).to(device)
                 l1 = (pred - (x - clean3)).abs().mean(dim=(1, 2, 3)).cpu().numpy()
                 out = (x - pred).clamp_(0.0, 1.0).cpu().numpy()
