@@ -293,20 +293,14 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
 
 def plot_curve(args: argparse.Namespace, stages: list[dict], png: Path,
                gate_rows: list[dict]) -> Path | None:
-    """Mean validation PSNR against the step of every stage whose run history is on disk (a
-    stage continues at the step its predecessor was selected at), with the mean over
-    modalities of the better classical correction as a reference."""
-    curves = []
-    offset = 0
-    for i, st in enumerate(stages):
-        last = i == len(stages) - 1
-        run_dir = args.out if last else Path(st.get("run") or "")
-        hist = recipe_script.read_history(run_dir) if (last or st.get("run")) else []
-        if hist:
-            curves.append((f"stage {i + 1}: {st['objective']}, {_seen(st.get('args') or {})} input",
-                           [h["step"] + offset for h in hist],
-                           [h["metrics"].get("psnr", np.nan) for h in hist]))
-        offset += int(st.get("selected_step") or 0)
+    """Mean validation PSNR against the steps trained, stage after stage
+    (``recipe_script.stage_curves``: the validations each stage records, else its run folder's),
+    with the mean over modalities of the better classical correction as a reference."""
+    curves = [(f"stage {i + 1}: {st['objective']}, {_seen(st.get('args') or {})} input",
+               [offset + h["step"] for h in hist if "psnr" in h["metrics"]],
+               [h["metrics"]["psnr"] for h in hist if "psnr" in h["metrics"]])
+              for i, (offset, st, hist) in enumerate(recipe_script.stage_curves(stages))]
+    curves = [c for c in curves if c[1]]
     if sum(len(c[1]) for c in curves) < 2:
         return None
     mods = enhance_gate.modalities(gate_rows)
@@ -316,7 +310,7 @@ def plot_curve(args: argparse.Namespace, stages: list[dict], png: Path,
     for label, x, y in curves:
         ax.plot(x, y, marker=".", label=label)
     ax.axhline(classical, ls="--", c="gray", label="better classical, mean over modalities")
-    return recipe_script.save_curve(fig, ax, png, xlabel="training step (stages end to end)",
+    return recipe_script.save_curve(fig, ax, png, xlabel="steps trained",
                                     ylabel="mean validation PSNR (dB)",
                                     title=f"{args.name}: validation PSNR during training")
 
