@@ -144,6 +144,18 @@ def picture(recipe, model4: Path, png: Path) -> Path:
     return png
 
 
+def _without_note(argv: list[str]) -> list[str]:
+    """The command line as the results quote it: the note is printed after it already."""
+    out, skip = [], False
+    for x in argv:
+        if skip or x == "--note":
+            skip = not skip and x == "--note"
+            continue
+        if not x.startswith("--note="):
+            out.append(x)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=ROOT / "models" / "msgan-x4.safetensors")
@@ -169,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Super-resolution benchmark",
         "",
         f"Machine: {describe()}. Command: `python benchmarks/bench_sr.py"
-        + (f" {shlex.join(argv if argv is not None else sys.argv[1:])}"
-           if (argv if argv is not None else sys.argv[1:]) else "") + "`."
+        + "".join(f" {shlex.quote(x)}" for x in _without_note(argv if argv is not None
+                                                               else sys.argv[1:])) + "`."
         + (f" {a.note}" if a.note else ""),
         f"Models: {', '.join(f'{k} = `{Path(v).relative_to(ROOT) if Path(v).is_relative_to(ROOT) else v}`' for k, v in models.items())}.",
         "",
