@@ -440,9 +440,10 @@ def stage_curves(stages: Sequence[dict[str, Any]]) -> list[tuple[int, dict[str, 
 def gain_over_last_third(stages: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
     """How much the best validation ``key`` grew over the last third of the stages' training:
     ``{"total_steps"`` (every step trained, all stages), ``"end"`` (the last validated step
-    on :func:`stage_curves`' axis), ``"from_step"``, ``"before"`` (best up to the last third), ``"after"`` (best
-    overall), ``"gain"``}``; None without validations. The done-when rule of the training
-    issues: less than 0.05 dB over the last third of at least N steps."""
+    on :func:`stage_curves`' axis), ``"from_step"`` (where the last third starts),
+    ``"before"`` (best up to there), ``"after"`` (best overall), ``"gain"``}``; None without
+    validations. The done-when rule of the training issues: less than 0.05 dB over the last
+    third of at least N steps."""
     pts = [(off + h["step"], h["metrics"][key]) for off, _, hist in stage_curves(stages)
            for h in hist if key in h["metrics"]]
     if not pts:
