@@ -298,6 +298,34 @@ def test_lesion_focused_sampler_never_returns_background_dominated_patches(mr):
         np.median([mr[y : y + patch, x : x + patch].std() for y, x in rng.integers(0, 960, (100, 2))])
 
 
+def test_smooth_share_also_draws_patches_off_the_structure(mr):
+    """With ``smooth_share`` some patches come from smooth tissue (what the network must learn
+    to leave smooth), still never mostly background; without it the draws are as before."""
+    plane = Plane("mr", "MR", mr)
+    patch = 64
+
+    def draws(sampler, seed=0, n=400):
+        rng = np.random.default_rng(seed)
+        return [sampler.draw(rng) for _ in range(n)]
+
+    def grad(d):  # mean gradient magnitude of a drawn patch
+        _, y0, x0 = d
+        gy, gx = np.gradient(mr[y0 : y0 + patch, x0 : x0 + patch])
+        return float(np.hypot(gy, gx).mean())
+
+    edges = LesionPatchSampler([plane], patch, margin=MARGIN)
+    mixed = LesionPatchSampler([plane], patch, margin=MARGIN, smooth_share=0.5)
+    assert draws(LesionPatchSampler([plane], patch, margin=MARGIN, smooth_share=0.0)) == draws(edges)
+    g_edges = [grad(d) for d in draws(edges)]
+    g_mixed = [grad(d) for d in draws(mixed)]
+    low = np.quantile(g_edges, 0.05)  # smoother than nearly every structure-centred patch
+    assert np.mean(np.array(g_mixed) < low) > 0.1
+    assert max(float(np.mean(mr[y0 : y0 + patch, x0 : x0 + patch] <= 0.02))
+               for _, y0, x0 in draws(mixed)) <= 0.5
+    with pytest.raises(ValueError, match="smooth_share"):
+        LesionPatchSampler([plane], patch, smooth_share=1.5)
+
+
 def test_lesion_masks_centre_the_patches(mr):
     mask = np.zeros(mr.shape, np.uint8)
     mask[400:420, 300:330] = 1  # a small "lesion" in the humeral head

@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(tests and smoke runs only)")
     p.add_argument("--critic-config", type=json.loads, default={},
                    help="critic config overrides as JSON (smoke runs only)")
+    p.add_argument("--smooth-share", type=float, default=0.0, metavar="F",
+                   help="share of training patches centred anywhere not mostly background, "
+                        "smooth tissue included (default 0: on structure only)")
     p.add_argument("--init-weights", type=Path, default=None,
                    help="start a new run from these weights (default, when the run folder has no "
                         "checkpoint: the committed interim or shipped weights, if any)")
@@ -137,7 +140,8 @@ def make_recipe(args: argparse.Namespace, pool: Pool, config: dict | None = None
     cfg.pop("output_scale", None), cfg.pop("scale", None)  # fixed by the recipe
     stage = {"vgg_weight": 0.0, "adversarial_weight": 0.0} if args.stage == "psnr" else {}
     return SRRecipe(pool, mode=args.mode, config=cfg, critic_config=args.critic_config,
-                    kernels=args.kernels, val_crop=args.val_crop, **stage)
+                    kernels=args.kernels, val_crop=args.val_crop,
+                    smooth_share=getattr(args, "smooth_share", 0.0), **stage)
 
 
 # -------------------------------------------------------------------------------- training

@@ -168,6 +168,9 @@ class PatchSampler:
             raise ValueError(
                 f"no plane is at least {patch}×{patch} pixels ({sizes}); use a smaller patch"
             )
+        if not 0.0 <= smooth_share <= 1.0:
+            raise ValueError(f"smooth_share must be in [0, 1]; got {smooth_share}")
+        self.smooth_share = float(smooth_share)
         if balance not in ("modality", "area"):
             raise ValueError(f"balance must be 'modality' or 'area', got {balance!r}")
         area = np.array([p.shape_yx[0] * p.shape_yx[1] for p in self.planes], dtype=np.float64)
@@ -250,6 +253,9 @@ class LesionPatchSampler:
             least this quantile of the plane's foreground gradients, drawn in proportion to it.
         balance: ``"modality"``: every modality equally often, planes within one in proportion
             to their area; ``"area"``: planes in proportion to their area alone.
+        smooth_share: the share of draws centred anywhere that is not mostly background,
+            uniformly, smooth tissue included, instead of on structure or lesion: a network
+            that only ever sees edges learns to add texture where there should be none.
 
     Raises:
         ValueError: no plane can hold a window, or no plane has a valid centre.
@@ -266,6 +272,7 @@ class LesionPatchSampler:
         max_background: float = 0.5,
         structure_quantile: float = 0.75,
         balance: str = "modality",
+        smooth_share: float = 0.0,
     ) -> None:
         from scipy.ndimage import gaussian_gradient_magnitude
 
@@ -273,6 +280,9 @@ class LesionPatchSampler:
             raise ValueError(f"patch must be >= 1 and margin >= 0; got patch={patch}, margin={margin}")
         if not 0.0 <= max_background < 1.0:
             raise ValueError(f"max_background must be in [0, 1); got {max_background}")
+        if not 0.0 <= smooth_share <= 1.0:
+            raise ValueError(f"smooth_share must be in [0, 1]; got {smooth_share}")
+        self.smooth_share = float(smooth_share)
         if balance not in ("modality", "area"):
             raise ValueError(f"balance must be 'modality' or 'area'; got {balance!r}")
         masks = dict(masks or {})
@@ -291,6 +301,7 @@ class LesionPatchSampler:
         self.skipped: list[str] = []
         self._ii: list[np.ndarray] = []
         self._cand: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._anywhere: list[tuple[np.ndarray, np.ndarray]] = []  # for smooth_share draws
         p, m = self.patch, self.margin
         for plane in planes:
             h, w = plane.shape_yx
@@ -339,6 +350,7 @@ class LesionPatchSampler:
             self._ii.append(ii)
             self._cand.append((gy[keep].astype(np.int32), gx[keep].astype(np.int32),
                                np.cumsum(weight[keep])))
+            self._anywhere.append((gy[ok].astype(np.int32), gx[ok].astype(np.int32)))
         if not self.planes:
             raise ValueError(
                 f"no plane has a {self.window}×{self.window} window whose central {p}×{p} patch "
@@ -357,9 +369,14 @@ class LesionPatchSampler:
     def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
         """``(plane index, y0, x0)``: top-left of a valid patch in ``self.planes[index]``."""
         i = int(rng.choice(len(self.planes), p=self._p))
-        ys, xs, cum = self._cand[i]
-        k = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-        k = min(k, len(ys) - 1)
+        # The share is tested only when set, so runs without it draw the same sequence as before.
+        if self.smooth_share > 0 and rng.random() < self.smooth_share:
+            ys, xs = self._anywhere[i]
+            k = int(rng.integers(len(ys)))
+        else:
+            ys, xs, cum = self._cand[i]
+            k = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+            k = min(k, len(ys) - 1)
         p, m, s = self.patch, self.margin, self.stride
         cy, cx = int(ys[k]), int(xs[k])
         y0, x0 = cy - p // 2, cx - p // 2

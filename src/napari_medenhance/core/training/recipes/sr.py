@@ -214,7 +214,8 @@ class SRRecipe(RecipeBase):
         kernels: the LR kernels (:data:`KERNELS`), one drawn per training patch; validation
             reports each (default ``("bicubic",)``).
         masks: lesion masks ``{training plane name: Y×X}`` for the sampler.
-        background_level, max_background, structure_quantile: the sampler's (module docstring).
+        background_level, max_background, structure_quantile, smooth_share: the sampler's
+            (:class:`~..patches.LesionPatchSampler`; ``smooth_share`` 0: structure-centred only).
         val_crop: validation crops are at most this many HR pixels per side (multiple of 4).
         arch: ``"msgan"`` / ``"srresnet"`` (the same as ``mode``), or any other registered SR
             architecture (:func:`napari_medenhance.core.tasks.register_architecture`): one ×4
@@ -243,6 +244,7 @@ class SRRecipe(RecipeBase):
         background_level: float = 0.02,
         max_background: float = 0.5,
         structure_quantile: float = 0.75,
+        smooth_share: float = 0.0,
         val_crop: int = 256,
         arch: str | None = None,
     ) -> None:
@@ -302,6 +304,9 @@ class SRRecipe(RecipeBase):
         self.background_level = float(background_level)
         self.max_background = float(max_background)
         self.structure_quantile = float(structure_quantile)
+        if not 0.0 <= smooth_share <= 1.0:
+            raise ValueError(f"smooth_share must be in [0, 1]; got {smooth_share}")
+        self.smooth_share = float(smooth_share)
         self.val_crop = int(val_crop) - int(val_crop) % SCALE
         if self.val_crop < SCALE * 2:
             raise ValueError(f"val_crop must be at least {SCALE * 2}; got {val_crop}")
@@ -358,7 +363,7 @@ class SRRecipe(RecipeBase):
             self._samplers[patch] = LesionPatchSampler(
                 self.train_planes, patch, margin=MARGIN, masks=self.masks,
                 background_level=self.background_level, max_background=self.max_background,
-                structure_quantile=self.structure_quantile,
+                structure_quantile=self.structure_quantile, smooth_share=self.smooth_share,
             )
         return self._samplers[patch]
 
@@ -621,6 +626,7 @@ class SRRecipe(RecipeBase):
             "train_planes": plane_ids(self.train_planes),
             "val_planes": plane_ids(i["plane"] for i in self._val),
             "val_crop": self.val_crop,
+            **({"smooth_share": self.smooth_share} if self.smooth_share else {}),
         }
 
 
