@@ -168,9 +168,6 @@ class PatchSampler:
             raise ValueError(
                 f"no plane is at least {patch}×{patch} pixels ({sizes}); use a smaller patch"
             )
-        if not 0.0 <= smooth_share <= 1.0:
-            raise ValueError(f"smooth_share must be in [0, 1]; got {smooth_share}")
-        self.smooth_share = float(smooth_share)
         if balance not in ("modality", "area"):
             raise ValueError(f"balance must be 'modality' or 'area', got {balance!r}")
         area = np.array([p.shape_yx[0] * p.shape_yx[1] for p in self.planes], dtype=np.float64)
