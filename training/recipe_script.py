@@ -457,6 +457,17 @@ def gain_over_last_third(stages: Sequence[dict[str, Any]], key: str) -> dict[str
             "gain": after - before}
 
 
+def print_last_third(stages: Sequence[dict[str, Any]], key: str) -> dict[str, float] | None:
+    """Print :func:`gain_over_last_third` of ``key`` as the ``--curve`` option of the training
+    scripts reports it; returns it."""
+    gain = gain_over_last_third(stages, key)
+    if gain:
+        print(f"{key}: best {gain['before']:.3f} dB up to step {gain['from_step']:,.0f} of "
+              f"{gain['end']:,.0f} trained, {gain['after']:.3f} after: {gain['gain']:+.3f} dB "
+              f"over the last third; {gain['total_steps']:,.0f} steps trained in all")
+    return gain
+
+
 def averaged_at(step: int, sessions: Sequence[dict[str, Any]]) -> bool:
     """Whether validation at ``step`` saw averaged weights: a session that averaged ran it."""
     return any(s.get("average") and s.get("first_step") is not None

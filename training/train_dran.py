@@ -274,11 +274,7 @@ def write_curve(args: argparse.Namespace, png: Path) -> Path | None:
     """``--curve``: the curve of the run's best weights and every stage before it, and the
     mean validation PSNR's gain over the last third of all of it (the issue's done-when)."""
     history = stages(args, read_header(args.out / BEST, expected_arch="dran"))
-    gain = recipe_script.gain_over_last_third(history, "psnr")
-    if gain:
-        print(f"psnr: best {gain['before']:.3f} dB up to step {gain['from_step']:,.0f} of "
-              f"{gain['end']:,.0f} trained, {gain['after']:.3f} after: {gain['gain']:+.3f} dB "
-              f"over the last third; {gain['total_steps']:,.0f} steps trained in all")
+    recipe_script.print_last_third(history, "psnr")
     png.parent.mkdir(parents=True, exist_ok=True)
     return plot_curve(history, png, args.name)
 

@@ -337,12 +337,7 @@ def write_curve(args: argparse.Namespace, recipe: SRRecipe, png: Path) -> Path |
     gain of the selection metric over the last third of all of it (the issue's done-when)."""
     header = read_header(args.out / BEST, expected_arch=recipe.arch)
     history = stages(args, header)
-    gain = recipe_script.gain_over_last_third(history, recipe.primary_metric)
-    if gain:
-        print(f"{recipe.primary_metric}: best {gain['before']:.3f} dB up to step "
-              f"{gain['from_step']:,.0f} of {gain['end']:,.0f} trained, "
-              f"{gain['after']:.3f} after: {gain['gain']:+.3f} dB over the last third; "
-              f"{gain['total_steps']:,.0f} steps trained in all")
+    recipe_script.print_last_third(history, recipe.primary_metric)
     png.parent.mkdir(parents=True, exist_ok=True)
     return plot_curve(history, png, args.name, recipe)
 
