@@ -185,3 +185,23 @@ def test_two_sessions_started_in_the_same_second_are_both_on_record(tmp_path):
     recipe_script.upsert_session(args, {**second, "last_step": 15})  # the same session, later
     sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
     assert [(s["first_step"], s["last_step"]) for s in sessions] == [(1, 12), (13, 15)]
+
+
+def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, capsys):
+    tmp, models, run = setup
+    assert run("plain", "--ship-anyway") == 0
+    shipped = models / "dran.safetensors"
+    # the next stage starts from the shipped weights with the σ-weighted loss
+    assert run("weighted", "--sigma-weighted", "--steps", "6", "--ship-anyway", "--force") == 0
+    card = (models / "dran.md").read_text()
+    assert "--sigma-weighted" in card and "weighted by (25/255) / max(its noise std" in card
+    st = read_header(shipped, expected_arch="dran")["meta"]["stages"]
+    assert [Path(x["run"]).name for x in st] == ["plain", "weighted"]
+    assert st[0]["objective"] == train_dran.OBJECTIVE and not st[0]["args"].get("sigma_weighted")
+    assert st[1]["objective"] == train_dran.OBJECTIVE_SIGMA_WEIGHTED
+    assert st[1]["args"]["sigma_weighted"] is True
+    # resuming the weighted run without the switch would change its loss: refused, not mixed
+    capsys.readouterr()
+    assert run("weighted", "--steps", "8", "--no-export") != 0
+    err = capsys.readouterr().err
+    assert "different training setup (objective" in err and "sigma_weighted" in err

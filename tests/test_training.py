@@ -527,3 +527,40 @@ def test_intensity_aug_moves_clean_patches_across_the_range_and_keeps_the_noise(
     assert (x1 - y1).std(dim=(1, 2, 3)).max() < 60 / 255
     with pytest.raises(ValueError, match="intensity_aug"):
         DenoiseRecipe(pool, config=TINY, intensity_aug=-0.1)
+
+
+def test_sigma_weighted_loss_counts_every_noise_level_by_its_relative_error(pool, tmp_path):
+    """Plain L1 is dominated by the noisiest samples; the σ-weighted loss gives each sample's
+    error the weight (25/255)/σ, so a network that predicts no noise at all (error = |noise|,
+    proportional to σ) costs the same on a σ 10 sample as on a σ 40 one."""
+    plain = DenoiseRecipe(pool, config=TINY, val_crop=64)
+    weighted = DenoiseRecipe(pool, config=TINY, val_crop=64, sigma_weighted=True)
+
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros_like(x)
+
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.full((2, 3, 64, 64), 0.5)
+    sigma = torch.tensor([10.0, 40.0]) / 255
+    noisy = clean + torch.randn(clean.shape, generator=gen) * sigma[:, None, None, None]
+    per_sample = [weighted.loss(Zero(), noisy[i:i + 1], clean[i:i + 1])[0].item() for i in range(2)]
+    plain_each = [plain.loss(Zero(), noisy[i:i + 1], clean[i:i + 1])[0].item() for i in range(2)]
+    assert plain_each[1] / plain_each[0] == pytest.approx(4.0, rel=0.05)
+    assert per_sample[1] / per_sample[0] == pytest.approx(1.0, rel=0.05)
+    # The scale is the plain L1's at σ 25: E|n| = σ·√(2/π).
+    assert per_sample[0] == pytest.approx(25 / 255 * (2 / np.pi) ** 0.5, rel=0.05)
+    loss, logs = weighted.loss(Zero(), noisy, clean)
+    assert logs["l1"] == pytest.approx(plain.loss(Zero(), noisy, clean)[0].item())
+    assert logs["l1_weighted"] == pytest.approx(loss.item())
+    # Near-clean samples are not weighted without bound.
+    still = weighted.loss(Zero(), clean + 1e-4, clean)[0].item()
+    assert still == pytest.approx(1e-4 * 25 / 5, rel=0.05)
+
+    # Off, the identity is what runs made before the switch wrote; on, it joins the identity,
+    # so a plain-L1 checkpoint is not resumed under the weighted loss (nor the reverse).
+    assert plain.objective is None and weighted.objective is not None
+    assert "weighted" not in plain.describe()["loss"] and "noise std" in weighted.describe()["loss"]
+    _run(train(plain, steps=1, out_dir=tmp_path, ckpt_every=1, val_every=0, **RUN))
+    with pytest.raises(CheckpointError, match="objective"):
+        next(train(weighted, steps=2, out_dir=tmp_path, **RUN))

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intensity-aug", type=float, default=0.5,
                    help="share of training patches moved to a random place in [0, 1] (half of "
                         "them inverted): CT tissue near 1 after its padding, dark fluorescence")
+    p.add_argument("--sigma-weighted", action="store_true",
+                   help="weigh each sample's L1 by the inverse of its noise level, so that low σ "
+                        "counts as much as high σ (PSNR is logarithmic); default: plain L1")
     p.add_argument("--anneal-fraction", type=float, default=None,
                    help="fraction of the steps over which the attention temperature anneals 30 → 1 "
                         "(default: 0.1 from scratch, 0 when starting from trained weights)")
@@ -231,6 +234,13 @@ def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
 
 
 OBJECTIVE = "L1 on the noise residual"
+OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sample"
+
+
+def run_args_of(out: Path) -> dict:
+    """The arguments the run in ``out`` was started with (its ``run.json``; {} if none)."""
+    path = out / "run.json"
+    return json.loads(path.read_text()).get("args", {}) if path.is_file() else {}
 
 
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
@@ -238,8 +248,11 @@ def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     the stages a committed model records come first when the run started from it)."""
     prior = committed_weights(args.name)
     recorded = read_header(prior, expected_arch="dran")["meta"].get("stages") or [] if prior else []
-    return recipe_script.training_stages(args.out, header["meta"], OBJECTIVE, arch="dran",
-                                         describe=lambda m: OBJECTIVE, recorded=recorded)
+    objective = (OBJECTIVE_SIGMA_WEIGHTED if run_args_of(args.out).get("sigma_weighted")
+                 else OBJECTIVE)
+    return recipe_script.training_stages(args.out, header["meta"], objective, arch="dran",
+                                         describe=lambda m: OBJECTIVE, recorded=recorded,
+                                         extra_args=("sigma_weighted",))
 
 
 def plot_curve(stages: list[dict], png: Path, name: str) -> Path | None:
@@ -301,6 +314,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            f"--intensity-aug {run_args.get('intensity_aug', args.intensity_aug)} "
            f"--anneal-fraction {run_args.get('anneal_fraction', args.anneal_fraction)}"
            + recipe_script.average_flag(run_args)
+           + (" --sigma-weighted" if run_args.get("sigma_weighted") else "")
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
         f"# {args.name} — DRAN blind Gaussian denoiser",
@@ -362,7 +376,11 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "place in [0, 1] (gain 0.25–1, offset, half of them inverted) before the noise, because "
         "the engine maps each image by its own min and max: a CT whose padding is the minimum "
         "arrives with its tissue in a narrow band near 1",
-        "- loss: L1(predicted noise, true noise); Adam β = (0.9, 0.99), cosine decay to 1 % of "
+        "- loss: L1(predicted noise, true noise)"
+        + ("; in the last run each sample's L1 was weighted by (25/255) / max(its noise std, "
+           "5/255), so that every σ counts by its relative error as PSNR does"
+           if run_args.get("sigma_weighted") else "")
+        + "; Adam β = (0.9, 0.99), cosine decay to 1 % of "
         "the initial rate; bf16 autocast on the CPU (fp32 weights, Adam state, loss and "
         "validation)",
         "- patches: random windows (modality-balanced, empty background rejected), 8 flips / "
@@ -451,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     pool = load_pool()
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
                            val_clipped=True, anneal_fraction=args.anneal_fraction,
-                           intensity_aug=args.intensity_aug)
+                           intensity_aug=args.intensity_aug, sigma_weighted=args.sigma_weighted)
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}")
     if not args.export:

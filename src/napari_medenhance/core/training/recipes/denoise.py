@@ -28,6 +28,13 @@ predicts the residual noise and the clean estimate is ``input − net(input)`` (
   replicating it to three channels, so a noisy gray image arrives with identical noise in each;
   training with independent per-channel noise there would let the network average the channels
   and then fail at inference. RGB planes get independent noise per channel.
+* **Optionally, every noise level counts alike** (``sigma_weighted``). A sample's L1 error grows
+  with its σ, so under the paper's plain L1 the high-σ samples supply most of the gradient, while
+  PSNR, which picks and describes the model, is logarithmic: a 5 % smaller error is worth the
+  same 0.4 dB at σ 15 as at σ 50. With the switch on, each sample's L1 is multiplied by
+  ``(sigma_max / 2) / max(σ̂, 5/255)`` (σ̂: the standard deviation of its true noise, which for
+  a clipped sample is what clipping left of it), so every σ is weighed by its relative error and
+  the loss keeps the scale of the plain L1 at σ = sigma_max / 2.
 
 Validation
 ----------
@@ -60,6 +67,10 @@ from ..patches import PatchSampler, Plane, Pool, center_crop
 from .base import RecipeBase, evaluating, modality_mean, network_config, plane_ids
 
 __all__ = ["DenoiseRecipe"]
+
+#: Noise level (/255) below which ``sigma_weighted`` stops raising a sample's weight: near-clean
+#: samples would otherwise dominate the loss (σ 0.5 would weigh 50× a σ 25 sample).
+SIGMA_WEIGHT_FLOOR = 5.0
 
 
 def _with_mirrored_border(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +112,8 @@ class DenoiseRecipe(RecipeBase):
             ``forward`` predicts the noise and whose ``denoise(x)`` returns the clean image;
             ``config`` overrides its constructor's defaults. The attention temperature is set
             on the dynamic convs it has (none: nothing to anneal).
+        sigma_weighted: weigh each sample's L1 by the inverse of its noise level, so that
+            every σ counts by its relative error (module docstring); off: the paper's plain L1.
     """
 
     task = "denoise"
@@ -126,6 +139,7 @@ class DenoiseRecipe(RecipeBase):
         val_clipped: bool = False,
         intensity_aug: float = 0.0,
         arch: str = "dran",
+        sigma_weighted: bool = False,
     ) -> None:
         ctor = ARCHITECTURES.get(str(arch).lower())
         if ctor is None:
@@ -151,6 +165,7 @@ class DenoiseRecipe(RecipeBase):
         if not 0.0 <= intensity_aug <= 1.0:
             raise ValueError(f"intensity_aug must be in [0, 1], got {intensity_aug}")
         self.intensity_aug = float(intensity_aug)
+        self.sigma_weighted = bool(sigma_weighted)
         self._preview_index = int(np.argmin([abs(s - preview_sigma) for s in self.val_sigmas]))
         self._samplers: dict[int, PatchSampler] = {}
         self._val = self._prepare_validation()
@@ -206,9 +221,25 @@ class DenoiseRecipe(RecipeBase):
     def loss(
         self, net: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """L1 between the predicted and the true noise ``inputs - targets`` (paper eq. 12)."""
-        l1 = (net(inputs) - (inputs - targets)).abs().mean()
-        return l1, {"l1": float(l1.detach())}
+        """L1 between the predicted and the true noise ``inputs - targets`` (paper eq. 12),
+        per sample weighted by its inverse noise level with ``sigma_weighted``."""
+        noise = inputs - targets
+        per_sample = (net(inputs) - noise).abs().flatten(1).mean(dim=1)
+        l1 = per_sample.mean()
+        if not self.sigma_weighted:
+            return l1, {"l1": float(l1.detach())}
+        level = noise.detach().flatten(1).std(dim=1).clamp_min(SIGMA_WEIGHT_FLOOR / 255.0)
+        weighted = (per_sample * ((self.sigma_max / 2.0 / 255.0) / level)).mean()
+        return weighted, {"l1": float(l1.detach()), "l1_weighted": float(weighted.detach())}
+
+    @property
+    def objective(self) -> dict[str, Any] | None:
+        """The loss switch, part of the checkpoint identity when it is on (None: plain L1, so
+        the checkpoints of runs made before the switch existed still resume)."""
+        if not self.sigma_weighted:
+            return None
+        return {"loss": "l1", "sigma_weighted": {"reference": self.sigma_max / 2.0,
+                                                 "floor": SIGMA_WEIGHT_FLOOR}}
 
     # ---------------------------------------------------------------- validation
     def _prepare_validation(self) -> list[dict[str, Any]]:
@@ -322,7 +353,9 @@ class DenoiseRecipe(RecipeBase):
             "clip_fraction": self.clip_fraction,
             "intensity_aug": self.intensity_aug,
             "val_clipped": self.val_clipped,
-            "loss": "L1(predicted noise, true noise)",
+            "loss": "L1(predicted noise, true noise)" + (
+                f", per sample x ({self.sigma_max / 2:g}/255) / max(its noise std, "
+                f"{SIGMA_WEIGHT_FLOOR:g}/255)" if self.sigma_weighted else ""),
             "train_planes": plane_ids(self.pool.train),
             "val_planes": plane_ids(self.pool.val),
             "val_sigmas": list(self.val_sigmas),
