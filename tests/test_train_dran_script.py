@@ -195,6 +195,8 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     assert run("weighted", "--sigma-weighted", "--steps", "6", "--ship-anyway", "--force") == 0
     card = (models / "dran.md").read_text()
     assert "--sigma-weighted" in card and "weighted by (25/255) / max(its noise std" in card
+    # the recipe trials measured on this CPU travel with the model
+    assert train_dran.TRIALS.read_text(encoding="utf-8").strip() in card
     st = read_header(shipped, expected_arch="dran")["meta"]["stages"]
     assert [Path(x["run"]).name for x in st] == ["plain", "weighted"]
     assert st[0]["objective"] == train_dran.OBJECTIVE and not st[0]["args"].get("sigma_weighted")

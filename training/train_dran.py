@@ -234,6 +234,8 @@ def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
 
 
 OBJECTIVE = "L1 on the noise residual"
+#: Recipe trials on this CPU, copied into the card.
+TRIALS = Path(__file__).resolve().parent / "dran_trials.md"
 OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sample"
 
 
@@ -439,6 +441,10 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "Paper (Table 2; their noise was not the stated Gaussian, so orders of magnitude only): "
         "σ=25 PSNR 29.98 / 36.69 / 34.42 dB (microscopy / radiology / dermatology).",
         "",
+    ]
+    if TRIALS.is_file():
+        L += [TRIALS.read_text(encoding="utf-8").strip(), ""]
+    L += [
         "## Licences",
         "",
         "Weights: as the project (BSD-3). Training data: pydicom-data and pydicom test files "
