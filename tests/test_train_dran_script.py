@@ -202,6 +202,11 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     assert st[0]["objective"] == train_dran.OBJECTIVE and not st[0]["args"].get("sigma_weighted")
     assert st[1]["objective"] == train_dran.OBJECTIVE_SIGMA_WEIGHTED
     assert st[1]["args"]["sigma_weighted"] is True
+    # weights from before the header had the flag are read by their loss text
+    old = {"training": {"loss": "L1(predicted noise, true noise), per sample x (25/255) / "
+                                "max(its noise std, 5/255)"}}
+    assert train_dran.objective_of(old) == train_dran.OBJECTIVE_SIGMA_WEIGHTED
+    assert train_dran.objective_of({}) == train_dran.OBJECTIVE
     # resuming the weighted run without the switch would change its loss: refused, not mixed
     capsys.readouterr()
     assert run("weighted", "--steps", "8", "--no-export") != 0

@@ -239,22 +239,23 @@ TRIALS = Path(__file__).resolve().parent / "dran_trials.md"
 OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sample"
 
 
-def run_args_of(out: Path) -> dict:
-    """The arguments the run in ``out`` was started with (its ``run.json``; {} if none)."""
-    path = out / "run.json"
-    return json.loads(path.read_text()).get("args", {}) if path.is_file() else {}
-
-
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     """The training stages behind the run's best weights (``recipe_script.training_stages``;
     the stages a committed model records come first when the run started from it)."""
     prior = committed_weights(args.name)
     recorded = read_header(prior, expected_arch="dran")["meta"].get("stages") or [] if prior else []
-    objective = (OBJECTIVE_SIGMA_WEIGHTED if run_args_of(args.out).get("sigma_weighted")
-                 else OBJECTIVE)
-    return recipe_script.training_stages(args.out, header["meta"], objective, arch="dran",
-                                         describe=lambda m: OBJECTIVE, recorded=recorded,
+    return recipe_script.training_stages(args.out, header["meta"], objective_of(header["meta"]),
+                                         arch="dran", describe=objective_of, recorded=recorded,
                                          extra_args=("sigma_weighted",))
+
+
+def objective_of(meta: dict) -> str:
+    """The loss a run's best weights were trained with, from their header's ``training``
+    (the recipe's ``describe()``; headers written before it had ``sigma_weighted`` name the
+    weighting in ``loss`` only)."""
+    training = meta.get("training") or {}
+    weighted = training.get("sigma_weighted") or "noise std" in str(training.get("loss", ""))
+    return OBJECTIVE_SIGMA_WEIGHTED if weighted else OBJECTIVE
 
 
 def plot_curve(stages: list[dict], png: Path, name: str) -> Path | None:

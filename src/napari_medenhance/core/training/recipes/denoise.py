@@ -356,6 +356,7 @@ class DenoiseRecipe(RecipeBase):
             "loss": "L1(predicted noise, true noise)" + (
                 f", per sample x ({self.sigma_max / 2:g}/255) / max(its noise std, "
                 f"{SIGMA_WEIGHT_FLOOR:g}/255)" if self.sigma_weighted else ""),
+            "sigma_weighted": self.sigma_weighted,
             "train_planes": plane_ids(self.pool.train),
             "val_planes": plane_ids(self.pool.val),
             "val_sigmas": list(self.val_sigmas),
