@@ -197,6 +197,28 @@ def test_two_stages_export_interim_below_the_gate_with_one_card(setup, capsys):
     assert info["args"]["init_weights"] == str(out)
 
 
+def test_a_new_run_in_a_reused_folder_is_a_new_stage_not_the_old_one(setup):
+    tmp, models, run = setup
+    assert run("l1", "--ablation", "l1") == 0
+    l1 = tmp / "checkpoints" / "dpe-l1.safetensors"
+    first = read_header(l1, expected_arch="dpe")["meta"]["stages"]
+    assert len(first) == 1 and first[0]["from"] is None
+    # a fresh machine: the run folder is gone, and the next stage uses the same folder name
+    import shutil
+
+    shutil.rmtree(tmp / "l1")
+    assert run("l1", "--ablation", "l1", "--init-weights", str(l1), "--force") == 0
+    stages = read_header(l1, expected_arch="dpe")["meta"]["stages"]
+    assert [s["from"] for s in stages] == [None, "dpe-l1.safetensors"]
+    assert stages[0]["sessions"] == first[0]["sessions"]
+    card = (tmp / "checkpoints" / "dpe-l1.md").read_text()
+    assert "| 1 | l1 |" in card and "| 2 | l1 |" in card
+    # exporting that run again keeps both stages (its starting file is now its own export)
+    assert run("l1", "--ablation", "l1", "--export", "--force") == 0
+    again = read_header(l1, expected_arch="dpe")["meta"]["stages"]
+    assert [s["from"] for s in again] == [None, "dpe-l1.safetensors"]
+
+
 def test_passing_the_gate_ships_to_the_models_folder(setup, monkeypatch):
     tmp, models, run = setup
     monkeypatch.setattr(enhance_gate, "GATE_DB", -1000.0)

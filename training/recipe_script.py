@@ -312,6 +312,18 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
               depth: int) -> list[dict]:
         run = record(folder)
         init = run.get("init_weights") or run.get("args", {}).get("init_weights")
+        # A stage is this run when its folder, starting weights and first session are this
+        # run's: a later run in a folder of the same name (a fresh machine) is a new stage.
+        first = (run.get("sessions") or [{}])[0].get("started")
+        start = Path(init).name if init else None
+
+        def is_this_run(st: dict) -> bool:
+            if (Path(st.get("run") or "").resolve() != folder.resolve()
+                    or st.get("from", start) != start):
+                return False
+            theirs = (st.get("sessions") or [{}])[0].get("started")
+            return theirs is None or first is None or theirs == first
+
         before: list[dict] = []
         same = bool(init) and Path(init).is_file() and (
             "init_sha256" not in run or sha256(Path(init)) == run["init_sha256"])
@@ -324,15 +336,14 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
                 before = chain(Path(init).parent, h, describe(h),
                                (h.get("metrics") or {}).get("psnr"), depth + 1)
         elif init and depth == 0:
-            runs = [Path(st.get("run") or "").resolve() for st in recorded]
-            if folder.resolve() in runs:
-                before = list(recorded[:runs.index(folder.resolve())])
+            here = [i for i, st in enumerate(recorded) if is_this_run(st)]
+            if here:
+                before = list(recorded[:here[0]])
         # Weights that record this very run (it was exported, then re-read) end the chain there.
-        mine = [i for i, st in enumerate(before)
-                if Path(st.get("run") or "").resolve() == folder.resolve()]
+        mine = [i for i, st in enumerate(before) if is_this_run(st)]
         before = [with_history(st) for st in before[:mine[0] if mine else len(before)]]
         this = {"objective": objective, "run": str(folder),
-                "from": Path(init).name if init else None,
+                "from": start,
                 "steps": meta.get("total"), "selected_step": meta.get("step"),
                 "psnr": psnr if psnr is not None else (meta.get("metrics") or {}).get("psnr"),
                 "sessions": run.get("sessions", []),

@@ -343,8 +343,9 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         status = ("**Shipped**: it passes the ship gate below." if passed else
                   "**Written with --ship-anyway**: below the ship gate.")
     elif args.ablation:
-        status = ("**Not shipped** (the L1 ablation; committed as the first stage of a "
-                  "two-stage schedule and for the ablation row of the `dpe` card).")
+        status = ("**Not shipped** (the L1 ablation: the same network trained with L1 alone, "
+                  "every stage listed below; committed for the ablation row of the `dpe` card "
+                  "and as a starting point for later stages).")
     else:
         status = ("**Interim, not shipped**: below the ship gate (≥ the better of CLAHE and the "
                   f"stretch + {enhance_gate.GATE_DB:g} dB PSNR on radiology, microscopy and "
