@@ -234,9 +234,9 @@ def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
 
 
 OBJECTIVE = "L1 on the noise residual"
+OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sample"
 #: Recipe trials on this CPU, copied into the card.
 TRIALS = Path(__file__).resolve().parent / "dran_trials.md"
-OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sample"
 
 
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
