@@ -91,11 +91,13 @@ def test_below_the_gate_the_export_is_interim_and_the_next_run_starts_from_it(se
     assert (last_s["planned"], last_s["average"]) == (14, 0.9)
     assert recipe_script.stretch_steps(last_s) == "13–14 of 14, averaged (0.9)"
     assert "| 1–12 of 12 |" in card
-    # The card of the resumed run still names the weights its first session started from.
+    # The card of the resumed run lists both stages (the second from the weights its first
+    # session started from) and every stretch of both.
     assert run("run2", "--export", "--force") == 0
     card2 = (tmp / "checkpoints" / "dran.md").read_text()
-    assert "The last run started from `dran.safetensors`" in card2
-    assert "| 13–14 of 14, averaged (0.9) |" in card2
+    assert f"| 2 | {train_dran.OBJECTIVE} | dran.safetensors | 2 × 32, 0.001 | 14 | " in card2
+    assert "| 1 | " in card2 and "| 1–12 of 12 |" in card2
+    assert "| 13–14 of 14, averaged (0.9) |" in card2 and "26 steps trained in all" in card2
     # Its validation table holds every check of the run, from history.jsonl, and marks the
     # averaged one: the numbers behind the curve, not a hand-written summary of them.
     hist2 = {h["step"]: h for h in recipe_script.read_history(tmp / "run2")}
@@ -212,3 +214,45 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     assert run("weighted", "--steps", "8", "--no-export") != 0
     err = capsys.readouterr().err
     assert "different training setup (objective" in err and "sigma_weighted" in err
+
+
+def test_stages_of_weights_exported_before_headers_had_them_come_from_the_record(setup, monkeypatch):
+    tmp, models, run = setup
+    assert run("first", "--ship-anyway") == 0
+    shipped = models / "dran.safetensors"
+    # weights exported before headers carried their stages: the same file without "stages"
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(shipped), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata())
+    first = json.loads(metadata.pop("stages"))
+    metadata["json_keys"] = json.dumps([k for k in json.loads(metadata["json_keys"]) if k != "stages"])
+    save_file(tensors, str(shipped), metadata=metadata)
+    assert "stages" not in read_header(shipped, expected_arch="dran")["meta"]
+    old = {"objective": train_dran.OBJECTIVE, "run": str(tmp / "gone"), "from": None,
+           "steps": 7000, "selected_step": 7000, "psnr": 20.5,
+           "sessions": [{"started": "2026-11-29 21:14:46", "hardware": "CPU only: old machine",
+                         "torch": "2.13.0+cpu", "first_step": 0, "last_step": 7000,
+                         "steps_per_s": 0.7, "note": "estimated", "batch": 8, "patch": 64,
+                         "precision": "bf16"}],
+           "args": {"batch": 8, "patch": 64, "lr": 5e-4},
+           "history": [{"step": 7000, "metrics": {"psnr": 20.5}}]}
+    record = tmp / "recorded_stages.json"
+    # the record holds every stage that led to the file: here an older one, then "first"
+    record.write_text(json.dumps({recipe_script.sha256(shipped): {"model": "dran",
+                                                                  "stages": [old, *first]}}))
+    monkeypatch.setattr(recipe_script, "RECORDED_STAGES", record)
+    assert recipe_script.committed_stages(shipped, "dran") == [old, *first]
+
+    assert run("next", "--steps", "6", "--ship-anyway", "--force") == 0
+    st = read_header(shipped, expected_arch="dran")["meta"]["stages"]
+    assert st[0] == old and [Path(x["run"]).name for x in st[1:]] == ["first", "next"]
+    card = (models / "dran.md").read_text()
+    assert "| 1 | 2026-11-29 21:14:46 | CPU only: old machine |" in card
+    assert "0.7 (estimated)" in card and "## Stages" in card
+    assert f"{7000 + 12 + 6:,} steps trained in all" in card
+    # a file the record does not know has no stages from it
+    other = tmp / "other.safetensors"
+    save_file(tensors, str(other), metadata={**metadata, "name": "other"})
+    assert recipe_script.committed_stages(other, "dran") == []

@@ -280,6 +280,29 @@ def upsert_session(args: argparse.Namespace, session: dict[str, Any]) -> None:
 #: The command-line settings a stage records (scripts may add their own).
 STAGE_ARGS = ("batch", "patch", "lr", "seed", "precision", "average")
 
+#: Stages of weights exported before their headers carried ``stages``, keyed by the weights'
+#: sha256 (reconstructed from the cards committed with them), so that a model's card and curve
+#: still cover every step trained since it started from random weights.
+RECORDED_STAGES = Path(__file__).resolve().parent / "recorded_stages.json"
+
+
+def committed_stages(weights: Path | None, arch: str) -> list[dict[str, Any]]:
+    """The training stages behind ``weights``: their header's ``stages``, else those
+    :data:`RECORDED_STAGES` holds for this very file (by sha256), else none."""
+    from napari_medenhance.core.weights import read_header
+
+    if weights is None or not Path(weights).is_file():
+        return []
+    stages = read_header(weights, expected_arch=arch)["meta"].get("stages")
+    if stages:
+        return list(stages)
+    if RECORDED_STAGES.is_file():
+        known = json.loads(RECORDED_STAGES.read_text(encoding="utf-8"))
+        entry = known.get(sha256(Path(weights)))
+        if entry:
+            return list(entry["stages"])
+    return []
+
 
 def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: str,
                     describe: Callable[[dict[str, Any]], str],
@@ -331,7 +354,7 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
             h = read_header(init, expected_arch=arch)["meta"]
             # An exported model carries its stages; a run's best weights lead to the run
             # folder beside them, whose own start is followed in turn.
-            before = list(h.get("stages") or [])
+            before = committed_stages(Path(init), arch)
             if not before and depth < 10 and Path(init).parent.resolve() != folder.resolve():
                 before = chain(Path(init).parent, h, describe(h),
                                (h.get("metrics") or {}).get("psnr"), depth + 1)
@@ -366,6 +389,41 @@ def stretch_steps(session: dict[str, Any]) -> str:
     if session.get("average"):
         text += f", averaged ({session['average']:g})"
     return text
+
+
+def stages_table(stages: Sequence[dict[str, Any]],
+                 columns: Sequence[tuple[str, Callable[[dict[str, Any]], str]]] = ()) -> list[str]:
+    """Markdown rows of a model's card, one per training stage (oldest first): objective, the
+    extra ``(heading, cell(stage))`` columns, starting weights, batch × patch and learning
+    rate, planned steps, selected step, CPU hours and the selected weights' mean validation PSNR."""
+    head = ["stage", "objective", *(h for h, _ in columns), "started from", "batch × patch, lr",
+            "steps", "selected at", "CPU hours", "mean val PSNR"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, st in enumerate(stages, 1):
+        psnr = st.get("psnr")
+        a = st.get("args") or {}
+        rows.append(f"| {i} | {st['objective']} | "
+                    + "".join(f"{cell(st)} | " for _, cell in columns)
+                    + f"{st.get('from') or 'random'} | "
+                    f"{a.get('batch', '?')} × {a.get('patch', '?')}, {a.get('lr', '?')} | "
+                    f"{st.get('steps')} | {st.get('selected_step')} | {cpu_hours(st):.2f} | "
+                    + (f"{psnr:.2f} dB" if isinstance(psnr, (int, float)) else "—") + " |")
+    return rows
+
+
+def stretches_table(stages: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown rows of a model's card, one per session of every stage: when it started, the
+    hardware and torch, its steps (:func:`stretch_steps`), speed, batch × patch and precision."""
+    rows = ["| stage | started | hardware | torch | steps | steps/s | batch × patch | precision |",
+            "|---|---|---|---|---|---|---|---|"]
+    for i, st in enumerate(stages, 1):
+        for s in st.get("sessions") or [{"hardware": "not recorded"}]:
+            speed = f"{s.get('steps_per_s', '?')}" + (f" ({s['note']})" if s.get("note") else "")
+            rows.append(f"| {i} | {s.get('started', '?')} | {s.get('hardware')} | "
+                        f"{s.get('torch', '?')} | {stretch_steps(s)} | {speed} | "
+                        f"{s.get('batch', '?')} × {s.get('patch', '?')} | "
+                        f"{s.get('precision', 'fp32')} |")
+    return rows
 
 
 def cpu_hours(stage: dict) -> float:

@@ -234,7 +234,7 @@ def export(args: argparse.Namespace, recipe: EnhanceRecipe, pool, dev: torch.dev
         args.out, header["meta"], args.ablation or "full", arch="dpe", psnr=summary["psnr"],
         describe=lambda m: (m.get("training") or {}).get("loss", "?"),
         extra_args=("luminance_check", "input_norm", "input_percentiles"),
-        recorded=read_header(prior, expected_arch="dpe")["meta"].get("stages") or [] if prior else [])
+        recorded=recipe_script.committed_stages(prior, "dpe"))
     ship = (passed and args.ablation is None) or args.ship_anyway
     dest_dir = args.models_dir if ship else INTERIM_DIR
     committed = prior if not args.ship_anyway else None
@@ -450,27 +450,12 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         "",
         "## Stages",
         "",
-        "| stage | objective | input | started from | batch × patch, lr | steps | selected at | "
-        "CPU hours | mean val PSNR |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *recipe_script.stages_table(stages, [("input", lambda st: _seen(st.get("args") or {}))]),
+        "",
+        "## Every stretch of training",
+        "",
+        *recipe_script.stretches_table(stages),
     ]
-    for i, st in enumerate(stages, 1):
-        psnr = st.get("psnr")
-        a = st.get("args") or {}
-        seen = _seen(a)
-        L.append(f"| {i} | {st['objective']} | {seen} | {st.get('from') or 'random'} | "
-                 f"{a.get('batch', '?')} × {a.get('patch', '?')}, {a.get('lr', '?')} | "
-                 f"{st.get('steps')} | {st.get('selected_step')} | {recipe_script.cpu_hours(st):.2f} | "
-                 + (f"{psnr:.2f} dB" if isinstance(psnr, (int, float)) else "—") + " |")
-    L += ["", "## Every stretch of training", "",
-          "| stage | started | hardware | torch | steps | steps/s | batch × patch | precision |",
-          "|---|---|---|---|---|---|---|---|"]
-    for i, st in enumerate(stages, 1):
-        for s in st.get("sessions") or [{"hardware": "not recorded"}]:
-            L.append(f"| {i} | {s.get('started', '?')} | {s.get('hardware')} | "
-                     f"{s.get('torch', '?')} | {recipe_script.stretch_steps(s)}"
-                     f" | {s.get('steps_per_s', '?')} | {s.get('batch', '?')} × "
-                     f"{s.get('patch', '?')} | {s.get('precision', 'fp32')} |")
     if TRIALS.is_file():
         L += ["", TRIALS.read_text(encoding="utf-8").strip()]
     skipped = desc["val_skipped_too_dark"]

@@ -211,7 +211,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     curve = plot_curve(history, dest_dir / f"{args.name}-curve.png", args.name)
     card = dest_dir / f"{args.name}.md"
     card.write_text(_card(args, recipe, header, rows, loss, use16, out, bf16_cost, cpu_bf16,
-                          gate_rows, gate, target, passed, curve), encoding="utf-8")
+                          gate_rows, gate, target, passed, curve, history), encoding="utf-8")
     if dest_dir == args.models_dir:
         for gone in recipe_script.retire_interim([args.name], INTERIM_DIR):
             print(f"removed the superseded interim {gone}")
@@ -242,8 +242,7 @@ TRIALS = Path(__file__).resolve().parent / "dran_trials.md"
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     """The training stages behind the run's best weights (``recipe_script.training_stages``;
     the stages a committed model records come first when the run started from it)."""
-    prior = committed_weights(args.name)
-    recorded = read_header(prior, expected_arch="dran")["meta"].get("stages") or [] if prior else []
+    recorded = recipe_script.committed_stages(committed_weights(args.name), "dran")
     return recipe_script.training_stages(args.out, header["meta"], objective_of(header["meta"]),
                                          arch="dran", describe=objective_of, recorded=recorded,
                                          extra_args=("sigma_weighted",))
@@ -298,7 +297,7 @@ def write_curve(args: argparse.Namespace, png: Path) -> Path | None:
 def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss: dict,
           use16: bool, path: Path, bf16_cost: dict[str, float], cpu_bf16: bool,
           gate_rows: list[dict], gate: list[dict], target: list[dict], passed: bool,
-          curve: Path | None) -> str:
+          curve: Path | None, stages: list[dict]) -> str:
     import denoise_gate
 
     meta = header["meta"]
@@ -394,21 +393,18 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "attention temperature anneals 30 → 1 over the first 7 % of a run from scratch (about "
         "1,000 steps), and starts at 1 when a run continues from trained weights.",
         "",
+        "## Stages",
+        "",
+        *recipe_script.stages_table(stages),
+        "",
+        f"{sum(recipe_script.steps_trained(st) for st in stages):,} steps trained in all, "
+        f"{sum(recipe_script.cpu_hours(st) for st in stages):.1f} hours; each stage starts from "
+        "the selected weights of the one before.",
+        "",
         "## Every stretch of training",
         "",
-        "| started | hardware | torch | steps | steps/s | batch × patch | precision |",
-        "|---|---|---|---|---|---|---|",
+        *recipe_script.stretches_table(stages),
     ]
-    for s in run.get("sessions", []) or [{"hardware": "not recorded"}]:
-        L.append(f"| {s.get('started', '?')} | {s.get('hardware')} | {s.get('torch', '?')} | "
-                 f"{recipe_script.stretch_steps(s)} | "
-                 f"{s.get('steps_per_s', '?')} | {s.get('batch', '?')} × {s.get('patch', '?')} | "
-                 f"{s.get('precision', 'fp32')} |")
-    # run.json keeps the starting weights across resumes; "args" holds the latest session's.
-    init = run.get("init_weights") or run_args.get("init_weights")
-    if init:
-        L += ["", f"The last run started from `{Path(init).name}` (committed weights of an "
-                  "earlier run; its card lists the stretches before)."]
     methods = [m for m in denoise_gate.BASELINES if any(r["method"] == m for r in gate_rows)]
     L += [
         "",

@@ -199,7 +199,7 @@ def stages(args: argparse.Namespace, header: dict) -> list[dict]:
         return _objective_text(meta.get("training", {}).get("objective", {}))
 
     prior = recipe_script.committed_weights(f"{args.name}-x4", root=ROOT, interim=INTERIM_DIR)
-    recorded = read_header(prior, expected_arch="msgan")["meta"].get("stages") or [] if prior else []
+    recorded = recipe_script.committed_stages(prior, "msgan")
     return recipe_script.training_stages(args.out, header["meta"], describe(header["meta"]),
                                          arch="msgan", describe=describe, recorded=recorded)
 
