@@ -193,10 +193,12 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     tmp, models, run = setup
     assert run("plain", "--ship-anyway") == 0
     shipped = models / "dran.safetensors"
-    # the next stage starts from the shipped weights with the σ-weighted loss
-    assert run("weighted", "--sigma-weighted", "--steps", "6", "--ship-anyway", "--force") == 0
+    # the next stage starts from the shipped weights with the σ-weighted loss (and shrunk windows)
+    assert run("weighted", "--sigma-weighted", "--scale-aug", "0.5", "--steps", "6",
+               "--ship-anyway", "--force") == 0
     card = (models / "dran.md").read_text()
     assert "--sigma-weighted" in card and "weighted by (25/255) / max(its noise std" in card
+    assert "--scale-aug 0.5" in card and "50% of the clean patches were a window" in card
     # the recipe trials measured on this CPU travel with the model
     assert train_dran.TRIALS.read_text(encoding="utf-8").strip() in card
     st = read_header(shipped, expected_arch="dran")["meta"]["stages"]
@@ -204,6 +206,7 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     assert st[0]["objective"] == train_dran.OBJECTIVE and not st[0]["args"].get("sigma_weighted")
     assert st[1]["objective"] == train_dran.OBJECTIVE_SIGMA_WEIGHTED
     assert st[1]["args"]["sigma_weighted"] is True
+    assert st[1]["args"]["scale_aug"] == 0.5 and not st[0]["args"].get("scale_aug")
     # weights from before the header had the flag are read by their loss text
     old = {"training": {"loss": "L1(predicted noise, true noise), per sample x (25/255) / "
                                 "max(its noise std, 5/255)"}}

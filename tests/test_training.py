@@ -564,3 +564,43 @@ def test_sigma_weighted_loss_counts_every_noise_level_by_its_relative_error(pool
     _run(train(plain, steps=1, out_dir=tmp_path, ckpt_every=1, val_every=0, **RUN))
     with pytest.raises(CheckpointError, match="objective"):
         next(train(weighted, steps=2, out_dir=tmp_path, **RUN))
+
+
+def test_scale_aug_cuts_larger_windows_and_shrinks_them_before_the_noise():
+    # ramps: a window shrunk by f has f times the slope per pixel, so each patch tells its factor
+    yy, xx = np.mgrid[0:400, 0:400].astype(np.float32)
+    ramp = (yy + xx) / 800.0
+    rgb = np.stack([ramp, 1.0 - ramp, 0.5 * ramp + 0.25], axis=-1)
+    ramps = Pool(train=[Plane("ramp", "MR", ramp), Plane("rgb ramp", "colour", rgb)],
+                 val=[Plane("v", "MR", ramp[:64, :64])])
+    plain = DenoiseRecipe(ramps, config=TINY, val_crop=64, intensity_aug=0.0)
+    shrunk = DenoiseRecipe(ramps, config=TINY, val_crop=64, intensity_aug=0.0, scale_aug=1.0)
+    off = DenoiseRecipe(ramps, config=TINY, val_crop=64, intensity_aug=0.0, scale_aug=0.0)
+    x0, y0 = plain.sample_batch(np.random.default_rng(5), 64, 32)
+    # off: the very batch of a recipe without the option (runs made before it resume alike)
+    x_off, y_off = off.sample_batch(np.random.default_rng(5), 64, 32)
+    assert torch.equal(x0, x_off) and torch.equal(y0, y_off)
+    x1, y1 = shrunk.sample_batch(np.random.default_rng(5), 64, 32)
+    assert y1.shape == y0.shape and y1.min() >= 0 and y1.max() <= 1
+
+    def slope(y):  # per patch: |slope| of the first channel per pixel along the two axes
+        g = y[:, 0, 8:-8, 8:-8].double()  # away from the anti-aliasing filter's border
+        return (g.diff(dim=1).mean(dim=(1, 2)).abs() + g.diff(dim=2).mean(dim=(1, 2)).abs()) * 400
+
+    assert torch.allclose(slope(y0), torch.ones(64, dtype=torch.float64), atol=1e-3)
+    # window edge / patch edge: multiples of 8/32 up to 3 (1: a factor that rounds to the patch)
+    factors = slope(y1)
+    assert factors.min() > 1 - 1e-3 and factors.max() < 3.05 and (factors > 1.2).double().mean() > 0.6
+    assert torch.allclose(factors * 4, (factors * 4).round(), atol=5e-2)
+    assert len(set((factors * 4).round().tolist())) >= 4  # many factors, not one
+    # gray patches stay gray with one noise in their channels; colour ones keep their colours
+    gray = (y1[:, 0] == y1[:, 1]).flatten(1).all(dim=1)
+    assert 0 < int(gray.sum()) < len(y1)
+    assert torch.equal(x1[gray, 0], x1[gray, 1]) and torch.equal(x1[gray, 0], x1[gray, 2])
+    assert torch.allclose(y1[~gray, 0] + y1[~gray, 1], torch.ones_like(y1[~gray, 0]), atol=1e-5)
+    # the noise is added after shrinking: white at the patch size
+    n = x1 - y1
+    lag = (n[..., 1:] * n[..., :-1]).mean() / (n * n).mean()
+    assert abs(float(lag)) < 0.05
+    with pytest.raises(ValueError, match="scale_aug"):
+        DenoiseRecipe(ramps, config=TINY, scale_aug=1.5)

@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intensity-aug", type=float, default=0.5,
                    help="share of training patches moved to a random place in [0, 1] (half of "
                         "them inverted): CT tissue near 1 after its padding, dark fluorescence")
+    p.add_argument("--scale-aug", type=float, default=0.0,
+                   help="share of training patches cut as a window of up to 3x the patch and "
+                        "shrunk to it: images sharp at the pixel level, like clinical MR slices")
     p.add_argument("--sigma-weighted", action="store_true",
                    help="weigh each sample's L1 by the inverse of its noise level, so that low σ "
                         "counts as much as high σ (PSNR is logarithmic); default: plain L1")
@@ -144,7 +147,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     if header["config"] != recipe.config:
         recipe = DenoiseRecipe(recipe.pool, config=header["config"], clip_fraction=recipe.clip_fraction,
                                val_clipped=recipe.val_clipped, anneal_fraction=recipe.anneal_fraction,
-                               intensity_aug=recipe.intensity_aug)
+                               intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug)
     net = recipe.build()
     load_into(net, best, expected_arch="dran")
     net.to(dev)
@@ -245,7 +248,7 @@ def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     recorded = recipe_script.committed_stages(committed_weights(args.name), "dran")
     return recipe_script.training_stages(args.out, header["meta"], objective_of(header["meta"]),
                                          arch="dran", describe=objective_of, recorded=recorded,
-                                         extra_args=("sigma_weighted",))
+                                         extra_args=("sigma_weighted", "scale_aug"))
 
 
 def objective_of(meta: dict) -> str:
@@ -316,6 +319,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            f"--intensity-aug {run_args.get('intensity_aug', args.intensity_aug)} "
            f"--anneal-fraction {run_args.get('anneal_fraction', args.anneal_fraction)}"
            + recipe_script.average_flag(run_args)
+           + (f" --scale-aug {run_args['scale_aug']:g}" if run_args.get("scale_aug") else "")
            + (" --sigma-weighted" if run_args.get("sigma_weighted") else "")
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
@@ -378,6 +382,11 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         "place in [0, 1] (gain 0.25–1, offset, half of them inverted) before the noise, because "
         "the engine maps each image by its own min and max: a CT whose padding is the minimum "
         "arrives with its tissue in a narrow band near 1",
+        *([f"- scale: in the last run {run_args['scale_aug']:.0%} of the clean patches were a "
+           "window of up to 3× the patch edge shrunk to it (factor ~ U(1/3, 1), bilinear, "
+           "anti-aliased) before the noise, so that the network also sees images as sharp "
+           "at the pixel level as clinical MR slices of 64–256 pixels"]
+          if run_args.get("scale_aug") else []),
         "- loss: L1(predicted noise, true noise)"
         + ("; in the last run each sample's L1 was weighted by (25/255) / max(its noise std, "
            "5/255), so that every σ counts by its relative error as PSNR does"
@@ -472,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     pool = load_pool()
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
                            val_clipped=True, anneal_fraction=args.anneal_fraction,
-                           intensity_aug=args.intensity_aug, sigma_weighted=args.sigma_weighted)
+                           intensity_aug=args.intensity_aug, sigma_weighted=args.sigma_weighted,
+                           scale_aug=args.scale_aug)
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}")
     if not args.export:
