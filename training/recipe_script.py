@@ -318,7 +318,7 @@ def training_stages(out: Path, meta: dict[str, Any], objective: str, *, arch: st
     ``args`` (the :data:`STAGE_ARGS` and ``extra_args`` it ran with), ``history`` (its
     validations, :func:`compact_history`, so a model's curve outlives its run folders).
 
-    ``recorded``: the stages a committed model records (its header's ``stages``). When the
+    ``recorded``: the stages a committed model records (:func:`committed_stages`). When the
     weights this run started from are gone (interim weights retired once the model shipped,
     or a committed file replaced since: ``run.json`` keeps its sha256), the stages before this
     run are taken from there, so exporting the run again keeps them.

@@ -1,0 +1,113 @@
+"""The measurements behind the `dran` trials in ``dran_trials.md`` (fixed validation split).
+
+    python training/dran_diagnostics.py sharpness           # per-pixel gradient, train vs val
+    python training/dran_diagnostics.py edges models/dran.safetensors   # flat vs edge error vs BM3D
+    python training/dran_diagnostics.py compare models/dran.safetensors other.safetensors
+
+``sharpness``: per modality, the mean over planes of the 90th percentile of the clean plane's
+gradient magnitude per pixel. ``edges``: σ 15 unclipped, MSE of ``dran`` and of BM3D (true σ)
+on flat pixels (clean 7×7 standard deviation below 0.01) and on the rest. ``compare``: per
+modality and σ, the second file's PSNR minus the first's (dB, unclipped and clipped).
+BM3D needs ``pip install bm3d``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import denoise_gate  # noqa: E402
+from train_dran import load_pool  # noqa: E402
+
+
+def _gray(data: np.ndarray) -> np.ndarray:
+    return data.mean(-1) if data.ndim == 3 else data
+
+
+def sharpness() -> None:
+    pool = load_pool()
+    for split, planes in (("train", pool.train), ("val", pool.val)):
+        acc = defaultdict(list)
+        for p in planes:
+            g = _gray(p.data)
+            mag = np.hypot(np.diff(g, axis=1)[:-1], np.diff(g, axis=0)[:, :-1])
+            acc[p.modality].append(np.percentile(mag, 90))
+        print(split, ", ".join(f"{m} {np.mean(v):.3f} (n={len(v)})" for m, v in acc.items()))
+
+
+def edges(weights: str) -> None:
+    import torch
+    from scipy.ndimage import uniform_filter
+
+    from napari_medenhance.core import zoo
+    from napari_medenhance.core.training.recipes.denoise import _with_mirrored_border
+
+    recipe = denoise_gate.make_recipe()
+    net, _ = zoo.load_model(weights, device="cpu", task="denoise")
+    sigma = recipe.val_sigmas.index(15.0)
+    print("modality plane flat-share dran/bm3d-PSNR flat-MSE(dran/bm3d)e5 edge-MSE(dran/bm3d)e5")
+    for it in recipe._val:
+        if it["clipped"]:
+            continue
+        p, clean, noisy = it["plane"], it["clean3"], it["noisy"][sigma]
+        with torch.no_grad():
+            x = torch.from_numpy(noisy[None])
+            out = (x - _with_mirrored_border(net, x)).clamp(0, 1)[0].numpy()
+        s = 15.0 / 255.0
+        bm = (denoise_gate.bm3d(noisy.transpose(1, 2, 0), s, True).transpose(2, 0, 1) if p.rgb
+              else np.broadcast_to(denoise_gate.bm3d(noisy[0], s, False), clean.shape))
+        g = clean.mean(0)
+        flat = np.sqrt(np.maximum(uniform_filter(g * g, 7) - uniform_filter(g, 7) ** 2, 0)) < 0.01
+
+        def mse(a, m):
+            return float(((a - clean) ** 2).mean(0)[m].mean()) * 1e5 if m.any() else float("nan")
+
+        def psnr(a):
+            return 10 * np.log10(1.0 / ((a - clean) ** 2).mean())
+
+        print(f"{p.modality} {p.name} {flat.mean():.2f} {psnr(out):.2f}/{psnr(bm):.2f} "
+              f"{mse(out, flat):.2f}/{mse(bm, flat):.2f} {mse(out, ~flat):.1f}/{mse(bm, ~flat):.1f}")
+
+
+def compare(first: str, second: str) -> None:
+    recipe = denoise_gate.make_recipe()
+    means = []
+    for w in (first, second):
+        rows, _ = denoise_gate.model_rows(recipe, w)
+        acc = defaultdict(list)
+        for r in rows:
+            if r["method"] == "dran":
+                acc[(r["modality"], r["clipped"], r["sigma"])].append(r["psnr"])
+        means.append({k: float(np.mean(v)) for k, v in acc.items()})
+    keys = [(c, s) for c in (False, True) for s in recipe.val_sigmas]
+    print("modality " + " ".join(f"{'clipped ' if c else ''}σ{s:g}" for c, s in keys))
+    for m in sorted({k[0] for k in means[0]}):
+        print(m + " " + " ".join(f"{means[1][(m, c, s)] - means[0][(m, c, s)]:+.2f}" for c, s in keys))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    sub.add_parser("sharpness")
+    sub.add_parser("edges").add_argument("weights")
+    c = sub.add_parser("compare")
+    c.add_argument("first")
+    c.add_argument("second")
+    a = p.parse_args(argv)
+    if a.what == "sharpness":
+        sharpness()
+    elif a.what == "edges":
+        edges(a.weights)
+    else:
+        compare(a.first, a.second)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
