@@ -60,6 +60,12 @@ def dicom_array(name: str) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Pixel data with the modality rescale applied (CT -> HU) and the pixel spacing in mm."""
     ds = dicom(name)
     a = ds.pixel_array
+    if getattr(ds, "PhotometricInterpretation", "") == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        # The stored values are indices into the file's colour table (ultrasound): the image
+        # is what the table makes of them.
+        a = apply_color_lut(a, ds)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     if getattr(ds, "Modality", "") == "CT" and slope == 1:

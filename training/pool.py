@@ -21,7 +21,8 @@ The split (never the same image in both; planes of one volume only with a gap)
 =============  ============================================  =======================================
 modality       train                                         validation
 =============  ============================================  =======================================
-CT             693_UNCR (512², HU); pydicom CT_small (128²)  eCT_Supplemental frame 0 (512² head CT)
+CT             693_UNCR (512², HU); pydicom CT_small         eCT_Supplemental frame 0 (512² head CT)
+               (128²); explicit_VR-UN (512², abdomen)
 MR             MR2_UNCR (1024²); MR-SIEMENS-DICOM-With-      emri_small slices 0-9 (64²); pydicom
                Overlays (484²); Colin27 ch2better (0.5 mm,   MR_small (64²); ITK
                23 axial planes); macaque inia19 T1 (13       BrainMidSagittalSlice; ITK KmeansTest
@@ -30,7 +31,8 @@ MR             MR2_UNCR (1024²); MR-SIEMENS-DICOM-With-      emri_small slices 
                (BrainWeb), FatMRISlice
 CR             RG1_UNCR (chest, 1955×1841)                   RG3_UNCR (extremity) window rows
                                                              1222-1477, cols 732-987 (ankle joint)
-US             US1_UNCR (480×640, as gray)                   pydicom examples_rgb_color (as gray)
+US             US1_UNCR (480×640, as gray); color3d_jpeg_    gdcm-US-ALOKA-16 (480×640 pelvis, as
+               baseline frames 0, 40, 80 (echo, as gray)     gray through its colour table)
 fluorescence   nuclei.tif planes 18-44 (cells3d, 256²)       nuclei.tif plane 50 (5-plane gap) and
                                                              stardist img2d.tif (DSB2018, 512²)
 phase contrast skimage cell() rows 0-399                     skimage cell() rows 440-659 (a
@@ -44,7 +46,14 @@ Not used: nuclei.tif planes 0-17 (above the cells: dark and out of focus) and 45
 (next to the validation plane); eCT_Supplemental frame 1 (next to the validation slice);
 Colin27 ``ch2``/``ch2bet`` (the same subject as ``ch2better``, which trains, so they would be
 neither new training data nor honest validation); pydicom ``examples_overlay`` (a crop of
-MR-SIEMENS-DICOM-WithOverlays); ITK RatLungSlice1/2 (modality not documented).
+MR-SIEMENS-DICOM-WithOverlays); pydicom ``examples_rgb_color`` (``US1_UNCR`` shrunk 2×: it was
+the validation ultrasound until :func:`duplicates` found it); ITK RatLungSlice1/2 (modality not
+documented); the pydicom-data NM bone scan (Poisson noise in the "clean" image, and no second NM
+image to validate on); OBXXXX1A (a nearly empty frame); color-pl/-px (colour Doppler); mlut_18 and
+vlut_04 (SMPTE test patterns); the JPEG-compressed copies of files that are used.
+
+:func:`load_pool` refuses a split where a validation plane turns up inside a training plane
+(:func:`duplicates`: whole or cropped, at 1/4 to 4 times its size).
 
 Gray images stored as RGB (ITK's BrainWeb PNGs) and ultrasound frames are taken as gray (the
 channel mean). Radiology volumes are axial planes of the volume in Z×Y×X order.
@@ -73,7 +82,7 @@ import data_pool  # noqa: E402
 
 from napari_medenhance.core.training import Plane, Pool  # noqa: E402
 
-__all__ = ["GROUPS", "SPLIT", "group_mean", "load_pool", "normalise"]
+__all__ = ["GROUPS", "SPLIT", "duplicates", "group_mean", "load_pool", "normalise"]
 
 #: Bump when the normalisation changes (the split is hashed itself).
 NORMALISATION_VERSION = "2"
@@ -84,6 +93,7 @@ NORMALISATION_VERSION = "2"
 SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("train", "CT", "dicom:693_UNCR", None),
     ("train", "CT", "pydicom:CT_small.dcm", None),
+    ("train", "CT", "dicom:explicit_VR-UN", None),
     ("train", "MR", "dicom:MR2_UNCR", None),
     ("train", "MR", "dicom:MR-SIEMENS-DICOM-WithOverlays", None),
     ("train", "MR", "mricron:ch2better", {"planes": list(range(50, 271, 10))}),
@@ -94,6 +104,7 @@ SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("train", "MR", "itk:FatMRISlice.png", {"gray": True}),
     ("train", "CR", "dicom:RG1_UNCR", None),
     ("train", "US", "dicom:US1_UNCR", {"gray": True}),
+    ("train", "US", "dicom:color3d_jpeg_baseline", {"planes": [0, 40, 80], "gray": True}),
     ("train", "fluorescence", "bio:nuclei.tif", {"planes": list(range(18, 45))}),
     ("train", "phase contrast", "skimage:cell", {"window": [0, 400, 0, 550]}),
     ("train", "colour", "skimage:retina", None),
@@ -107,7 +118,7 @@ SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("val", "MR", "itk:KmeansTest_T1UCharRaw.nii.gz", {"planes": [20, 31, 42]}),
     ("val", "MR", "nibabel:example4d.nii.gz", {"planes": [6, 12, 18]}),
     ("val", "CR", "dicom:RG3_UNCR", {"window": [1222, 1478, 732, 988]}),
-    ("val", "US", "pydicom:examples_rgb_color.dcm", {"gray": True}),
+    ("val", "US", "dicom:gdcm-US-ALOKA-16", {"gray": True}),
     ("val", "fluorescence", "bio:nuclei.tif", {"planes": [50]}),
     ("val", "fluorescence", "stardist:img2d.tif", None),
     ("val", "phase contrast", "skimage:cell", {"window": [440, 660, 0, 550]}),
@@ -185,7 +196,7 @@ def _planes(split: str) -> list[tuple[str, str, np.ndarray]]:
         name = source.split(":", 1)[1]
         if sel is None or set(sel) == {"gray"}:
             out.append((name, modality, a))
-        elif "planes" in sel:
+        elif "planes" in sel:  # (with or without "gray")
             out += [(f"{name}[{z}]", modality, a[z]) for z in sel["planes"]]
         else:
             y0, y1, x0, x1 = sel["window"]
@@ -196,6 +207,49 @@ def _planes(split: str) -> list[tuple[str, str, np.ndarray]]:
 def _cache_path() -> Path:
     key = json.dumps([SPLIT, NORMALISATION_VERSION], sort_keys=True).encode()
     return data_pool.cache_dir() / f"pool-{hashlib.sha256(key).hexdigest()[:12]}.npz"
+
+
+def duplicates(val: Sequence[Plane], train: Sequence[Plane], *, threshold: float = 0.95,
+               thumb: int = 40) -> list[tuple[str, str, float, float]]:
+    """Validation planes that turn up inside a training plane: ``(val name, train name, scale,
+    normalised cross-correlation)`` for each match at or above ``threshold``.
+
+    A plane is matched as a whole or as a crop, at 1/4 to 4 times its size (``scale`` is
+    validation pixels per training pixel: 0.5 = the training image shrunk 2×): pydicom's ``examples_rgb_color`` is pydicom-data's
+    ``US1_UNCR`` shrunk 2×, which no check by file name or pixel hash finds. The search runs on
+    thumbnails (the validation plane at about ``thumb`` pixels), in gray."""
+    from skimage.feature import match_template
+    from skimage.transform import rescale
+
+    def gray(a: np.ndarray) -> np.ndarray:
+        return a.mean(axis=-1) if a.ndim == 3 else a
+
+    # Flat windows (padding, background) make the correlation's denominator vanish; a little
+    # fixed noise keeps it bounded without moving a real match.
+    rng = np.random.default_rng(0)
+    found = []
+    for v in val:
+        vg = gray(v.data)
+        g = min(1.0, thumb / max(vg.shape))
+        vt = rescale(vg, g, anti_aliasing=g < 1)
+        vt = vt + rng.normal(0.0, 0.01, vt.shape)
+        best = (0.0, "", 0.0)
+        for t in train:
+            tg = gray(t.data)
+            for scale in (0.25, 0.5, 1.0, 2.0, 4.0):
+                f = g * scale
+                if f > 1.0:
+                    continue
+                tt = rescale(tg, f, anti_aliasing=f < 1) if f < 1 else tg
+                if tt.shape[0] < vt.shape[0] or tt.shape[1] < vt.shape[1]:
+                    continue
+                tt = tt + rng.normal(0.0, 0.01, tt.shape)
+                ncc = float(match_template(tt, vt).max())
+                if ncc > best[0]:
+                    best = (ncc, t.name, scale)
+        if best[0] >= threshold:
+            found.append((v.name, best[1], best[2], best[0]))
+    return found
 
 
 def load_pool(*, cache: bool = True) -> Pool:
@@ -211,6 +265,10 @@ def load_pool(*, cache: bool = True) -> Pool:
                 )
             )
     parts = {s: _planes(s) for s in ("train", "val")}
+    leaks = duplicates(*([Plane(n, m, a) for n, m, a in parts[s]] for s in ("val", "train")))
+    if leaks:
+        raise ValueError("validation planes found inside training planes (name, train name, "
+                         f"scale, correlation): {leaks}")
     if cache:
         arrays = {f"{s}{i}": a for s in parts for i, (_, _, a) in enumerate(parts[s])}
         manifest = {s: [[n, m] for n, m, _ in parts[s]] for s in parts}
