@@ -5,8 +5,8 @@
     python training/dran_diagnostics.py compare models/dran.safetensors other.safetensors
 
 ``sharpness``: per modality, the mean over planes of the 90th percentile of the clean plane's
-gradient magnitude per pixel. ``edges``: σ 15 unclipped, MSE of ``dran`` and of BM3D (true σ)
-on flat pixels (clean 7×7 standard deviation below 0.01) and on the rest. ``compare``: per
+gradient magnitude per pixel. ``edges``: σ 15 unclipped, MSE of ``dran`` and of BM3D (true σ;
+both outputs clipped to [0, 1], as the gate scores them) on flat pixels (clean 7×7 standard deviation below 0.01) and on the rest. ``compare``: per
 modality and σ, the second file's PSNR minus the first's (dB, unclipped and clipped).
 BM3D needs ``pip install bm3d``.
 """
@@ -62,6 +62,9 @@ def edges(weights: str) -> None:
         s = 15.0 / 255.0
         bm = (denoise_gate.bm3d(noisy.transpose(1, 2, 0), s, True).transpose(2, 0, 1) if p.rgb
               else np.broadcast_to(denoise_gate.bm3d(noisy[0], s, False), clean.shape))
+        # Clipped to the data range as the gate scores every method (and as dran's output is):
+        # unclipped, BM3D's undershoot on a zero background counts against it.
+        bm = np.clip(bm, 0.0, 1.0)
         g = clean.mean(0)
         flat = np.sqrt(np.maximum(uniform_filter(g * g, 7) - uniform_filter(g, 7) ** 2, 0)) < 0.01
 
