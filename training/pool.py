@@ -22,7 +22,8 @@ The split (never the same image in both; planes of one volume only with a gap)
 modality       train                                         validation
 =============  ============================================  =======================================
 CT             693_UNCR (512², HU); pydicom CT_small         eCT_Supplemental frame 0 (512² head CT)
-               (128²); explicit_VR-UN (512², abdomen)
+               (128²); explicit_VR-UN (512², abdomen);
+               bad_sequence (512², neck)
 MR             MR2_UNCR (1024²); MR-SIEMENS-DICOM-With-      emri_small slices 0-9 (64²); pydicom
                Overlays (484²); Colin27 ch2better (0.5 mm,   MR_small (64²); ITK
                23 axial planes); macaque inia19 T1 (13       BrainMidSagittalSlice; ITK KmeansTest
@@ -32,7 +33,8 @@ MR             MR2_UNCR (1024²); MR-SIEMENS-DICOM-With-      emri_small slices 
 CR             RG1_UNCR (chest, 1955×1841)                   RG3_UNCR (extremity) window rows
                                                              1222-1477, cols 732-987 (ankle joint)
 US             US1_UNCR (480×640, as gray); color3d_jpeg_    gdcm-US-ALOKA-16 (480×640 pelvis, as
-               baseline frames 0, 40, 80 (echo, as gray)     gray through its colour table)
+               baseline frames 0, 40, 80 (echo, as gray);    gray through its colour table)
+               JPGLosslessP14SV1_1s_1f_8b (768×1024 echo)
 fluorescence   nuclei.tif planes 18-44 (cells3d, 256²)       nuclei.tif plane 50 (5-plane gap) and
                                                              stardist img2d.tif (DSB2018, 512²)
 phase contrast skimage cell() rows 0-399                     skimage cell() rows 440-659 (a
@@ -94,6 +96,7 @@ SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("train", "CT", "dicom:693_UNCR", None),
     ("train", "CT", "pydicom:CT_small.dcm", None),
     ("train", "CT", "dicom:explicit_VR-UN", None),
+    ("train", "CT", "dicom:bad_sequence", None),
     ("train", "MR", "dicom:MR2_UNCR", None),
     ("train", "MR", "dicom:MR-SIEMENS-DICOM-WithOverlays", None),
     ("train", "MR", "mricron:ch2better", {"planes": list(range(50, 271, 10))}),
@@ -105,6 +108,7 @@ SPLIT: list[tuple[str, str, str, dict | None]] = [
     ("train", "CR", "dicom:RG1_UNCR", None),
     ("train", "US", "dicom:US1_UNCR", {"gray": True}),
     ("train", "US", "dicom:color3d_jpeg_baseline", {"planes": [0, 40, 80], "gray": True}),
+    ("train", "US", "dicom:JPGLosslessP14SV1_1s_1f_8b", None),
     ("train", "fluorescence", "bio:nuclei.tif", {"planes": list(range(18, 45))}),
     ("train", "phase contrast", "skimage:cell", {"window": [0, 400, 0, 550]}),
     ("train", "colour", "skimage:retina", None),
