@@ -30,8 +30,8 @@ predicts the residual noise and the clean estimate is ``input − net(input)`` (
   sees. Clinical MR slices of 64–256 pixels, ultrasound and histology at low magnification
   are sharp at the pixel level, while most of the MR pool is 0.5–1 mm template volumes: on the
   fixed split, the 90th percentile of the gradient magnitude per pixel is 0.18 on validation MR
-  and 0.055 on training MR (ultrasound 0.19 / 0.10), and those are where a network trained on
-  the pool as it is loses to BM3D at low σ, on edges, not on flat regions.
+  and 0.055 on training MR, and a network trained on the pool as it is loses to BM3D at low σ
+  mostly on edges and texture.
 * **Gray planes get the same noise in all three channels.** The engine runs a grayscale image by
   replicating it to three channels, so a noisy gray image arrives with identical noise in each;
   training with independent per-channel noise there would let the network average the channels
