@@ -51,7 +51,7 @@ neither new training data nor honest validation); pydicom ``examples_overlay`` (
 MR-SIEMENS-DICOM-WithOverlays); pydicom ``examples_rgb_color`` (``US1_UNCR`` shrunk 2×: it was
 the validation ultrasound until :func:`duplicates` found it); ITK RatLungSlice1/2 (modality not
 documented); the pydicom-data NM bone scan (Poisson noise in the "clean" image, and no second NM
-image to validate on); OBXXXX1A (a nearly empty frame); color-pl/-px (colour Doppler); mlut_18 and
+image to validate on: ``JPEG-LL`` is the same scan); OBXXXX1A (a nearly empty frame); color-pl/-px (colour Doppler); mlut_18 and
 vlut_04 (SMPTE test patterns); the JPEG-compressed copies of files that are used.
 
 :func:`load_pool` refuses a split where a validation plane turns up inside a training plane
@@ -183,6 +183,11 @@ def _read(source: str) -> np.ndarray:
     raise ValueError(f"unknown source {source!r}")
 
 
+def _gray(a: np.ndarray) -> np.ndarray:
+    """The channel mean of RGB data (Y×X×3, or a volume of RGB frames); anything else as is."""
+    return a.astype(np.float32).mean(axis=-1) if a.ndim >= 3 and a.shape[-1] == 3 else a
+
+
 def _planes(split: str) -> list[tuple[str, str, np.ndarray]]:
     out = []
     cache: dict[str, np.ndarray] = {}
@@ -193,14 +198,14 @@ def _planes(split: str) -> list[tuple[str, str, np.ndarray]]:
         key = f"{source}|gray" if gray else source
         if key not in cache:
             raw = _read(source)
-            if gray and raw.ndim >= 3 and raw.shape[-1] == 3:
-                raw = raw.astype(np.float32).mean(axis=-1)
+            if gray:
+                raw = _gray(raw)
             cache[key] = normalise(raw)
         a = cache[key]
         name = source.split(":", 1)[1]
         if sel is None or set(sel) == {"gray"}:
             out.append((name, modality, a))
-        elif "planes" in sel:  # (with or without "gray")
+        elif "planes" in sel:
             out += [(f"{name}[{z}]", modality, a[z]) for z in sel["planes"]]
         else:
             y0, y1, x0, x1 = sel["window"]
@@ -219,27 +224,26 @@ def duplicates(val: Sequence[Plane], train: Sequence[Plane], *, threshold: float
     normalised cross-correlation)`` for each match at or above ``threshold``.
 
     A plane is matched as a whole or as a crop, at 1/4 to 4 times its size (``scale`` is
-    validation pixels per training pixel: 0.5 = the training image shrunk 2×): pydicom's ``examples_rgb_color`` is pydicom-data's
-    ``US1_UNCR`` shrunk 2×, which no check by file name or pixel hash finds. The search runs on
-    thumbnails (the validation plane at about ``thumb`` pixels), in gray."""
+    validation pixels per training pixel: 0.5 = the training image shrunk 2×). pydicom's
+    ``examples_rgb_color`` is pydicom-data's ``US1_UNCR`` shrunk 2×, which no check by file name
+    or pixel hash finds. The search runs on thumbnails (the validation plane at about ``thumb``
+    pixels), in gray. ``python training/pool.py --closest [SOURCE ...]`` prints every
+    validation plane's closest training plane."""
     from skimage.feature import match_template
     from skimage.transform import rescale
-
-    def gray(a: np.ndarray) -> np.ndarray:
-        return a.mean(axis=-1) if a.ndim == 3 else a
 
     # Flat windows (padding, background) make the correlation's denominator vanish; a little
     # fixed noise keeps it bounded without moving a real match.
     rng = np.random.default_rng(0)
     found = []
     for v in val:
-        vg = gray(v.data)
+        vg = _gray(v.data)
         g = min(1.0, thumb / max(vg.shape))
         vt = rescale(vg, g, anti_aliasing=g < 1)
         vt = vt + rng.normal(0.0, 0.01, vt.shape)
         best = (0.0, "", 0.0)
         for t in train:
-            tg = gray(t.data)
+            tg = _gray(t.data)
             for scale in (0.25, 0.5, 1.0, 2.0, 4.0):
                 f = g * scale
                 if f > 1.0:
@@ -282,7 +286,20 @@ def load_pool(*, cache: bool = True) -> Pool:
     return Pool(*([Plane(n, m, a) for n, m, a in parts[s]] for s in ("train", "val")))
 
 
-if __name__ == "__main__":
+def _closest(extra: Sequence[str]) -> None:
+    """Print the closest training plane of every validation plane and of each ``extra`` source
+    (read whole, in gray), highest correlation first (:func:`duplicates` with no threshold)."""
+    p = load_pool()
+    planes = list(p.val) + [Plane(src, "extra", normalise(_gray(_read(src)))) for src in extra]
+    for name, train, scale, ncc in sorted(duplicates(planes, p.train, threshold=0.0),
+                                          key=lambda r: -r[3]):
+        print(f"{ncc:.3f}  {name}  in  {train}  (scale {scale:g})")
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--closest"]:
+    # e.g. python training/pool.py --closest pydicom:examples_rgb_color.dcm
+    _closest(sys.argv[2:])
+elif __name__ == "__main__":
     p = load_pool()
     for split, planes in (("train", p.train), ("val", p.val)):
         px = sum(q.data.shape[0] * q.data.shape[1] for q in planes)
