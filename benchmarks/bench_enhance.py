@@ -8,8 +8,8 @@ beside the paper's.
         --out /tmp/r.md --png /tmp/r.png                          # a smoke run
 
 Quality is measured on the fixed validation split of the model card (``training/enhance_gate.py``:
-central ≤ 256² crops of ``training/pool.py``'s validation planes, each degraded once by Algorithm
-1 of S M A Sharif, R. A. Naqvi, M. Biswas and W.-K. Loh, "Deep Perceptual Enhancement for
+central ≤ 256² crops of ``training/pool.py``'s validation planes, each degraded 8 times by
+Algorithm 1 of S M A Sharif, R. A. Naqvi, M. Biswas and W.-K. Loh, "Deep Perceptual Enhancement for
 Medical Image Analysis", IEEE JBHI): PSNR / SSIM / ΔE2000 against the clean crop and LaSSIM
 against the degraded input, per modality and group, for the degraded input, CLAHE, the 2–98 %
 stretch, the 0.1–99.9 % stretch (a reference the gate does not use: the range the clean images

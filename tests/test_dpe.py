@@ -281,6 +281,34 @@ def test_stretched_input_is_what_the_stretch_baseline_outputs(pool):
                       input_percentiles=(99, 1), acceptance_samples=0)
 
 
+def test_validation_draws_belong_to_their_plane(pool):
+    """Each validation plane is degraded ``val_draws`` times from its own generator: removing
+    a plane or reordering the split leaves every other plane's degraded crops as they were,
+    and the rows carry the draw so that a modality's mean is over planes and draws."""
+    def degraded(recipe):
+        return {(i["plane"].name, i["draw"]): i["degraded"] for i in recipe.validation_items()}
+
+    r = EnhanceRecipe(pool, config=TINY, loss="l1", val_crop=64, acceptance_samples=0,
+                      val_draws=3)
+    full = degraded(r)
+    assert sorted(full) == sorted((p.name, d) for p in pool.val for d in range(3))
+    # the draws of one plane differ from one another (three different degradations)
+    ct = [full[("ct[:, 384:]", d)] for d in range(3)]
+    assert not np.allclose(ct[0], ct[1]) and not np.allclose(ct[1], ct[2])
+    fewer = Pool(train=pool.train, val=list(reversed(pool.val))[:1])  # colour only, first
+    kept = degraded(EnhanceRecipe(fewer, config=TINY, loss="l1", val_crop=64,
+                                  acceptance_samples=0, val_draws=3))
+    assert sorted(kept) == [("ihc[256:]", d) for d in range(3)]
+    for key, value in kept.items():
+        np.testing.assert_array_equal(value, full[key])
+    rows = [b for b in r.baselines() if b["method"] == "input"]
+    assert sorted((b["name"], b["draw"]) for b in rows) == sorted(full)
+    assert r.describe()["val_draws"] == 3
+    assert r.describe()["val_planes"] == ["CT:ct[:, 384:]", "colour:ihc[256:]"]
+    with pytest.raises(ValueError, match="val_draws"):
+        EnhanceRecipe(pool, config=TINY, loss="l1", acceptance_samples=0, val_draws=0)
+
+
 def test_context_crop_stretches_some_patches_by_a_window_around_them():
     # A plane whose values encode their coordinates: a grid's values say where it was cut.
     h, w, patch = 300, 400, 32

@@ -132,6 +132,21 @@ def test_gate_needs_two_db_over_the_better_classical_on_each_group_and_de_on_col
         enhance_gate.verdict(rows, by="plane")
 
 
+def test_margin_carries_its_standard_error_over_the_draws():
+    # CT margins over the stretch per draw: +1, +3, +2, +6 -> mean +3, sd 2.16, se 1.08;
+    # with one draw there is no spread to estimate, and no "±" is printed
+    rows = [r | {"draw": d} for d, (s, p) in enumerate(((30, 31), (30, 33), (32, 34), (30, 36)))
+            for r in _rows("CT", input=6.0, clahe=20.0, stretch=s, dpe=p)]
+    (e,) = enhance_gate.verdict(rows)
+    assert e["margin"] == pytest.approx(3.0)
+    assert e["se"] == pytest.approx(np.std([1, 3, 2, 6], ddof=1) / 2)
+    line = enhance_gate.verdict_lines([e])[0]
+    assert f"+3.00 ± {e['se']:.2f} dB" in line
+    assert "4 Algorithm-1 draws" in enhance_gate.report(rows)[0]
+    (one,) = enhance_gate.verdict([r for r in rows if r["draw"] == 0])
+    assert np.isnan(one["se"]) and "±" not in enhance_gate.verdict_lines([one])[0]
+
+
 # -------------------------------------------------------------------------------- script
 
 

@@ -464,14 +464,15 @@ def _card(args, recipe: EnhanceRecipe, header: dict, run: dict, stages: list[dic
         "## Validation",
         "",
         f"Fixed validation split (above): centre crops ≤ {recipe.val_crop}² of the validation "
-        f"planes, degraded once by Algorithm 1 (seed {recipe.val_seed})"
+        f"planes, each degraded {recipe.val_draws} times by Algorithm 1 (seed {recipe.val_seed}, "
+        "the plane's name and the draw's number)"
         + (f"; too dark, left out: {', '.join(skipped)}" if skipped else
            "; every plane is validated")
         + ". PSNR (dB) / SSIM / ΔE2000 (colour planes) against the clean crop, output clipped "
         "to [0, 1]; LaSSIM (level 3, or the deepest that fits) of the output against the "
         "degraded input — the clean crop itself scores 0.1–0.5 there, since Algorithm 1 scales "
         "the Laplacian bands' contrast, so the `clean` row is the reference for LaSSIM. Means "
-        "over the planes of a modality; group rows the mean of their modalities. Reproduce: "
+        "over the planes of a modality and their draws; group rows the mean of their modalities. Reproduce: "
         f"`python training/enhance_gate.py {_relative(path)}`.",
         "",
         *enhance_gate.table(gate_rows),
