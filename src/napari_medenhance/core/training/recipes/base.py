@@ -136,7 +136,8 @@ class RecipeBase:
         return np.ascontiguousarray(chw.transpose(1, 2, 0)) if rgb else chw.mean(axis=0)
 
     def validation_items(self) -> list[dict[str, Any]]:
-        """The fixed validation set, one dict per plane (``plane`` and the recipe's arrays:
-        e.g. ``clean`` / ``degraded`` / ``inputs`` for enhancement, ``noisy`` for denoising):
+        """The fixed validation set, one dict per plane (per plane and ``draw`` for
+        enhancement; ``plane`` and the recipe's arrays: e.g. ``clean`` / ``degraded`` /
+        ``inputs`` for enhancement, ``noisy`` for denoising):
         what gates and benchmarks score other methods on. Do not modify them."""
         return list(self._val)
