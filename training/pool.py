@@ -51,8 +51,9 @@ neither new training data nor honest validation); pydicom ``examples_overlay`` (
 MR-SIEMENS-DICOM-WithOverlays); pydicom ``examples_rgb_color`` (``US1_UNCR`` shrunk 2×: it was
 the validation ultrasound until :func:`duplicates` found it); ITK RatLungSlice1/2 (modality not
 documented); the pydicom-data NM bone scan (Poisson noise in the "clean" image, and no second NM
-image to validate on: ``JPEG-LL`` is the same scan); OBXXXX1A (a nearly empty frame); color-pl/-px (colour Doppler); mlut_18 and
-vlut_04 (SMPTE test patterns); the JPEG-compressed copies of files that are used.
+image to validate on: ``JPEG-LL`` is the same scan); OBXXXX1A (a nearly empty frame);
+color-pl/-px (colour Doppler); mlut_18 and vlut_04 (SMPTE test patterns); the JPEG-compressed
+copies of files that are used.
 
 :func:`load_pool` refuses a split where a validation plane turns up inside a training plane
 (:func:`duplicates`: whole or cropped, at 1/4 to 4 times its size).
