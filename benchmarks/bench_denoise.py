@@ -11,7 +11,8 @@ crops, σ = 15, 25, 50 /255, unclipped and clipped to [0, 1]). The baselines get
 (``pool.GROUPS``: radiology and microscopy), each the mean of its modalities.
 
 Speed runs every method on the same 512² 16-bit plane in one process, one after another, and
-reports ms per megapixel and the ratio to BM3D. Peak memory is measured in a fresh subprocess
+reports ms per megapixel and the ratio to BM3D; then ``dran`` (with and without its chroma path)
+and colour BM3D on one 512² 8-bit RGB plane. Peak memory is measured in a fresh subprocess
 per case (its own peak RSS after warm-up, ``_rss.py``) for 1024² (one whole-plane pass) and
 4096² (tiled) uint16 images and a 64×512×512 uint16 stack through the public
 :func:`napari_medenhance.denoise`; ``--only-memory`` and ``--only-speed`` redo just that section
@@ -31,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "training"))
@@ -101,6 +103,53 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
             ts.append(time.perf_counter() - t)
         res.append((name, min(ts) * 1000 / mpx))
         print(f"  speed {name}: {res[-1][1]:.0f} ms/Mpx", flush=True)
+    return res + rgb_speed(model, size, reps)
+
+
+class _ColourPassOnly(torch.nn.Module):
+    """DRAN's clean estimate ``x - net(x)`` alone: colour planes as before the chroma path."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.net(x)
+
+
+def rgb_speed(model: str, size: int, reps: int) -> list[tuple[str, float]]:
+    """ms per megapixel on one 8-bit RGB plane (the IHC sample tiled to ``size``²): ``dran``
+    with its chroma path (the public ``denoise()``), its colour pass alone, and colour BM3D."""
+    import denoise_gate
+    import tifffile
+
+    from napari_medenhance import denoise
+    from napari_medenhance.core import engine, runtime, zoo
+
+    ihc = tifffile.imread(ROOT / "src/napari_medenhance/sample_data/ihc_rgb.tif")
+    plane = np.tile(ihc, (size // ihc.shape[0] + 1, size // ihc.shape[1] + 1, 1))[:size, :size]
+    rng = np.random.default_rng(2)
+    noisy = np.clip(np.rint(plane + rng.normal(0, 15.0, plane.shape)), 0, 255).astype(np.uint8)
+    net, info = zoo.load_model(model, device="cpu", task="denoise")
+    kw = runtime.engine_kwargs(info)
+    colour_only = _ColourPassOnly(runtime.inference_module(net, info).net)
+    mpx = size * size / 1e6
+    res = []
+    for name, fn in [
+        (f"{RGB_TAG} dran (public denoise(): colour pass + 2 chroma passes)",
+         lambda: denoise(noisy, model=model, device="cpu")),
+        (f"{RGB_TAG} dran, colour pass alone (before the chroma path)",
+         lambda: engine.apply(noisy, colour_only, device="cpu", half=False, **kw)),
+        (f"{RGB_TAG} bm3d (colour: bm3d_rgb)",
+         lambda: denoise_gate.METHODS["bm3d"](noisy / 255.0, 15.0 / 255.0, True)),
+    ]:
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        res.append((name, min(ts) * 1000 / mpx))
+        print(f"  speed {name}: {res[-1][1]:.0f} ms/Mpx", flush=True)
     return res
 
 
@@ -126,6 +175,8 @@ print(json.dumps({"base_mb": base / 2**20, "peak_mb": peak / 2**20, "seconds": d
 
 
 SPEED_HEADING = "## Speed"
+#: Prefix of the speed rows measured on the RGB plane (their own table).
+RGB_TAG = "RGB:"
 MEMORY_HEADING = "## Peak memory"
 
 
@@ -135,11 +186,18 @@ def speed_section(sp: list[tuple[str, float]], size: int, command: str | None = 
     L = [f"{SPEED_HEADING} ({size}² uint16 fluorescence plane, CPU)", ""]
     if command:
         L += [f"Measured on its own: `{command}`; machine: {machine}.", ""]
-    L += ["| method | ms / Mpx | × BM3D time |", "|---|---|---|"]
-    ref = dict(sp).get("bm3d")
+    gray = [(n, ms) for n, ms in sp if not n.startswith(RGB_TAG)]
+    rgb = [(n[len(RGB_TAG):].strip(), ms) for n, ms in sp if n.startswith(RGB_TAG)]
+
+    def table(rows: list[tuple[str, float]]) -> list[str]:
+        T = ["| method | ms / Mpx | × BM3D time |", "|---|---|---|"]
+        ref = next((ms for n, ms in rows if n.split(" (")[0] == "bm3d"), None)
+        for name, ms in rows:
+            T.append(f"| {name} | {ms:,.0f} | {ms / ref:.2f} |" if ref else f"| {name} | {ms:,.0f} | – |")
+        return T
+
     floor = 27 * 2 * 64 * 64 * 9 * size ** 2 / 1e12
-    for name, ms in sp:
-        L.append(f"| {name} | {ms:,.0f} | {ms / ref:.2f} |" if ref else f"| {name} | {ms:,.0f} | – |")
+    L += table(gray)
     L += [
         "",
         "`dran` rows go through the engine (intensity mapping, tiling, dtype round trip); the "
@@ -149,6 +207,17 @@ def speed_section(sp: list[tuple[str, float]], size: int, command: str | None = 
         f"convolutions 64→64 are {floor:.2f} TFLOP per plane of this size.",
         "",
     ]
+    if rgb:
+        L += [f"### {size}² 8-bit RGB plane (the IHC sample tiled, σ 15 noise)", ""]
+        L += table(rgb)
+        L += [
+            "",
+            "A colour plane costs `dran` three forward passes: the colour pass gives the "
+            "luminance, and the two opponent chroma planes run as gray images "
+            "(`DRAN.denoise`; +0.4 to +1.7 dB on colour images, `training/dran_trials.md`). "
+            "BM3D here is colour BM3D (`bm3d_rgb`) with the true σ.",
+            "",
+        ]
     return L
 
 

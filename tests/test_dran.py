@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from napari_medenhance.core.nets import ARCHITECTURES, build
 from napari_medenhance.core.nets.dran import (
     DRAN,
+    chroma_planes,
+    from_luma_chroma,
     set_temperature,
     temperature_schedule,
 )
@@ -60,13 +62,55 @@ def test_three_distinct_blocks_with_independent_parameters():
 def test_any_size_shape_range_and_denoise(shape):
     torch.manual_seed(0)
     model = _small_dran().eval()
-    x = torch.rand(shape)
+    x = torch.rand(shape[0], 1, *shape[2:]).expand(shape)  # gray, replicated as callers do
     with torch.no_grad():
         n = model(x)
         clean = model.denoise(x)
     assert n.shape == x.shape and clean.shape == x.shape
     assert torch.all(n > -1) and torch.all(n < 1)
-    torch.testing.assert_close(clean, x - n)
+    assert torch.equal(clean, x - n)
+
+
+def test_opponent_chroma_planes_are_orthonormal_and_invert_exactly():
+    torch.manual_seed(0)
+    rgb = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    chroma = chroma_planes(rgb)
+    assert chroma.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(from_luma_chroma(rgb.mean(1, keepdim=True), chroma), rgb)
+    # Gray pixels have no chroma: both planes sit at the offset.
+    torch.testing.assert_close(chroma_planes(rgb[:, :1].expand(-1, 3, -1, -1)),
+                               torch.full_like(chroma, 0.5))
+    # Independent noise of std 1 per channel keeps std 1 in each chroma plane.
+    noise = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    std = (chroma_planes(noise) - 0.5).flatten(2).std(dim=2)
+    torch.testing.assert_close(std, torch.ones_like(std), atol=0.01, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_colour_denoise_keeps_luminance_and_takes_chroma_from_the_gray_path():
+    """A colour sample: the channel mean of ``x - forward(x)``, and the chroma of the network
+    run on each chroma plane as a gray image; a gray sample in the same batch is untouched."""
+    torch.manual_seed(0)
+    model = _small_dran().eval()
+    colour = torch.rand(1, 3, 20, 24)
+    gray = torch.rand(1, 1, 20, 24).expand(1, 3, -1, -1)
+    x = torch.cat([colour, gray])
+    with torch.no_grad():
+        out = model.denoise(x)
+        native = x - model(x)
+        planes = chroma_planes(colour)
+        done = torch.cat([(g - model(g)).mean(1, keepdim=True) for g in
+                          (planes[:, k:k + 1].expand(-1, 3, -1, -1) for k in range(2))], dim=1)
+    torch.testing.assert_close(out[1:], native[1:], rtol=0, atol=0)
+    torch.testing.assert_close(out[:1].mean(1), native[:1].mean(1))
+    torch.testing.assert_close(chroma_planes(out[:1]), done)
+    assert not torch.allclose(out[:1], native[:1], atol=1e-4)  # the colour path did something
+    # The BioImage.IO package's TorchScript runs the same colour path.
+    from napari_medenhance.core._bioimageio_model import _Denoise
+
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(_Denoise(model))(x), out)
 
 
 def test_full_size_model_odd_input():

@@ -6,6 +6,7 @@ of one layer; 32-pixel patches; batch 4).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -147,6 +148,33 @@ def test_cancel_then_resume_equals_uninterrupted_run(recipe, tmp_path):
     assert load_checkpoint(tmp_path / "b" / "last.safetensors").numpy_rng == load_checkpoint(
         tmp_path / "a" / "last.safetensors"
     ).numpy_rng
+
+
+def test_a_run_resumed_across_a_validation_change_measures_its_best_again(pool, tmp_path):
+    """The best value a checkpoint (and best.safetensors) recorded under an older validation
+    is measured again by the new one before new validations are compared with it."""
+    old = DenoiseRecipe(pool, config=TINY, val_crop=64)
+    old.validation_version = 0
+    _, first = _run(train(old, steps=4, out_dir=tmp_path, val_every=4, ckpt_every=0, **RUN))
+    assert read_header(tmp_path / "best.safetensors")["meta"]["validation_version"] == 0
+
+    new = DenoiseRecipe(pool, config=TINY, val_crop=64)
+    assert new.validation_version == 1
+    measure = new.validate
+
+    def stricter(net, device="cpu"):  # the same network now scores 5 dB lower
+        metrics, preview = measure(net, device)
+        return {**metrics, "psnr": metrics["psnr"] - 5.0}, preview
+
+    new.validate = stricter
+    events, res = _run(train(new, steps=5, out_dir=tmp_path, val_every=0, ckpt_every=0, **RUN))
+    latest = [e.metrics["psnr"] for e in events if e.kind == "validation"]
+    assert len(latest) == 1
+    # Not the stale value: the best file measured again (deterministic validation), or the
+    # step-5 model where that is better.
+    assert res.best_metric == pytest.approx(max(first.best_metric - 5.0, latest[0]), abs=1e-9)
+    loop = load_checkpoint(tmp_path / "last.safetensors").loop
+    assert loop["validation_version"] == 1 and loop["best"] == pytest.approx(res.best_metric)
 
 
 def test_closing_the_generator_leaves_a_resumable_checkpoint(recipe, tmp_path):
@@ -364,7 +392,11 @@ def test_checkpoints_are_safetensors_without_pickle(recipe, tmp_path, monkeypatc
     _run(train(recipe, steps=4, out_dir=tmp_path, val_every=2, ckpt_every=1, **RUN))  # resumes
     for name in ("last.safetensors", "best.safetensors"):
         raw = (tmp_path / name).read_bytes()
-        assert raw[:2] != b"PK" and raw[0] != 0x80  # neither a torch.save ZIP nor a pickle
+        # safetensors: an 8-byte little-endian header length, then that many bytes of JSON
+        # (not a torch.save ZIP, not a pickle stream)
+        assert raw[:2] != b"PK"
+        n = int.from_bytes(raw[:8], "little")
+        assert 8 + n <= len(raw) and isinstance(json.loads(raw[8 : 8 + n]), dict)
         t = _tensors(tmp_path / name)
         assert all(isinstance(v, torch.Tensor) for v in t.values())
     t = _tensors(tmp_path / "last.safetensors")
@@ -465,8 +497,8 @@ def test_validation_runs_dran_with_the_engines_mirrored_border(recipe):
     assert b > 0
 
     class Mirrored(torch.nn.Module):  # the border by hand, on a net that asks for none
-        def forward(self, x):
-            y = net(torch.nn.functional.pad(x, (b, b, b, b), mode="reflect"))
+        def denoise(self, x):
+            y = net.denoise(torch.nn.functional.pad(x, (b, b, b, b), mode="reflect"))
             return y[..., b:-b, b:-b]
 
     with_border, _ = recipe.evaluate(net)

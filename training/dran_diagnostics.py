@@ -4,6 +4,7 @@
     python training/dran_diagnostics.py edges models/dran.safetensors   # flat vs edge error vs BM3D
     python training/dran_diagnostics.py compare models/dran.safetensors other.safetensors
     python training/dran_diagnostics.py reference-noise models/dran.safetensors
+    python training/dran_diagnostics.py chroma models/dran.safetensors   # colour: the chroma path
 
 ``sharpness``: per modality, the mean over planes of the 90th percentile of the clean plane's
 gradient magnitude per pixel. ``edges``: σ 15 unclipped, MSE of ``dran`` and of BM3D (true σ;
@@ -130,6 +131,54 @@ def reference_noise(weights: str) -> None:
     print(f"correlation of reference σ with dran−BM3D at σ15: {np.corrcoef(a[:, 0], a[:, 1])[0, 1]:+.2f}")
 
 
+def chroma(weights: str) -> None:
+    """Colour images: the network's colour pass alone (``x - net(x)``) against ``denoise()``'s
+    chroma path, and that path with the chroma planes halved around their offset (which keeps
+    saturated colours inside [0, 1]). Images no validation uses: the pool's training colour
+    planes, scikit-image's astronaut / coffee / chelsea, and two false-colour composites of
+    the training fluorescence planes; central 256² crops, σ 15 / 25 / 50, seed 0."""
+    import torch
+    from skimage import data as skd
+
+    from napari_medenhance.core import zoo
+    from napari_medenhance.core.nets.dran import chroma_planes, from_luma_chroma
+    from napari_medenhance.core.training.recipes.denoise import _with_mirrored_border
+    from napari_medenhance.metrics import psnr
+
+    torch.set_num_threads(1)
+    net, _ = zoo.load_model(weights, device="cpu", task="denoise")
+
+    def crop(a: np.ndarray, n: int = 256) -> np.ndarray:
+        y, x = (a.shape[0] - n) // 2, (a.shape[1] - n) // 2
+        return a[y:y + n, x:x + n]
+
+    pool = load_pool()
+    images = [(f"{p.name} (training)", crop(p.data)) for p in pool.train if p.rgb]
+    images += [(f"{n} (no split)", crop(getattr(skd, n)() / 255.0)) for n in ("astronaut", "coffee", "chelsea")]
+    fl = [p for p in pool.train if p.modality == "fluorescence"]
+    a, b = crop(fl[0].data), crop(fl[-1].data)
+    images += [(f"{fl[0].name} red + {fl[-1].name} green (training)", np.stack([a, b, 0 * a], -1)),
+               (f"{fl[0].name} green + {fl[-1].name} magenta (training)", np.stack([b, a, b], -1))]
+    rng = np.random.default_rng(0)
+    print("image | σ | colour pass | denoise() (chroma path) | chroma halved")
+    for name, img in images:
+        clean = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))[None]
+        for s in (15, 25, 50):
+            x = clean + torch.from_numpy(rng.standard_normal(clean.shape).astype(np.float32)) * (s / 255)
+            with torch.no_grad():
+                colour = x - _with_mirrored_border(net, x)
+                path = _with_mirrored_border(net, x, clean=True)
+                planes = (chroma_planes(x) - 0.5) * 0.5 + 0.5
+                done = torch.cat([_with_mirrored_border(net, g, clean=True).mean(1, keepdim=True)
+                                  for g in (planes[:, k:k + 1].expand(-1, 3, -1, -1) for k in range(2))], 1)
+                halved = from_luma_chroma(colour.mean(1, keepdim=True), (done - 0.5) * 2.0 + 0.5)
+            ref = clean[0].numpy().transpose(1, 2, 0)
+            v = [psnr(ref, t.clamp(0, 1)[0].numpy().transpose(1, 2, 0), data_range=1.0)
+                 for t in (colour, path, halved)]
+            print(f"{name} | {s} | {v[0]:.2f} | {v[1]:.2f} ({v[1] - v[0]:+.2f}) | {v[2]:.2f} ({v[2] - v[0]:+.2f})",
+                  flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -139,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("first")
     c.add_argument("second")
     sub.add_parser("reference-noise").add_argument("weights")
+    sub.add_parser("chroma").add_argument("weights")
     a = p.parse_args(argv)
     if a.what == "sharpness":
         sharpness()
@@ -146,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         edges(a.weights)
     elif a.what == "reference-noise":
         reference_noise(a.weights)
+    elif a.what == "chroma":
+        chroma(a.weights)
     else:
         compare(a.first, a.second)
     return 0

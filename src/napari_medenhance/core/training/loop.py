@@ -219,7 +219,10 @@ def train(
             rate, Adam moments and RNG streams, and the recipe's extra modules with their own
             optimizers). A checkpoint that cannot be read, or that was written for another
             recipe / network / objective / set of extra modules, raises ``CheckpointError``. With
-            ``resume=False`` an existing checkpoint is replaced at the first save.
+            ``resume=False`` an existing checkpoint is replaced at the first save. A checkpoint
+            written under another ``recipe.validation_version`` has its best model measured
+            again (one validation of ``best.safetensors``) before new validations are compared
+            with it.
         init_weights: start a fresh run from this weights file (fine-tuning; strict load, must
             fit the recipe's network; extra modules start fresh); ignored when resuming from a
             checkpoint.
@@ -285,6 +288,7 @@ def train(
     identity = recipe_identity(recipe)
     higher = bool(recipe.higher_is_better)
     metric = str(recipe.primary_metric)
+    val_version = int(getattr(recipe, "validation_version", 0))
 
     ckpt = load_checkpoint(last_path) if resume and last_path.exists() else None
     torch.manual_seed(seed)
@@ -309,7 +313,11 @@ def train(
         schedule = CosineSchedule(
             float(ckpt.schedule["base_lr"]), steps, float(ckpt.schedule["final_fraction"])
         )
-        best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step)
+        if ckpt.loop.get("validation_version", 0) != val_version:
+            # The recorded best was measured by an older validation: measure it again.
+            best = _remeasure(recipe, best_path, dev, metric)
+        best, best_step = _best_on_disk(best_path, identity, metric, higher, best, best_step,
+                                        val_version)
     net.to(dev)
     averaged = _Average(net, average, ckpt) if average is not None else None
     # A recipe may use other Adam betas (GANs: CycleGAN's beta1 = 0.5); a resumed run gets the
@@ -394,6 +402,7 @@ def train(
             schedule=schedule.state_dict(),
             numpy_rng=rng.bit_generator.state,
             loop={"best": best, "best_step": best_step, "metric": metric, "ema": ema,
+                  "validation_version": val_version,
                   "seed": seed, "batch": batch, "patch": patch,
                   **({"average": averaged.state()} if averaged is not None else {}),
                   **({"budget_s": budget, "elapsed_s": elapsed(), "train_start_s": train_start,
@@ -427,6 +436,7 @@ def train(
                     "total": steps,
                     "metrics": metrics,
                     "primary_metric": metric,
+                    "validation_version": val_version,
                 }
                 if averaged is not None:
                     meta["averaged"] = averaged.state()
@@ -633,6 +643,22 @@ def _still_owner(path: Path, token: str) -> bool:
         return False
 
 
+def _remeasure(recipe: Recipe, path: Path, dev: torch.device, metric: str) -> float | None:
+    """``metric`` of the model in ``path`` (``best.safetensors``) by the recipe's current
+    validation; None when there is no readable file (the next validation is then the best)."""
+    if not path.exists():
+        return None
+    probe = recipe.build()
+    try:
+        load_into(probe, path, strict=True, expected_arch=getattr(recipe, "arch", None))
+    except WeightsError:
+        return None
+    probe.to(dev).eval()
+    with torch.no_grad():
+        metrics, _ = recipe.validate(probe, dev)
+    return float(metrics[metric])
+
+
 def _best_on_disk(
     path: Path,
     identity: dict[str, Any],
@@ -640,11 +666,13 @@ def _best_on_disk(
     higher: bool,
     best: float | None,
     best_step: int | None,
+    val_version: int = 0,
 ) -> tuple[float | None, int | None]:
     """Best-so-far from the checkpoint, or from ``best.safetensors`` when that is newer.
 
     A validation can write a new best after the last checkpoint; when the run then stops
-    abruptly and resumes, that file must not be overwritten by a worse model.
+    abruptly and resumes, that file must not be overwritten by a worse model. A file whose
+    value was measured by another ``validation_version`` does not count.
     """
     if not path.exists():
         return best, best_step
@@ -657,6 +685,7 @@ def _best_on_disk(
     if (
         meta.get("task") == identity["task"]
         and header["config"] == identity["config"]
+        and meta.get("validation_version", 0) == val_version
         and isinstance(value, (int, float))
         and _better(float(value), best, higher)
     ):

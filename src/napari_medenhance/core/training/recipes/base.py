@@ -113,6 +113,10 @@ class RecipeBase:
     task: str
     arch: str
     config: dict[str, Any]
+    #: Raised when the validation starts to measure the same network differently (not when the
+    #: network changes): a run resumed across such a change re-measures its best model before
+    #: comparing new validations with it (:func:`..loop.train`).
+    validation_version: int = 0
 
     @staticmethod
     def _require_planes(pool: Any, what: str = "") -> None:
