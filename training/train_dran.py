@@ -350,7 +350,9 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         f"| architecture | `dran`, config `{json.dumps(header['config'], sort_keys=True)}`, "
         f"{params:,} parameters |",
         "| input / output | 3-channel float in [0, 1] (gray images replicated by the engine); "
-        "`forward` predicts the noise, clean = input − noise |",
+        "`forward` predicts the noise, clean = input − noise; a colour image keeps that "
+        "estimate's luminance and gets its two opponent chroma planes from the network run on "
+        "them as gray images (`DRAN.denoise`: three passes) |",
         f"| selected at | step {meta.get('step')} of {meta.get('total')} of the last run "
         f"(best mean validation PSNR){recipe_script.averaged_note(meta)} |",
         "",
@@ -423,8 +425,10 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         f"planes, noise seed {recipe.val_seed}, σ in /255 units; output clipped to [0, 1]; "
         "PSNR (dB) / SSIM at data range 1; means over the planes of a modality, group rows the "
         "mean of their modalities. NLM, BM3D and FFDNet are given the true σ; `dran` is blind "
-        "(one network for σ ∈ [0, 50]). Reproduce: `python training/denoise_gate.py "
-        f"models/{args.name}.safetensors`.",
+        "(one network for σ ∈ [0, 50]), run as `denoise()` runs it (colour planes through "
+        "their chroma planes; checks made before 2026-12-07, late night, in the history "
+        "table below scored the colour pass alone, about 0.3 dB lower on colour). Reproduce: "
+        f"`python training/denoise_gate.py models/{args.name}.safetensors`.",
         "",
     ]
     for clipped in (False, True):
