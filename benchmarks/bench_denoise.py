@@ -214,7 +214,7 @@ def speed_section(sp: list[tuple[str, float]], size: int, command: str | None = 
             "",
             "A colour plane costs `dran` three forward passes: the colour pass gives the "
             "luminance, and the two opponent chroma planes run as gray images "
-            "(`DRAN.denoise`; +0.4 to +1.7 dB on colour images, `training/dran_trials.md`). "
+            "(`DRAN.denoise`; +0.3 to +1.7 dB on 9 of the 10 colour images tried, `training/dran_trials.md`). "
             "BM3D here is colour BM3D (`bm3d_rgb`) with the true σ.",
             "",
         ]
