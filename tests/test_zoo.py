@@ -225,10 +225,13 @@ def test_inference_module_returns_the_clean_estimate(dirs):
     make_weights(user / "tiny.safetensors")
     make_weights(user / "tiny-e.safetensors", task="enhance")
     net, info = zoo.load_model("tiny")
-    x = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 1, 16, 20, generator=torch.Generator().manual_seed(0)).expand(1, 3, -1, -1)
     module = runtime.inference_module(net, info)
     with torch.no_grad():
-        torch.testing.assert_close(module(x), x - net(x))  # DRAN.forward predicts the noise
+        # a gray plane (replicated): DRAN.forward predicts the noise
+        torch.testing.assert_close(module(x), x - net(x))
+        colour = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(module(colour), net.denoise(colour))  # with its chroma path
     # DRAN's edges: the engine mirrors 16 pixels around every plane (DRAN.reflect_border)
     assert runtime.engine_kwargs(info) == {"scale": 1, "net_channels": 3, "pad_multiple": 1,
                                            "border": 16}
