@@ -54,6 +54,16 @@ def quality(model: str, methods: list[str]) -> tuple[list[dict], dict]:
     return base + mine, {**seconds, "dran": dt}
 
 
+def _ms_per_mpx(fn, reps: int, mpx: float) -> float:
+    """The fastest of ``reps`` calls of ``fn``, in ms per megapixel of ``mpx``."""
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts) * 1000 / mpx
+
+
 def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[str, float]]:
     """ms per megapixel on one uint16 plane of real fluorescence, all methods in this process."""
     import tifffile
@@ -96,12 +106,7 @@ def speed(model: str, size: int, methods: list[str], reps: int) -> list[tuple[st
     for name, fn in variants + [
         (m, (lambda m=m: denoise_gate.METHODS[m](as01, sigma, False))) for m in methods
     ]:
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        res.append((name, min(ts) * 1000 / mpx))
+        res.append((name, _ms_per_mpx(fn, reps, mpx)))
         print(f"  speed {name}: {res[-1][1]:.0f} ms/Mpx", flush=True)
     return res + rgb_speed(model, size, reps)
 
@@ -143,12 +148,7 @@ def rgb_speed(model: str, size: int, reps: int) -> list[tuple[str, float]]:
         (f"{RGB_TAG} bm3d (colour: bm3d_rgb)",
          lambda: denoise_gate.METHODS["bm3d"](noisy / 255.0, 15.0 / 255.0, True)),
     ]:
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        res.append((name, min(ts) * 1000 / mpx))
+        res.append((name, _ms_per_mpx(fn, reps, mpx)))
         print(f"  speed {name}: {res[-1][1]:.0f} ms/Mpx", flush=True)
     return res
 
