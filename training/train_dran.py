@@ -242,6 +242,16 @@ OBJECTIVE_SIGMA_WEIGHTED = "L1 on the noise residual, weighted by 1/σ per sampl
 TRIALS = Path(__file__).resolve().parent / "dran_trials.md"
 
 
+#: Under the curve: its stages 1 and 2 were validated on the split as it was before 2026-12-07
+#: (``dran_trials.md``, "The validation ultrasound was a training image").
+SPLIT_CHANGE_NOTE = (
+    'The step at {at:,} is not training: stages 1 and 2 were validated on the split whose '
+    'ultrasound was a training image shrunk 2× (see "The validation ultrasound was a training'
+    ' image" below); stage 3 validates on the corrected split, where the same starting '
+    'weights score 32.458 dB (step 0 of stage 3).'
+)
+
+
 def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     """The training stages behind the run's best weights (``recipe_script.training_stages``;
     the stages a committed model records come first when the run started from it)."""
@@ -440,6 +450,9 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         L += [*denoise_gate.verdict_lines(target, "bm3d"), ""]
     if curve is not None:
         L += [f"![validation PSNR per σ against the training step]({curve.name})", ""]
+        if len(stages) >= 3:  # stages 1 and 2 were validated before the split was corrected
+            at = sum(int(st.get("selected_step") or 0) for st in stages[:2])
+            L += [SPLIT_CHANGE_NOTE.format(at=at), ""]
     hist = recipe_script.read_history(args.out)
     if hist:
         cols = [("psnr", "mean")] + [(f"psnr_{c}{s:g}", f"σ{s:g} {'clipped' if c == 'c' else 'unclipped'}")
