@@ -142,15 +142,15 @@ def chroma(weights: str) -> None:
 
     from napari_medenhance.core import zoo
     from napari_medenhance.core.nets.dran import chroma_planes, from_luma_chroma
+    from napari_medenhance.core.training.patches import center_crop
     from napari_medenhance.core.training.recipes.denoise import _with_mirrored_border
     from napari_medenhance.metrics import psnr
 
     torch.set_num_threads(1)
     net, _ = zoo.load_model(weights, device="cpu", task="denoise")
 
-    def crop(a: np.ndarray, n: int = 256) -> np.ndarray:
-        y, x = (a.shape[0] - n) // 2, (a.shape[1] - n) // 2
-        return a[y:y + n, x:x + n]
+    def crop(a: np.ndarray) -> np.ndarray:
+        return center_crop(a, 256)
 
     pool = load_pool()
     images = [(f"{p.name} (training)", crop(p.data)) for p in pool.train if p.rgb]
