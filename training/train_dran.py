@@ -451,7 +451,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
     if curve is not None:
         L += [f"![validation PSNR per σ against the training step]({curve.name})", ""]
         if len(stages) >= 3:  # stages 1 and 2 were validated before the split was corrected
-            at = sum(int(st.get("selected_step") or 0) for st in stages[:2])
+            at = sum(recipe_script.steps_trained(st) for st in stages[:2])  # the curve's axis
             L += [SPLIT_CHANGE_NOTE.format(at=at), ""]
     hist = recipe_script.read_history(args.out)
     if hist:
