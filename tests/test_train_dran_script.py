@@ -195,8 +195,9 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     shipped = models / "dran.safetensors"
     # the next stage starts from the shipped weights with the σ-weighted loss (and shrunk windows)
     assert run("weighted", "--sigma-weighted", "--scale-aug", "0.5", "--steps", "6",
-               "--ship-anyway", "--force") == 0
+               "--modality-weight", "CT=2", "--ship-anyway", "--force") == 0
     card = (models / "dran.md").read_text()
+    assert "--modality-weight 'CT=2'" in card and "in proportion to CT 2 (every other" in card
     assert "--sigma-weighted" in card and "weighted by (25/255) / max(its noise std" in card
     assert "--scale-aug 0.5" in card and "50% of the clean patches were a window" in card
     # the recipe trials measured on this CPU travel with the model
@@ -204,8 +205,8 @@ def test_a_sigma_weighted_stage_is_on_record_in_the_card_and_the_stages(setup, c
     st = read_header(shipped, expected_arch="dran")["meta"]["stages"]
     assert [Path(x["run"]).name for x in st] == ["plain", "weighted"]
     assert st[0]["objective"] == train_dran.OBJECTIVE and not st[0]["args"].get("sigma_weighted")
-    assert st[1]["objective"] == train_dran.OBJECTIVE_SIGMA_WEIGHTED
-    assert st[1]["args"]["sigma_weighted"] is True
+    assert st[1]["objective"] == train_dran.OBJECTIVE_SIGMA_WEIGHTED + "; patches drawn CT ×2"
+    assert st[1]["args"]["sigma_weighted"] is True and st[1]["args"]["modality_weights"] == {"CT": 2}
     assert st[1]["args"]["scale_aug"] == 0.5 and not st[0]["args"].get("scale_aug")
     # weights from before the header had the flag are read by their loss text
     old = {"training": {"loss": "L1(predicted noise, true noise), per sample x (25/255) / "
@@ -259,3 +260,13 @@ def test_stages_of_weights_exported_before_headers_had_them_come_from_the_record
     other = tmp / "other.safetensors"
     save_file(tensors, str(other), metadata={**metadata, "name": "other"})
     assert recipe_script.committed_stages(other, "dran") == []
+
+
+def test_modality_weights_on_the_command_line():
+    args = train_dran.parse_args(["--modality-weight", "CT=2", "--modality-weight",
+                                  "phase contrast=0.5"])
+    assert args.modality_weights == {"CT": 2.0, "phase contrast": 0.5}
+    assert train_dran.parse_args([]).modality_weights == {}
+    for bad in ("CT", "CT=", "=2", "CT=-1", "CT=inf", "CT=two"):
+        with pytest.raises(SystemExit):
+            train_dran.parse_args(["--modality-weight", bad])

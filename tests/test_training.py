@@ -424,6 +424,42 @@ def test_patch_sampler_avoids_ct_padding(ct):
     assert ((raw[:, 0] == 0).mean(axis=(1, 2)) == 1).mean() > 0.05
 
 
+def test_modality_weights_draw_a_modality_more_often():
+    yy, xx = np.mgrid[0:96, 0:96].astype(np.float32)
+    texture = 0.5 + 0.2 * np.sin(yy / 3.0) * np.cos(xx / 5.0)
+    planes = [Plane("ct", "CT", texture), Plane("mr", "MR", texture.T.copy()),
+              Plane("big mr", "MR", np.tile(texture, (2, 2))), Plane("fl", "fluorescence", texture)]
+
+    def shares(sampler, n=3000):
+        rng = np.random.default_rng(0)
+        mods = [sampler.sample_with_plane(rng)[1].modality for _ in range(n)]
+        return {m: mods.count(m) / n for m in ("CT", "MR", "fluorescence")}
+
+    even = shares(PatchSampler(planes, 32))
+    assert all(abs(v - 1 / 3) < 0.04 for v in even.values())  # a large MR plane does not count twice
+    more = shares(PatchSampler(planes, 32, modality_weights={"CT": 2.0, "fluorescence": 0.0}))
+    assert abs(more["CT"] - 2 / 3) < 0.04 and abs(more["MR"] - 1 / 3) < 0.04
+    assert more["fluorescence"] == 0
+    # no weights: the random stream of a sampler without the option
+    a = PatchSampler(planes, 32).sample(np.random.default_rng(4), 8)[0]
+    b = PatchSampler(planes, 32, modality_weights={}).sample(np.random.default_rng(4), 8)[0]
+    assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="'XR', which no plane has; modalities: CT, MR"):
+        PatchSampler(planes, 32, modality_weights={"XR": 2.0})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        PatchSampler(planes, 32, modality_weights={"CT": -1.0})
+    with pytest.raises(ValueError, match="all weights 0"):
+        PatchSampler(planes, 32, modality_weights={"CT": 0, "MR": 0, "fluorescence": 0})
+    # the recipe passes them on, and a typo fails when the recipe is made, not at its first batch
+    pool = Pool(train=planes, val=[Plane("v", "MR", texture[:64, :64])])
+    recipe = DenoiseRecipe(pool, config=TINY, val_crop=64, modality_weights={"CT": 2.0})
+    assert abs(shares(recipe.sampler(32))["CT"] - 2 / 4) < 0.04  # CT 2, MR 1, fluorescence 1
+    assert recipe.describe()["modality_weights"] == {"CT": 2.0}
+    assert "modality_weights" not in DenoiseRecipe(pool, config=TINY, val_crop=64).describe()
+    with pytest.raises(ValueError, match="which no plane has"):
+        DenoiseRecipe(pool, config=TINY, val_crop=64, modality_weights={"ct": 2.0})
+
+
 def test_gray_noise_is_identical_across_channels_rgb_is_not(recipe):
     x, y = recipe.sample_batch(np.random.default_rng(3), 32, 32)
     noise = (x - y).numpy()

@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-aug", type=float, default=0.0,
                    help="share of training patches cut as a window of up to 3x the patch and "
                         "shrunk to it: images sharp at the pixel level, like clinical MR slices")
+    p.add_argument("--modality-weight", dest="modality_weights", action="append",
+                   type=modality_weight, default=None, metavar="MODALITY=W",
+                   help="draw this modality's patches W times as often as an unnamed one's "
+                        "(repeatable, e.g. --modality-weight CT=2 --modality-weight MR=1.5): "
+                        "more training where the validation trails BM3D")
     p.add_argument("--sigma-weighted", action="store_true",
                    help="weigh each sample's L1 by the inverse of its noise level, so that low σ "
                         "counts as much as high σ (PSNR is logarithmic); default: plain L1")
@@ -96,7 +101,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the stages before it to PNG, and print the gain over its last third")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models")
     p.add_argument("--name", default="dran", help="model name (file stem in --models-dir)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.modality_weights = dict(args.modality_weights or [])
+    return args
+
+
+def modality_weight(text: str) -> tuple[str, float]:
+    """``"CT=2"`` → ``("CT", 2.0)`` (the modality may hold spaces: ``"phase contrast=0.5"``)."""
+    name, sep, value = text.rpartition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not sep or not name.strip() or not (weight >= 0 and weight != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected MODALITY=WEIGHT with a weight >= 0, got {text!r}")
+    return name.strip(), weight
 
 
 # -------------------------------------------------------------------------------- training
@@ -147,7 +166,8 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     if header["config"] != recipe.config:
         recipe = DenoiseRecipe(recipe.pool, config=header["config"], clip_fraction=recipe.clip_fraction,
                                val_clipped=recipe.val_clipped, anneal_fraction=recipe.anneal_fraction,
-                               intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug)
+                               intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
+                               modality_weights=recipe.modality_weights)
     net = recipe.build()
     load_into(net, best, expected_arch="dran")
     net.to(dev)
@@ -258,7 +278,7 @@ def stages(args: argparse.Namespace, header: dict) -> list[dict]:
     recorded = recipe_script.committed_stages(committed_weights(args.name), "dran")
     return recipe_script.training_stages(args.out, header["meta"], objective_of(header["meta"]),
                                          arch="dran", describe=objective_of, recorded=recorded,
-                                         extra_args=("sigma_weighted", "scale_aug"))
+                                         extra_args=("sigma_weighted", "scale_aug", "modality_weights"))
 
 
 def objective_of(meta: dict) -> str:
@@ -267,7 +287,10 @@ def objective_of(meta: dict) -> str:
     weighting in ``loss`` only)."""
     training = meta.get("training") or {}
     weighted = training.get("sigma_weighted") or "noise std" in str(training.get("loss", ""))
-    return OBJECTIVE_SIGMA_WEIGHTED if weighted else OBJECTIVE
+    objective = OBJECTIVE_SIGMA_WEIGHTED if weighted else OBJECTIVE
+    drawn = training.get("modality_weights") or {}
+    return objective + ("; patches drawn " + ", ".join(f"{m} ×{w:g}" for m, w in drawn.items())
+                        if drawn else "")
 
 
 def plot_curve(stages: list[dict], png: Path, name: str) -> Path | None:
@@ -330,6 +353,8 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            f"--anneal-fraction {run_args.get('anneal_fraction', args.anneal_fraction)}"
            + recipe_script.average_flag(run_args)
            + (f" --scale-aug {run_args['scale_aug']:g}" if run_args.get("scale_aug") else "")
+           + "".join(f" --modality-weight '{m}={w:g}'"
+                     for m, w in (run_args.get("modality_weights") or {}).items())
            + (" --sigma-weighted" if run_args.get("sigma_weighted") else "")
            + (f" --config '{json.dumps(run_args['config'])}'" if run_args.get("config") else ""))
     L = [
@@ -399,6 +424,10 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
            "anti-aliased) before the noise, so that the network also sees images as sharp "
            "at the pixel level as clinical MR slices of 64–256 pixels"]
           if run_args.get("scale_aug") else []),
+        *(["- modalities: in the last run patches were drawn per modality in proportion to "
+           + ", ".join(f"{m} {w:g}" for m, w in run_args["modality_weights"].items())
+           + " (every other modality 1), to train more where the validation trailed BM3D"]
+          if run_args.get("modality_weights") else []),
         "- loss: L1(predicted noise, true noise)"
         + ("; in the last run each sample's L1 was weighted by (25/255) / max(its noise std, "
            "5/255), so that every σ counts by its relative error as PSNR does"
@@ -499,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = DenoiseRecipe(pool, config=args.config, clip_fraction=args.clip_fraction,
                            val_clipped=True, anneal_fraction=args.anneal_fraction,
                            intensity_aug=args.intensity_aug, sigma_weighted=args.sigma_weighted,
-                           scale_aug=args.scale_aug)
+                           scale_aug=args.scale_aug, modality_weights=args.modality_weights)
     print(f"pool: {len(pool.train)} train / {len(pool.val)} val planes "
           f"({time.perf_counter() - t:.1f} s); device {hardware(dev)}")
     if not args.export:

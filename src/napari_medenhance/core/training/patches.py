@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 __all__ = ["LesionPatchSampler", "Plane", "Pool", "PatchSampler", "as_plane_array",
-           "background_mask", "center_crop", "first_not_empty"]
+           "background_mask", "center_crop", "first_not_empty", "modality_factors"]
 
 
 T = TypeVar("T")
@@ -113,6 +113,23 @@ def center_crop(data: np.ndarray, size: int) -> np.ndarray:
     return data[y0 : y0 + ch, x0 : x0 + cw]
 
 
+def modality_factors(planes: Sequence[Plane], weights: Mapping[str, float],
+                      known: set[str]) -> np.ndarray:
+    """Per plane, its modality's weight in ``weights`` (1 when not named), validated against
+    the ``known`` modalities (those of every plane given, usable at this patch size or not)."""
+    unknown = sorted(set(weights) - known)
+    if unknown:
+        raise ValueError(f"modality_weights names {', '.join(map(repr, unknown))}, which no "
+                         f"plane has; modalities: {', '.join(sorted(known))}")
+    bad = {m: w for m, w in weights.items() if not (np.isfinite(w) and w >= 0)}
+    if bad:
+        raise ValueError(f"modality_weights must be finite and >= 0, got {bad}")
+    factors = np.array([float(weights.get(p.modality, 1.0)) for p in planes])
+    if not factors.any():
+        raise ValueError("modality_weights leave no modality to draw from (all weights 0)")
+    return factors
+
+
 class PatchSampler:
     """Random ``patch × patch`` windows from a list of planes, avoiding empty background.
 
@@ -135,9 +152,15 @@ class PatchSampler:
             empty pixels (then the largest standard deviation) is used, so sampling always
             ends.
         augment: apply one of the 8 flips / 90° rotations (the dihedral group) per patch.
+        modality_weights: ``{modality: weight}``; a plane's chance is multiplied by its
+            modality's weight (1 for modalities not named), so with ``balance="modality"`` a
+            modality of weight 2 is drawn twice as often as one of weight 1. For a run that
+            must gain where its validation trails (say radiology) more than where it leads.
 
     Raises:
-        ValueError: no plane is at least ``patch`` pixels in both Y and X.
+        ValueError: no plane is at least ``patch`` pixels in both Y and X; a weight that is
+            negative or not finite, or names a modality that no plane has; all
+            weights of the usable planes zero.
     """
 
     def __init__(
@@ -151,6 +174,7 @@ class PatchSampler:
         max_empty: float = 0.75,
         max_tries: int = 20,
         augment: bool = True,
+        modality_weights: Mapping[str, float] | None = None,
     ) -> None:
         if patch < 1:
             raise ValueError(f"patch must be >= 1, got {patch}")
@@ -175,6 +199,9 @@ class PatchSampler:
             mods = [p.modality for p in self.planes]
             per_mod = {m: area[[i for i, q in enumerate(mods) if q == m]].sum() for m in mods}
             area = area / np.array([per_mod[m] for m in mods])
+        if modality_weights:
+            area = area * modality_factors(self.planes, modality_weights,
+                                            known={p.modality for p in planes})
         self._p = area / area.sum()
 
     def _candidate(self, rng: np.random.Generator) -> tuple[np.ndarray, Plane, tuple[int, int]]:
