@@ -24,7 +24,7 @@ import recipe_script  # noqa: E402
 import train_dran  # noqa: E402
 
 from napari_medenhance.core.engine import cpu_has_bf16  # noqa: E402
-from napari_medenhance.core.weights import read_header  # noqa: E402
+from napari_medenhance.core.weights import load_state_dict, read_header  # noqa: E402
 from _images import script_pool  # noqa: E402
 
 TINY = json.dumps({"features": 8, "blocks": 1, "layers_per_block": 1})
@@ -134,6 +134,39 @@ def test_ship_anyway_writes_the_models_folder(setup):
     tmp, models, run = setup
     assert run("r", "--ship-anyway") == 0
     assert (models / "dran.safetensors").is_file() and (models / "dran.md").is_file()
+
+
+def test_export_average_with_ships_the_tensor_mean_and_names_its_ingredients(setup, capsys):
+    tmp, models, run = setup
+    assert run("a", "--steps", "6", "--ship-anyway", "--scratch") == 0
+    first = tmp / "first.safetensors"
+    first.write_bytes((models / "dran.safetensors").read_bytes())
+    assert run("b", "--steps", "6", "--ship-anyway", "--scratch", "--seed", "7") == 0
+    best_b, _ = load_state_dict(tmp / "b" / "best.safetensors")
+    mine, _ = load_state_dict(first)
+    assert run("b", "--export", "--average-with", str(first), "--ship-anyway", "--force") == 0
+    shipped, header = load_state_dict(models / "dran.safetensors")
+    floats = [k for k, v in mine.items() if v.is_floating_point()]
+    assert floats and any(not torch.equal(mine[k], best_b[k]) for k in floats)
+    for k in floats:  # the mean, up to the fp16 storage of the exported file
+        assert torch.allclose(shipped[k], (mine[k] + best_b[k]) / 2, rtol=2e-3, atol=2e-3), k
+    rec = header["meta"]["averaged_with"]
+    assert [r["file"] for r in rec] == ["first.safetensors"] and len(rec[0]["sha256"]) == 64
+    assert rec[0]["step"] == 6
+    card = (models / "dran.md").read_text()
+    assert "**These weights are a mean.**" in card and "`first.safetensors` (sha256" in card
+    # another network's weights cannot be averaged in: refused before anything is written
+    other = tmp / "other"
+    before = (models / "dran.safetensors").read_bytes()
+    assert train_dran.main(["--steps", "2", "--batch", "2", "--patch", "32", "--val-every", "2",
+                            "--config", json.dumps({"features": 4, "blocks": 1,
+                                                    "layers_per_block": 1}),
+                            "--device", "cpu", "--out", str(other), "--no-export",
+                            "--scratch"]) == 0
+    with pytest.raises(SystemExit, match="another DRAN"):
+        run("b", "--export", "--average-with", str(other / "best.safetensors"), "--ship-anyway",
+            "--force")
+    assert (models / "dran.safetensors").read_bytes() == before
 
 
 def test_adaptive_threads_keeps_the_faster_count():

@@ -14,7 +14,10 @@ Ctrl-C aborts at once (the last checkpoint stays valid).
 
 When the run is complete (or with ``--export``) the best model is written to
 ``<models-dir>/dran.safetensors`` — stored fp16 if that costs < 0.01 dB validation PSNR at every
-σ, else fp32 — and the model card ``<models-dir>/dran.md``.
+σ, else fp32 — and the model card ``<models-dir>/dran.md``. ``--export --average-with W.safetensors``
+exports the tensor-wise mean of the best model and other weights of the same network instead
+(weight averaging along a trajectory: Izmailov et al., "Averaging weights leads to wider optima
+and better generalization", UAI 2018); the card and header name every file averaged.
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from recipe_script import as_fp16_then_fp32, hardware, sha256  # noqa: E402
 from napari_medenhance.core import zoo  # noqa: E402
 from napari_medenhance.core.engine import cpu_has_bf16, resolve_device  # noqa: E402
 from napari_medenhance.core.training import BEST, CheckpointError, DenoiseRecipe  # noqa: E402
-from napari_medenhance.core.weights import load_into, read_header, save_weights  # noqa: E402
+from napari_medenhance.core.weights import (  # noqa: E402
+    WeightsError,
+    load_into,
+    load_state_dict,
+    read_header,
+    save_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: fp16 storage is used when it loses less than this much validation PSNR (dB) at every σ.
@@ -95,6 +104,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "checkpoint: the committed interim or shipped weights, if any)")
     p.add_argument("--export", action="store_true",
                    help="do not train: export <out>/best.safetensors to the models folder")
+    p.add_argument("--average-with", type=Path, action="append", default=[], metavar="WEIGHTS",
+                   help="export only (repeatable): export the mean of <out>/best.safetensors and "
+                        "these weights files of the same network, tensor by tensor (e.g. an "
+                        "earlier best of the same run); recorded in the header and the card")
     p.add_argument("--no-export", action="store_true", help="train only")
     p.add_argument("--curve", type=Path, default=None, metavar="PNG",
                    help="do not train: draw the validation curve of <out>/best.safetensors and "
@@ -169,7 +182,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
                                intensity_aug=recipe.intensity_aug, scale_aug=recipe.scale_aug,
                                modality_weights=recipe.modality_weights)
     net = recipe.build()
-    load_into(net, best, expected_arch="dran")
+    ingredients = average_into(net, best, args.average_with)
     net.to(dev)
     rows32, _ = recipe.evaluate(net, dev)
     as_fp16_then_fp32(net)
@@ -179,7 +192,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     use16 = max(loss.values()) < FP16_MAX_LOSS_DB
     rows = rows16 if use16 else rows32
     if not use16:
-        load_into(net, best, expected_arch="dran")
+        average_into(net, best, args.average_with)
     # Without native bf16 the CPU emulates it many times slower than fp32 (a validation would
     # take hours): the cost is then not measured, and the model runs in fp32 everywhere.
     bf16_cost = evaluate_bf16_cost(recipe, net.cpu(), rows) if cpu_has_bf16() else {}
@@ -208,6 +221,7 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
             "card": f"{args.name}.md",
             "training": meta.get("training", {}),
             "stages": history,
+            **({"averaged_with": ingredients} if ingredients else {}),
         },
     )
     gate_rows, gate, target = run_gate(recipe, staged, args.gate_methods)
@@ -234,7 +248,8 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     curve = plot_curve(history, dest_dir / f"{args.name}-curve.png", args.name)
     card = dest_dir / f"{args.name}.md"
     card.write_text(_card(args, recipe, header, rows, loss, use16, out, bf16_cost, cpu_bf16,
-                          gate_rows, gate, target, passed, curve, history), encoding="utf-8")
+                          gate_rows, gate, target, passed, curve, history, ingredients),
+                    encoding="utf-8")
     if dest_dir == args.models_dir:
         for gone in recipe_script.retire_interim([args.name], INTERIM_DIR):
             print(f"removed the superseded interim {gone}")
@@ -242,6 +257,58 @@ def export(args: argparse.Namespace, recipe: DenoiseRecipe, dev: torch.device) -
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {'fp16' if use16 else 'fp32'}), "
           f"{card}: {where}")
     return out
+
+
+def averaged_note(step: int | None, ingredients: list[dict]) -> str:
+    """The card's sentence on exported weights that are a mean (``--average-with``)."""
+    parts = [f"`{r['file']}` (sha256 `{r['sha256'][:12]}…`"
+             + (f", step {r['step']:,}" if isinstance(r.get("step"), int) else "")
+             + (f", {r['psnr']:.3f} dB mean validation PSNR as its header states"
+                if isinstance(r.get("psnr"), (int, float)) else "") + ")" for r in ingredients]
+    at = f" (step {step:,})" if isinstance(step, int) else ""
+    return (f"**These weights are a mean.** Every tensor is the mean of the last stage's selected "
+            f"weights{at} and of " + ", ".join(parts) + ", averaged with "
+            "`--export --average-with` (weight averaging along one training trajectory: "
+            "Izmailov et al., \"Averaging weights leads to wider optima and better "
+            "generalization\", UAI 2018). The validation below is of the mean; the curve and the "
+            "history table are of the run's own steps.")
+
+
+def average_into(net: torch.nn.Module, best: Path, others: list[Path]) -> list[dict]:
+    """Load ``best`` into ``net`` and, with ``others``, replace every floating-point tensor
+    (parameters and BatchNorm statistics) by its mean over ``best`` and ``others``; integer
+    buffers stay ``best``'s. Returns one record per other file (name, sha256, the step and mean
+    validation PSNR its header states) for the exported header and card.
+
+    Raises:
+        SystemExit: a file holds another architecture or configuration (its tensors would not
+            mean the same thing), or is not a readable weights file.
+    """
+    load_into(net, best, expected_arch="dran")
+    if not others:
+        return []
+    mine = read_header(best, expected_arch="dran")
+    state = net.state_dict()
+    total = {k: v.detach().clone().double() for k, v in state.items() if v.is_floating_point()}
+    records = []
+    for path in others:
+        try:
+            theirs, header = load_state_dict(path, expected_arch="dran")
+        except WeightsError as e:
+            raise SystemExit(f"--average-with: {e}") from e
+        if header["config"] != mine["config"] or set(theirs) != set(state):
+            raise SystemExit(f"--average-with: {path} is another DRAN ({header['config']}), "
+                             f"not this run's ({mine['config']})")
+        for k in total:
+            total[k] += theirs[k].double()
+        hm = header.get("meta") or {}
+        records.append({"file": Path(path).name, "sha256": sha256(Path(path)),
+                        "step": hm.get("step"),
+                        "psnr": (hm.get("metrics") or {}).get("psnr")})
+    n = len(others) + 1
+    net.load_state_dict({k: (total[k] / n).to(v.dtype) if k in total else v
+                         for k, v in state.items()}, strict=True)
+    return records
 
 
 def run_gate(recipe: DenoiseRecipe, weights: Path, methods: list[str]):
@@ -333,7 +400,7 @@ def write_curve(args: argparse.Namespace, png: Path) -> Path | None:
 def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss: dict,
           use16: bool, path: Path, bf16_cost: dict[str, float], cpu_bf16: bool,
           gate_rows: list[dict], gate: list[dict], target: list[dict], passed: bool,
-          curve: Path | None, stages: list[dict]) -> str:
+          curve: Path | None, stages: list[dict], ingredients: list[dict] = ()) -> str:
     import denoise_gate
 
     meta = header["meta"]
@@ -451,6 +518,7 @@ def _card(args, recipe: DenoiseRecipe, header: dict, rows: list[dict], fp16_loss
         f"{sum(recipe_script.cpu_hours(st) for st in stages):.1f} hours; each stage starts from "
         "the selected weights of the one before.",
         "",
+        *([averaged_note(header["meta"].get("step"), ingredients), ""] if ingredients else []),
         "## Every stretch of training",
         "",
         *recipe_script.stretches_table(stages),
