@@ -277,6 +277,16 @@ def memory(model: str, shape: tuple[int, ...]) -> dict:
 QUALITY_HEADING = "## Quality"
 
 
+def selected_steps(card: dict) -> str:
+    """"step N", or for averaged weights (``--average-with``) "mean of steps A, B and N"."""
+    steps = [r.get("step") for r in card.get("averaged_with") or []] + [card.get("step", "?")]
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    known = sorted(s for s in steps if isinstance(s, int))
+    names = [f"{s:,}" for s in known] + ["?"] * (len(steps) - len(known))
+    return f"mean of steps {', '.join(names[:-1])} and {names[-1]}"
+
+
 def quality_part(info, rows: list[dict], methods: list[str], qtimes: dict[str, float],
                  command: str, only: bool = False) -> list[str]:
     """The results file's title, machine and model lines and its quality section
@@ -288,7 +298,7 @@ def quality_part(info, rows: list[dict], methods: list[str], qtimes: dict[str, f
         "# Denoising benchmark",
         "",
         f"Machine: {describe()}; torch threads {torch.get_num_threads()}.",
-        f"Model: `{info.name}` ({info.path.name}; step {info.card.get('step', '?')}). "
+        f"Model: `{info.name}` ({info.path.name}; {selected_steps(info.card)}). "
         f"Command: `{command}`.",
         "No GPU was lent to the session that produced this table, so GPU speed is not measured here.",
     ]
